@@ -1,0 +1,128 @@
+//! Errors, split by what the caller can do about them.
+//!
+//! - [`Error::Compacted`] and [`Error::Unavailable`] are states Raft acts on (send a snapshot,
+//!   wait for more entries).
+//! - [`Error::InvalidArgument`] is a caller bug (a gap in an append, an index out of range).
+//! - [`Error::Io`] is an operating-system failure; after one on a write or sync path the log is
+//!   latched and later writes return [`Error::Failed`] until it is reopened.
+//! - [`Error::Corruption`] carries the evidence (file, offset, checksums, affected indexes).
+//! - [`Error::IncompatibleVersion`] is a file written by another format version, not damage.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// The result type of every fallible keel call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every error keel returns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The requested index is below the first index: it was compacted away.
+    #[error("index {index} was compacted (the first index is {first_index})")]
+    Compacted { index: u64, first_index: u64 },
+
+    /// The requested index is above the last index: it does not exist yet.
+    #[error("index {index} is not available (the last index is {last_index})")]
+    Unavailable { index: u64, last_index: u64 },
+
+    /// The call breaks the log's rules; nothing was changed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// The operating system refused an operation on a file or directory.
+    #[error("I/O error during {op} on {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A write or sync failed earlier; the log accepts no further writes until it is reopened.
+    #[error("the log refuses writes after an earlier failure ({cause}); reopen it to recover what is durable")]
+    Failed { cause: String },
+
+    /// Another open log holds the directory's lock.
+    #[error("the log directory {} is locked by another open log (in this process or another)", dir.display())]
+    Locked { dir: PathBuf },
+
+    /// The bytes on disk are damaged; see [`Corruption`].
+    #[error(transparent)]
+    Corruption(#[from] Box<Corruption>),
+
+    /// A file was written by a format version this build does not read.
+    #[error("{}: format version {found} is not supported (this build reads version {supported})", path.display())]
+    IncompatibleVersion { path: PathBuf, found: u32, supported: u32 },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io { op, path: path.into(), source }
+    }
+
+    /// The corruption evidence, if this is a corruption error.
+    pub fn corruption(&self) -> Option<&Corruption> {
+        match self {
+            Error::Corruption(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// Evidence of damaged bytes: which file, where, what was wrong, and which entries it affects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    pub path: PathBuf,
+    /// Byte offset in `path` of the damaged structure.
+    pub offset: u64,
+    pub kind: CorruptionKind,
+    /// The Raft indexes that cannot be trusted because of this damage, if known.
+    pub affected_indexes: Option<(u64, u64)>,
+    /// The label of the recovery decision-table row that refused this damage, if recovery found it.
+    pub rule: Option<&'static str>,
+}
+
+/// What exactly is wrong at a corrupt offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorruptionKind {
+    /// A checksum did not match; `what` names the structure ("record header", "footer", ...).
+    Checksum { what: &'static str, expected: u32, actual: u32 },
+    /// A structure's fields are impossible (a length past the end, a wrong magic, ...).
+    Malformed(String),
+}
+
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "corruption in {} at offset {}: ", self.path.display(), self.offset)?;
+        match &self.kind {
+            CorruptionKind::Checksum { what, expected, actual } => {
+                write!(f, "{what} checksum mismatch (stored {expected:#010x}, computed {actual:#010x})")?
+            }
+            CorruptionKind::Malformed(m) => write!(f, "{m}")?,
+        }
+        if let Some((lo, hi)) = self.affected_indexes {
+            write!(f, "; affects indexes {lo}..={hi}")?;
+        }
+        if let Some(rule) = self.rule {
+            write!(f, "; recovery rule {rule}")?;
+        }
+        write!(
+            f,
+            ". keel does not drop data that may have been acknowledged: restore this node's log \
+             from a peer or a backup, or inspect the file"
+        )
+    }
+}
+
+impl std::error::Error for Corruption {}
+
+impl Corruption {
+    pub(crate) fn new(path: impl Into<PathBuf>, offset: u64, kind: CorruptionKind) -> Corruption {
+        Corruption { path: path.into(), offset, kind, affected_indexes: None, rule: None }
+    }
+
+    pub(crate) fn into_error(self) -> Error {
+        Error::Corruption(Box::new(self))
+    }
+}

@@ -1,0 +1,68 @@
+//! Read-only memory maps of segment files: the only module of keel with `unsafe` code.
+//!
+//! # Soundness
+//!
+//! A `&[u8]` into a file mapping is sound only while no one changes or removes the mapped bytes
+//! under it. keel guarantees that for every byte it hands out:
+//!
+//! 1. **No other writer.** The log holds an exclusive lock on its directory (`LOCK`, taken with
+//!    `flock`) for as long as it is open, so no other keel instance, in this process or another,
+//!    writes the files. (Processes that ignore the lock are outside the model, as for every
+//!    mmap-based engine.)
+//! 2. **Never truncated or deleted while mapped.** A segment file keeps its preallocated size for
+//!    its whole life; the log removes a file only after dropping its [`Map`], and readers hold
+//!    the map through an `Arc`, so a file outlives every slice into it.
+//! 3. **Only written bytes are read, and written bytes are never rewritten.** The log reads a
+//!    range only after the `pwrite` that filled it returned, and never writes over a range it has
+//!    indexed: a Raft truncation appends a superseding record instead of overwriting the old one.
+//!    Recovery zeroes a torn tail before the map is made.
+//!
+//! A read of a mapped page whose disk block fails raises `SIGBUS` rather than an error. keel
+//! accepts that: the same read through `pread` would return `EIO`, which the log could only
+//! report, and the page cache keeps mapped data resident once written.
+
+use memmap2::{Mmap, MmapOptions};
+use std::fs::File;
+use std::io;
+use std::ops::Deref;
+
+/// A read-only, shared mapping of the first `len` bytes of a file.
+#[derive(Debug)]
+pub struct Map {
+    // `None` for a zero-length map: mmap(2) refuses length 0.
+    inner: Option<Mmap>,
+}
+
+impl Map {
+    /// Maps `[0, len)` of `file` read-only and shared, so later writes through the file show.
+    pub fn new(file: &File, len: u64) -> io::Result<Map> {
+        if len == 0 {
+            return Ok(Map { inner: None });
+        }
+        let len = usize::try_from(len).map_err(|_| io::Error::other("map length exceeds the address space"))?;
+        // SAFETY: memmap2 requires that the mapped file is not modified or truncated by others
+        // while the map lives. The module doc gives the argument: the directory lock excludes
+        // other writers, files are never truncated or removed while mapped, and mapped bytes
+        // that were handed out are never rewritten.
+        let map = unsafe { MmapOptions::new().len(len).map(file)? };
+        Ok(Map { inner: Some(map) })
+    }
+
+    /// Mapped length in bytes.
+    pub fn len(&self) -> usize {
+        self.inner.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Deref for Map {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.inner.as_deref().unwrap_or(&[])
+    }
+}

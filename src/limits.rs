@@ -1,0 +1,45 @@
+//! Every size limit of the log in one place, with compile-time checks of how they relate.
+//!
+//! The byte layouts these limits constrain are specified in `segments/FORMAT.md`.
+
+/// Bytes of the segment header at offset 0 of every segment file.
+pub const SEGMENT_HEADER_BYTES: u64 = 64;
+/// Bytes of a record header; the payload follows it.
+pub const RECORD_HEADER_BYTES: u64 = 40;
+/// Records start, and are padded to end, on this boundary.
+pub const RECORD_ALIGN_BYTES: u64 = 8;
+/// Bytes of one footer entry of a sealed segment.
+pub const FOOTER_ENTRY_BYTES: u64 = 24;
+/// Bytes of the footer trailer, the last bytes of a sealed segment.
+pub const FOOTER_TRAILER_BYTES: u64 = 32;
+
+/// Default preallocated size of a segment file.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// Smallest segment size accepted (small segments are for tests and golden files).
+pub const SEGMENT_BYTES_MIN: u64 = 4096;
+/// Largest segment size: record offsets are stored as `u32`.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 32;
+
+const _: () = assert!(SEGMENT_HEADER_BYTES % RECORD_ALIGN_BYTES == 0);
+const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN_BYTES == 0);
+const _: () = assert!(FOOTER_ENTRY_BYTES % RECORD_ALIGN_BYTES == 0);
+const _: () = assert!(FOOTER_TRAILER_BYTES % RECORD_ALIGN_BYTES == 0);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT % 4096 == 0);
+const _: () = assert!(SEGMENT_BYTES_MIN % RECORD_ALIGN_BYTES == 0);
+const _: () = assert!(SEGMENT_BYTES_MIN >= SEGMENT_HEADER_BYTES + FOOTER_TRAILER_BYTES + 4 * (RECORD_HEADER_BYTES + FOOTER_ENTRY_BYTES));
+const _: () = assert!(SEGMENT_BYTES_MAX - 1 <= u32::MAX as u64);
+
+/// Rounds `n` up to the record alignment.
+pub const fn align_up(n: u64) -> u64 {
+    (n + RECORD_ALIGN_BYTES - 1) & !(RECORD_ALIGN_BYTES - 1)
+}
+
+/// Bytes a record with `payload_bytes` of payload occupies on disk, padding included.
+pub const fn record_bytes(payload_bytes: u64) -> u64 {
+    RECORD_HEADER_BYTES + align_up(payload_bytes)
+}
+
+/// The largest payload a segment of `segment_bytes` can hold (one record plus its footer entry).
+pub const fn payload_bytes_max(segment_bytes: u64) -> u64 {
+    segment_bytes - SEGMENT_HEADER_BYTES - FOOTER_TRAILER_BYTES - FOOTER_ENTRY_BYTES - RECORD_HEADER_BYTES
+}

@@ -1,0 +1,561 @@
+//! The write-ahead log: a directory of preallocated, checksummed, memory-mapped segment files
+//! holding Raft entries.
+//!
+//! Calling order:
+//! 1. [`Log::open`] locks the directory, recovers (see `recovery.rs` and the decision table in
+//!    `segments/FORMAT.md`), and returns the log with a [`RecoveryReport`].
+//! 2. [`Log::append`] writes entries (truncating a conflicting suffix first, as Raft requires);
+//!    [`Log::sync`] makes everything appended durable; [`Log::append_and_sync`] does both.
+//! 3. Reads ([`Log::entries`], [`Log::term`], ...) come from the maps, verified by checksum.
+//! 4. [`Log::compact`] drops entries below an index and deletes whole segments;
+//!    [`Log::reset`] drops everything and restarts the log after a snapshot.
+//!
+//! Invariants:
+//! - `first_index <= last_index + 1`; entries `first_index..=last_index` are contiguous;
+//! - `locs[i]` is where entry `first_index + i` lives; its segment id never decreases with `i`;
+//! - every record in a segment is listed in that segment's record list, in file order; the
+//!   active segment is the last one and the only one without a footer;
+//! - bytes at or past `write_offset` of the active segment are zero on disk;
+//! - `synced_offset <= write_offset`, and the file is durable up to `synced_offset`;
+//! - once `failed` is set, nothing is written until the log is reopened.
+
+mod recovery;
+pub(crate) mod record;
+pub mod recovery_table;
+pub(crate) mod segment;
+
+use crate::error::{Corruption, CorruptionKind, Error, Result};
+use crate::io::{FileSystem, Map, StdFileSystem};
+use crate::limits::{self, SEGMENT_HEADER_BYTES};
+use record::{Header, Kind};
+use segment::{FooterEntry, Segment};
+use std::any::Any;
+use std::collections::VecDeque;
+use std::fmt;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use recovery::{RecoveryReport, RemovedSegment, Truncation};
+pub use segment::FORMAT_VERSION;
+
+/// How much damage [`Log::open`] tolerates. See the decision table in `segments/FORMAT.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// A torn tail (bytes of a write that was never acknowledged) is dropped and reported;
+    /// damage anywhere else refuses to open.
+    #[default]
+    TolerateTailCorruption,
+    /// Any damage, even a torn tail, refuses to open.
+    AbsoluteConsistency,
+}
+
+/// Options for [`Log::open`].
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Preallocated size of each new segment file (existing segments keep their own size).
+    pub segment_bytes: u64,
+    /// What recovery tolerates.
+    pub recovery_mode: RecoveryMode,
+    /// The file system to use; the real one by default.
+    pub fs: Arc<dyn FileSystem>,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
+            recovery_mode: RecoveryMode::default(),
+            fs: Arc::new(StdFileSystem),
+        }
+    }
+}
+
+/// An entry to append: borrowed payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewEntry<'a> {
+    pub index: u64,
+    pub term: u64,
+    pub payload: &'a [u8],
+}
+
+/// An entry read from the log. Its payload points into the segment's map (no copy).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub index: u64,
+    pub term: u64,
+    pub payload: Payload,
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("index", &self.index)
+            .field("term", &self.term)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// A cheap, shared handle to a payload inside a mapped segment. Cloning it is an `Arc` clone;
+/// it keeps the map alive, so it stays valid after compaction removes the segment.
+#[derive(Clone)]
+pub struct Payload {
+    map: Arc<Map>,
+    start: usize,
+    len: usize,
+}
+
+impl Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+}
+
+impl AsRef<[u8]> for Payload {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Payload {}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Payload({} bytes)", self.len)
+    }
+}
+
+/// Where an entry lives.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    term: u64,
+    segment_id: u64,
+    offset: u32,
+}
+
+/// Write position in the active segment.
+#[derive(Debug)]
+struct Active {
+    write_offset: u64,
+    synced_offset: u64,
+    /// Every record of the active segment, in file order: the footer it will be sealed with.
+    records: Vec<FooterEntry>,
+}
+
+/// The write-ahead log. See the module documentation for the calling order.
+pub struct Log {
+    dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    segment_bytes: u64,
+    _lock: Box<dyn Any + Send + Sync>,
+    /// Open segments, ids dense and increasing; the last is the active one.
+    segments: VecDeque<Arc<Segment>>,
+    active: Active,
+    first_index: u64,
+    /// Term of `first_index - 1`, when known (after a compaction or reset, or 0 for index 0).
+    prev_term: Option<u64>,
+    locs: VecDeque<Loc>,
+    /// The first write or sync failure; set once, cleared only by reopening.
+    failed: Option<String>,
+    unsynced: bool,
+    buf: Vec<u8>,
+}
+
+impl fmt::Debug for Log {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("first_index", &self.first_index)
+            .field("last_index", &self.last_index())
+            .field("segments", &self.segments.len())
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+/// A record to write.
+struct Rec<'a> {
+    kind: Kind,
+    index: u64,
+    term: u64,
+    payload: &'a [u8],
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir`, locks it, and recovers it.
+    pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<(Log, RecoveryReport)> {
+        recovery::open(dir.as_ref(), options)
+    }
+
+    /// The directory of this log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The index of the first entry (one past the last if the log is empty).
+    pub fn first_index(&self) -> u64 {
+        self.first_index
+    }
+
+    /// The index of the last entry (`first_index - 1` if the log is empty).
+    pub fn last_index(&self) -> u64 {
+        self.first_index + self.locs.len() as u64 - 1
+    }
+
+    /// Whether the log refuses writes after a failure (see [`Error::Failed`]).
+    pub fn is_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
+    /// The term of entry `index`. For `first_index - 1` it answers from the last compaction or
+    /// reset when known; below that, [`Error::Compacted`].
+    pub fn term(&self, index: u64) -> Result<u64> {
+        if index + 1 == self.first_index {
+            if let Some(t) = self.prev_term {
+                return Ok(t);
+            }
+        }
+        Ok(self.loc(index)?.term)
+    }
+
+    fn loc(&self, index: u64) -> Result<Loc> {
+        if index < self.first_index {
+            return Err(Error::Compacted { index, first_index: self.first_index });
+        }
+        let last_index = self.last_index();
+        if index > last_index {
+            return Err(Error::Unavailable { index, last_index });
+        }
+        Ok(self.locs[(index - self.first_index) as usize])
+    }
+
+    /// The entry at `index`, its checksum verified.
+    pub fn entry(&self, index: u64) -> Result<Entry> {
+        let loc = self.loc(index)?;
+        self.read(index, loc)
+    }
+
+    /// The entries in `[lo, hi)`, stopping before their payloads exceed `max_bytes` in total,
+    /// but always at least one when `lo < hi`.
+    pub fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>> {
+        if lo < self.first_index {
+            return Err(Error::Compacted { index: lo, first_index: self.first_index });
+        }
+        let last_index = self.last_index();
+        if hi > last_index + 1 {
+            return Err(Error::Unavailable { index: hi - 1, last_index });
+        }
+        if lo > hi {
+            return Err(Error::InvalidArgument(format!("entries({lo}, {hi}): lo is above hi")));
+        }
+        let mut out = Vec::new();
+        let mut total = 0u64;
+        for index in lo..hi {
+            let e = self.read(index, self.locs[(index - self.first_index) as usize])?;
+            total = total.saturating_add(e.payload.len() as u64);
+            if !out.is_empty() && total > max_bytes {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn segment(&self, id: u64) -> &Arc<Segment> {
+        let first = self.segments[0].id;
+        &self.segments[(id - first) as usize]
+    }
+
+    fn read(&self, index: u64, loc: Loc) -> Result<Entry> {
+        let seg = self.segment(loc.segment_id);
+        let offset = u64::from(loc.offset);
+        let bytes = &seg.bytes()[offset as usize..];
+        let refuse = |kind: CorruptionKind| {
+            let mut c = seg.corruption(offset, kind);
+            c.affected_indexes = Some((index, index));
+            c.rule = Some(recovery_table::READ_RECORD_REFUSE);
+            c.into_error()
+        };
+        let damage = |d: record::Damage| match d {
+            record::Damage::Header(kind) => refuse(kind),
+            record::Damage::Payload { expected, actual } => {
+                refuse(CorruptionKind::Checksum { what: "record", expected, actual })
+            }
+        };
+        let h = record::decode_header(bytes, seg.id, offset, seg.segment_bytes).map_err(damage)?;
+        if h.index != index || h.term != loc.term || h.kind != Kind::Entry {
+            return Err(refuse(CorruptionKind::Malformed(format!(
+                "record holds {:?} index {} term {}, the index expects entry {index} term {}",
+                h.kind, h.index, h.term, loc.term
+            ))));
+        }
+        let payload = record::check_payload(bytes, seg.id, &h).map_err(damage)?;
+        let start = offset as usize + limits::RECORD_HEADER_BYTES as usize;
+        debug_assert_eq!(payload.as_ptr(), seg.bytes()[start..].as_ptr());
+        Ok(Entry { index, term: h.term, payload: Payload { map: Arc::clone(&seg.map), start, len: payload.len() } })
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        match &self.failed {
+            Some(cause) => Err(Error::Failed { cause: cause.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Latches the log as failed and returns the I/O error.
+    fn fail(&mut self, op: &'static str, path: &Path, source: std::io::Error) -> Error {
+        let err = Error::io(op, path, source);
+        if self.failed.is_none() {
+            self.failed = Some(err.to_string());
+        }
+        err
+    }
+
+    /// Appends `entries` (contiguous, increasing). If the first index is at or below the last
+    /// index, the conflicting suffix is truncated first; the truncation becomes durable together
+    /// with the new entries. Not durable until [`Log::sync`].
+    pub fn append(&mut self, entries: &[NewEntry<'_>]) -> Result<()> {
+        self.check_writable()?;
+        let Some(first) = entries.first() else { return Ok(()) };
+        for pair in entries.windows(2) {
+            if pair[1].index != pair[0].index + 1 {
+                return Err(Error::InvalidArgument(format!(
+                    "append: index {} follows index {}; entries must be contiguous",
+                    pair[1].index, pair[0].index
+                )));
+            }
+        }
+        if first.index < self.first_index {
+            return Err(Error::Compacted { index: first.index, first_index: self.first_index });
+        }
+        if first.index > self.last_index() + 1 {
+            return Err(Error::InvalidArgument(format!(
+                "append: first index {} leaves a gap after the last index {}",
+                first.index,
+                self.last_index()
+            )));
+        }
+        let max = limits::payload_bytes_max(self.segment_bytes);
+        if let Some(big) = entries.iter().find(|e| e.payload.len() as u64 > max) {
+            return Err(Error::InvalidArgument(format!(
+                "append: entry {} has {} payload bytes; a segment of {} bytes holds at most {max}",
+                big.index,
+                big.payload.len(),
+                self.segment_bytes
+            )));
+        }
+        let recs: Vec<Rec<'_>> = entries
+            .iter()
+            .map(|e| Rec { kind: Kind::Entry, index: e.index, term: e.term, payload: e.payload })
+            .collect();
+        let positions = self.write(&recs)?;
+        self.locs.truncate((first.index - self.first_index) as usize);
+        self.locs.extend(
+            entries.iter().zip(positions).map(|(e, (segment_id, offset))| Loc { term: e.term, segment_id, offset }),
+        );
+        Ok(())
+    }
+
+    /// Appends `entries` and makes them durable before returning.
+    pub fn append_and_sync(&mut self, entries: &[NewEntry<'_>]) -> Result<()> {
+        self.append(entries)?;
+        self.sync()
+    }
+
+    /// Makes every appended record durable (`fdatasync` of the active segment; earlier
+    /// segments were synced when sealed). A failure latches the log; it is never retried.
+    pub fn sync(&mut self) -> Result<()> {
+        self.check_writable()?;
+        if !self.unsynced {
+            return Ok(());
+        }
+        let seg = Arc::clone(self.segments.back().expect("an active segment"));
+        if let Err(e) = seg.file.sync_data() {
+            return Err(self.fail("fdatasync", &seg.path, e));
+        }
+        self.active.synced_offset = self.active.write_offset;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Writes records, rotating segments as they fill; returns each record's (segment, offset).
+    fn write(&mut self, recs: &[Rec<'_>]) -> Result<Vec<(u64, u32)>> {
+        let mut positions = Vec::with_capacity(recs.len());
+        let mut rest = recs;
+        while !rest.is_empty() {
+            let seg = Arc::clone(self.segments.back().expect("an active segment"));
+            let start = self.active.write_offset;
+            let synced_offset = u32::try_from(self.active.synced_offset).expect("segment offsets fit u32");
+            let mut offset = start;
+            let mut batch = Vec::new();
+            self.buf.clear();
+            for r in rest {
+                let len = r.payload.len() as u64;
+                let footer = segment::footer_bytes((self.active.records.len() + batch.len() + 1) as u64);
+                if offset + limits::record_bytes(len) + footer > seg.segment_bytes {
+                    break;
+                }
+                let h = Header { index: r.index, term: r.term, payload_len: len as u32, synced_offset, kind: r.kind };
+                record::encode(&mut self.buf, seg.id, &h, r.payload);
+                batch.push(FooterEntry { index: r.index, term: r.term, offset: offset as u32, kind: r.kind });
+                offset += h.record_bytes();
+            }
+            if !batch.is_empty() {
+                if let Err(e) = seg.file.write_at(&self.buf, start) {
+                    return Err(self.fail("write", &seg.path, e));
+                }
+                self.unsynced = true;
+                positions.extend(batch.iter().map(|e| (seg.id, e.offset)));
+                self.active.records.extend_from_slice(&batch);
+                self.active.write_offset = offset;
+            }
+            rest = &rest[batch.len()..];
+            if !rest.is_empty() {
+                // Payload sizes were checked against an empty segment's capacity.
+                assert!(!self.active.records.is_empty(), "a record fits no segment");
+                self.rotate()?;
+            }
+        }
+        Ok(positions)
+    }
+
+    /// Seals the active segment (footer written and synced) and starts the next one.
+    fn rotate(&mut self) -> Result<()> {
+        let seg = Arc::clone(self.segments.back().expect("an active segment"));
+        let (footer, at) = segment::encode_footer(seg.id, seg.segment_bytes, self.active.write_offset, &self.active.records);
+        if let Err(e) = seg.file.write_at(&footer, at) {
+            return Err(self.fail("write footer", &seg.path, e));
+        }
+        // The seal (and every record before it) is durable before the next segment exists, so a
+        // valid record in a later segment proves this one was complete (see recovery_table.rs).
+        if let Err(e) = seg.file.sync_data() {
+            return Err(self.fail("fdatasync", &seg.path, e));
+        }
+        let next = match recovery::create_segment(self.fs.as_ref(), &self.dir, seg.id + 1, self.segment_bytes) {
+            Ok(next) => next,
+            Err(Error::Io { op, path, source }) => return Err(self.fail(op, &path, source)),
+            Err(e) => return Err(e),
+        };
+        self.segments.push_back(Arc::new(next));
+        self.active = Active { write_offset: SEGMENT_HEADER_BYTES, synced_offset: SEGMENT_HEADER_BYTES, records: Vec::new() };
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Drops every entry below `index`, durably, and deletes the segments that held only
+    /// dropped entries. `index` may be at most `last_index + 1`; at or below `first_index` it
+    /// does nothing.
+    pub fn compact(&mut self, index: u64) -> Result<()> {
+        self.check_writable()?;
+        if index <= self.first_index {
+            return Ok(());
+        }
+        let last_index = self.last_index();
+        if index > last_index + 1 {
+            return Err(Error::Unavailable { index, last_index });
+        }
+        let prev_term = self.term(index - 1)?;
+        let boundary = match self.locs.get((index - self.first_index) as usize) {
+            Some(loc) => loc.segment_id,
+            None => self.segments.back().expect("an active segment").id,
+        };
+        self.write_marker(Kind::Compact, index, prev_term, boundary)?;
+        self.locs.drain(..(index - self.first_index) as usize);
+        self.first_index = index;
+        self.prev_term = Some(prev_term);
+        self.remove_segments_below(boundary)
+    }
+
+    /// Drops every entry, durably, and restarts the log so that the next append is `index`;
+    /// `term` is the term of `index - 1` (the snapshot's). Used to install a snapshot.
+    pub fn reset(&mut self, index: u64, term: u64) -> Result<()> {
+        self.check_writable()?;
+        if index == 0 {
+            return Err(Error::InvalidArgument("reset: index 0 is never written".into()));
+        }
+        let boundary = self.segments.back().expect("an active segment").id;
+        self.write_marker(Kind::Reset, index, term, boundary)?;
+        self.locs.clear();
+        self.first_index = index;
+        self.prev_term = Some(term);
+        self.remove_segments_below(boundary)
+    }
+
+    fn write_marker(&mut self, kind: Kind, index: u64, term: u64, boundary: u64) -> Result<()> {
+        let payload = boundary.to_le_bytes();
+        self.write(&[Rec { kind, index, term, payload: &payload }])?;
+        self.sync()
+    }
+
+    /// Removes segments older than `boundary` (never the active one) and syncs the directory.
+    fn remove_segments_below(&mut self, boundary: u64) -> Result<()> {
+        let mut removed = false;
+        while self.segments.len() > 1 && self.segments[0].id < boundary {
+            let seg = self.segments.pop_front().expect("checked above");
+            // Unlinking a mapped file is sound: a map keeps its inode alive, and payload handles
+            // still pointing into it stay valid until they drop.
+            if let Err(e) = self.fs.remove(&seg.path) {
+                return Err(self.fail("remove", &seg.path, e));
+            }
+            removed = true;
+        }
+        if removed {
+            if let Err(e) = self.fs.sync_dir(&self.dir) {
+                let dir = self.dir.clone();
+                return Err(self.fail("fsync directory", &dir, e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and checks every record of every segment (sealed segments are otherwise checked
+    /// only when read). Returns the number of records checked, or the first corruption.
+    pub fn verify(&self) -> Result<u64> {
+        let mut checked = 0u64;
+        for (i, seg) in self.segments.iter().enumerate() {
+            let records = if i + 1 == self.segments.len() {
+                self.active.records.clone()
+            } else {
+                match segment::check_footer(seg.bytes(), seg.id) {
+                    segment::FooterCheck::Sealed { entries, .. } => entries,
+                    segment::FooterCheck::Absent => {
+                        return Err(seg.corruption(seg.segment_bytes - limits::FOOTER_TRAILER_BYTES, CorruptionKind::Malformed("sealed segment has no footer".into())).into_error());
+                    }
+                    segment::FooterCheck::Damaged { offset, kind } => return Err(seg.corruption(offset, kind).into_error()),
+                }
+            };
+            for r in records {
+                let offset = u64::from(r.offset);
+                let refuse = |kind| {
+                    let mut c: Corruption = seg.corruption(offset, kind);
+                    c.rule = Some(recovery_table::READ_RECORD_REFUSE);
+                    c.affected_indexes = Some((r.index, r.index));
+                    c.into_error()
+                };
+                match record::decode(&seg.bytes()[offset as usize..], seg.id, offset, seg.segment_bytes) {
+                    Ok((h, _)) if h.index == r.index && h.term == r.term && h.kind == r.kind => checked += 1,
+                    Ok((h, _)) => {
+                        return Err(refuse(CorruptionKind::Malformed(format!(
+                            "record holds index {} term {}, the footer lists index {} term {}",
+                            h.index, h.term, r.index, r.term
+                        ))));
+                    }
+                    Err(record::Damage::Header(kind)) => return Err(refuse(kind)),
+                    Err(record::Damage::Payload { expected, actual }) => {
+                        return Err(refuse(CorruptionKind::Checksum { what: "record", expected, actual }));
+                    }
+                }
+            }
+        }
+        Ok(checked)
+    }
+}

@@ -1,0 +1,585 @@
+//! Opening a log directory: lock, load segments, classify damage by the decision table in
+//! `recovery_table.rs`, replay records into the index, repair the tail, report.
+//!
+//! Steps (newest segment first, so that "is anything valid after this damage?" is known):
+//! 1. list `*.seg` files; check each header; map each segment at the size its header states;
+//! 2. for each segment from the newest: take its records from the footer if sealed, otherwise
+//!    scan them; classify any damage as tail or middle; stop at the boundary named by the newest
+//!    compaction marker (older segments hold nothing live and are removed);
+//! 3. replay the kept segments' records in file order into the entry index;
+//! 4. zero and sync torn tails, remove dead segments, sync the directory, make sure an active
+//!    segment exists, and sync it so that everything recovered is durable.
+
+use super::record::{self, Kind};
+use super::recovery_table::{self as table, Action, Damaged, Position};
+use super::segment::{self, FooterCheck, FooterEntry, HeaderCheck, Segment};
+use super::{Active, Log, LogOptions, Loc};
+use crate::error::{Corruption, CorruptionKind, Error, Result};
+use crate::io::FileSystem;
+use crate::limits::{self, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use byteorder::{ByteOrder, LittleEndian as LE};
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What [`Log::open`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub dir: PathBuf,
+    /// Segment files found in the directory.
+    pub segments_found: usize,
+    /// Segments whose records came from their footer (not scanned).
+    pub segments_sealed: usize,
+    /// Segments whose records were scanned one by one.
+    pub segments_scanned: usize,
+    /// Entries in the log after recovery.
+    pub entries_recovered: u64,
+    pub first_index: u64,
+    pub last_index: u64,
+    /// Torn tails dropped, each with the decision-table rule that allowed it.
+    pub truncations: Vec<Truncation>,
+    /// Segment files removed (wholly compacted, or holding nothing but a torn tail).
+    pub removed_segments: Vec<RemovedSegment>,
+}
+
+/// A torn tail that recovery dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    pub path: PathBuf,
+    pub segment_id: u64,
+    /// Where the dropped bytes start.
+    pub offset: u64,
+    /// How many bytes (up to the last non-zero one) were zeroed.
+    pub bytes_dropped: u64,
+    /// The decision-table label.
+    pub rule: &'static str,
+    /// What was wrong at `offset`.
+    pub reason: String,
+}
+
+/// A segment file that recovery removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedSegment {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "recovered {}: {} segments ({} sealed, {} scanned), {} entries, indexes {}..={}",
+            self.dir.display(),
+            self.segments_found,
+            self.segments_sealed,
+            self.segments_scanned,
+            self.entries_recovered,
+            self.first_index,
+            self.last_index
+        )?;
+        for t in &self.truncations {
+            writeln!(
+                f,
+                "  truncated {} at offset {}: {} bytes dropped [{}]: {}",
+                t.path.display(),
+                t.offset,
+                t.bytes_dropped,
+                t.rule,
+                t.reason
+            )?;
+        }
+        for r in &self.removed_segments {
+            writeln!(f, "  removed {}: {}", r.path.display(), r.reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates, preallocates and durably initializes segment `id`.
+pub(crate) fn create_segment(fs: &dyn FileSystem, dir: &Path, id: u64, segment_bytes: u64) -> Result<Segment> {
+    let path = Segment::path_in(dir, id);
+    let file = fs.create(&path).map_err(|e| Error::io("create", &path, e))?;
+    file.allocate(segment_bytes).map_err(|e| Error::io("allocate", &path, e))?;
+    file.write_at(&segment::encode_header(id, segment_bytes), 0).map_err(|e| Error::io("write", &path, e))?;
+    file.sync_data().map_err(|e| Error::io("fdatasync", &path, e))?;
+    fs.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+    Segment::map(id, path, file, segment_bytes)
+}
+
+/// A segment as loaded: valid header and map, or why not.
+enum Loaded {
+    Mapped(Segment),
+    BadHeader { path: PathBuf, file: Box<dyn crate::io::DataFile>, kind: CorruptionKind },
+}
+
+/// Damage found by scanning a segment's records.
+#[derive(Debug)]
+struct ScanDamage {
+    offset: u64,
+    damaged: Damaged,
+    kind: CorruptionKind,
+    /// A valid record after the damage whose `synced_offset` lies past it: proof that the damaged
+    /// bytes had been synced. (offset of that record)
+    proof: Option<u64>,
+    /// Highest index among valid records after the damage.
+    later_index_max: Option<u64>,
+    /// One past the last non-zero byte at or after `offset`.
+    garbage_end: u64,
+}
+
+#[derive(Debug)]
+struct Scan {
+    records: Vec<FooterEntry>,
+    end: u64,
+    damage: Option<ScanDamage>,
+}
+
+/// Reads records from the start of a segment until the first position that is not a valid
+/// record, then classifies what follows.
+fn scan(bytes: &[u8], id: u64) -> Scan {
+    let size = bytes.len() as u64;
+    let mut records = Vec::new();
+    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut found = None;
+    while offset + RECORD_HEADER_BYTES <= size {
+        let at = &bytes[offset as usize..];
+        if record::is_zero_header(at) {
+            break;
+        }
+        match record::decode(at, id, offset, size) {
+            Ok((h, _)) => {
+                records.push(FooterEntry { index: h.index, term: h.term, offset: offset as u32, kind: h.kind });
+                offset += h.record_bytes();
+            }
+            Err(d) => {
+                found = Some(d);
+                break;
+            }
+        }
+    }
+    let end = offset;
+    let garbage_end = last_nonzero_end(bytes, end);
+    let (damaged, kind) = match found {
+        Some(record::Damage::Header(kind)) => (Damaged::RecordHeader, kind),
+        Some(record::Damage::Payload { expected, actual }) => {
+            (Damaged::RecordPayload, CorruptionKind::Checksum { what: "record", expected, actual })
+        }
+        None if garbage_end == end => return Scan { records, end, damage: None },
+        None => (
+            Damaged::RecordHeader,
+            CorruptionKind::Malformed(format!("zeroed record header followed by non-zero bytes up to offset {garbage_end}")),
+        ),
+    };
+    // Look for valid records after the damage, at every aligned offset.
+    let mut proof = None;
+    let mut later_index_max = None;
+    let mut p = end + RECORD_ALIGN_BYTES;
+    while p + RECORD_HEADER_BYTES <= garbage_end {
+        let at = &bytes[p as usize..];
+        // Cheap filter before checksumming: a known kind and zero reserved bytes.
+        let plausible = record::Kind::from_u8(at[record::OFF_KIND]).is_some()
+            && at[record::OFF_RESERVED..RECORD_HEADER_BYTES as usize].iter().all(|&b| b == 0);
+        if plausible {
+            if let Ok((h, _)) = record::decode(at, id, p, size) {
+                if u64::from(h.synced_offset) > end && proof.is_none() {
+                    proof = Some(p);
+                }
+                later_index_max = Some(later_index_max.map_or(h.index, |m: u64| m.max(h.index)));
+                p += h.record_bytes();
+                continue;
+            }
+        }
+        p += RECORD_ALIGN_BYTES;
+    }
+    Scan { records, end, damage: Some(ScanDamage { offset: end, damaged, kind, proof, later_index_max, garbage_end }) }
+}
+
+/// One past the last non-zero byte in `bytes[from..]`, or `from` if all are zero.
+fn last_nonzero_end(bytes: &[u8], from: u64) -> u64 {
+    let tail = &bytes[from as usize..];
+    // Whole-block OR folds vectorize; only the last non-zero block is searched byte by byte.
+    const BLOCK: usize = 4096;
+    let mut end = tail.len();
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK);
+        let block = &tail[start..end];
+        if block.iter().fold(0u8, |a, &b| a | b) != 0 {
+            let last = block.iter().rposition(|&b| b != 0).expect("block is non-zero");
+            return from + (start + last + 1) as u64;
+        }
+        end = start;
+    }
+    from
+}
+
+/// The records of a kept segment, and how recovery found them.
+struct Kept {
+    segment: Segment,
+    records: Vec<FooterEntry>,
+    sealed: bool,
+    /// Records end (write offset) for an unsealed segment.
+    end: u64,
+    /// A torn tail to zero: (offset, garbage_end, rule, reason).
+    tail: Option<(u64, u64, &'static str, String)>,
+}
+
+fn refuse(path: &Path, offset: u64, kind: CorruptionKind, rule: &'static str, affected: Option<(u64, u64)>) -> Error {
+    let mut c = Corruption::new(path, offset, kind);
+    c.rule = Some(rule);
+    c.affected_indexes = affected;
+    c.into_error()
+}
+
+pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryReport)> {
+    let LogOptions { segment_bytes, recovery_mode: mode, fs } = options;
+    if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX).contains(&segment_bytes) || segment_bytes % 4096 != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "segment_bytes {segment_bytes} must be a multiple of 4096 in [{}, {}]",
+            limits::SEGMENT_BYTES_MIN,
+            limits::SEGMENT_BYTES_MAX
+        )));
+    }
+    fs.create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    let lock = fs.lock(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.to_path_buf() },
+        _ => Error::io("lock", dir.join("LOCK"), e),
+    })?;
+    let mut report = RecoveryReport { dir: dir.to_path_buf(), ..RecoveryReport::default() };
+
+    // 1. Load every segment.
+    let names = fs.list(dir).map_err(|e| Error::io("list", dir, e))?;
+    let mut ids: Vec<u64> = names.iter().filter_map(|n| n.to_str().and_then(segment::parse_file_name)).collect();
+    ids.sort_unstable();
+    report.segments_found = ids.len();
+    let mut loaded = Vec::with_capacity(ids.len());
+    for &id in &ids {
+        loaded.push(load(fs.as_ref(), dir, id)?);
+    }
+
+    // 2. Newest first: find records, classify damage, find the compaction boundary.
+    let mut kept: Vec<Kept> = Vec::new(); // newest first
+    let mut tail_segments: Vec<(PathBuf, String)> = Vec::new();
+    let mut later_valid = false; // a newer segment holds a valid record or a seal
+    let mut boundary: Option<u64> = None;
+    while let Some(l) = loaded.pop() {
+        let id = ids[loaded.len()];
+        if boundary.is_some_and(|b| id < b) {
+            let path = match l {
+                Loaded::Mapped(s) => s.path,
+                Loaded::BadHeader { path, .. } => path,
+            };
+            report.removed_segments.push(RemovedSegment { path, reason: "below the compaction boundary".into() });
+            continue;
+        }
+        let seg = match l {
+            Loaded::Mapped(seg) => seg,
+            Loaded::BadHeader { path, file, kind } => {
+                // Can records still be found under the id the file name gives?
+                let len = file.len().unwrap_or(0);
+                let map_len = len - len % RECORD_ALIGN_BYTES;
+                let has_records = map_len >= limits::SEGMENT_BYTES_MIN
+                    && file.map(map_len).is_ok_and(|m| !scan(&m, id).records.is_empty());
+                let position = if later_valid || has_records { Position::Middle } else { Position::Tail };
+                let rule = table::decide(position, Damaged::SegmentHeader, mode);
+                if rule.action == Action::Refuse {
+                    return Err(refuse(&path, 0, kind, rule.label, None));
+                }
+                tail_segments.push((path, format!("segment header damaged ({:?}) and no record after it [{}]", kind, rule.label)));
+                continue;
+            }
+        };
+        let bytes = seg.bytes();
+        let (records, sealed, end, damage) = match segment::check_footer(bytes, id) {
+            FooterCheck::Sealed { entries, records_end } => {
+                report.segments_sealed += 1;
+                (entries, true, records_end, None)
+            }
+            // A segment is sealed and synced before the next one receives a record, so an
+            // unsealed segment with valid records after it lost its footer.
+            FooterCheck::Damaged { offset, kind } if later_valid => {
+                let rule = table::decide(Position::Middle, Damaged::Footer, mode);
+                return Err(refuse(&seg.path, offset, kind, rule.label, None));
+            }
+            FooterCheck::Absent if later_valid => {
+                let rule = table::decide(Position::Middle, Damaged::Footer, mode);
+                let offset = seg.segment_bytes - limits::FOOTER_TRAILER_BYTES;
+                let kind = CorruptionKind::Malformed("footer missing from a segment that has a successor with records".into());
+                return Err(refuse(&seg.path, offset, kind, rule.label, None));
+            }
+            // Never sealed, or a torn seal with nothing after it: read record by record.
+            FooterCheck::Absent | FooterCheck::Damaged { .. } => {
+                report.segments_scanned += 1;
+                let s = scan(bytes, id);
+                (s.records, false, s.end, s.damage)
+            }
+        };
+        let mut tail = None;
+        if let Some(d) = damage {
+            let position = if later_valid || d.proof.is_some() { Position::Middle } else { Position::Tail };
+            let rule = table::decide(position, d.damaged, mode);
+            if rule.action == Action::Refuse {
+                let lo = records.last().map_or(0, |r| r.index + 1);
+                let affected = d.later_index_max.map(|hi| (lo, hi.max(lo))).or(Some((lo, lo)));
+                return Err(refuse(&seg.path, d.offset, d.kind, rule.label, affected));
+            }
+            tail = Some((d.offset, d.garbage_end, rule.label, describe(&d.kind)));
+        }
+        if records.is_empty() && !sealed {
+            // Nothing valid here and nothing after: a segment created just before a crash, or
+            // holding only a torn tail.
+            let reason = match tail {
+                Some((offset, _, rule, reason)) => format!("no valid record; torn bytes from offset {offset} [{rule}]: {reason}"),
+                None => "holds no record".into(),
+            };
+            tail_segments.push((seg.path.clone(), reason));
+            continue;
+        }
+        later_valid = true;
+        if boundary.is_none() {
+            boundary = records.iter().rev().find(|r| r.kind != Kind::Entry).map(|r| marker_boundary(&seg, r)).transpose()?;
+        }
+        kept.push(Kept { segment: seg, records, sealed, end, tail });
+    }
+    kept.reverse();
+
+    // Ids of kept segments must be dense: a missing one lost records.
+    for pair in kept.windows(2) {
+        if pair[1].segment.id != pair[0].segment.id + 1 {
+            let missing = Segment::path_in(dir, pair[0].segment.id + 1);
+            return Err(Corruption::new(missing, 0, CorruptionKind::Malformed("segment file is missing between kept segments".into())).into_error());
+        }
+    }
+
+    // 3. Replay.
+    let mut replay = Replay::default();
+    for k in &kept {
+        for r in &k.records {
+            replay.apply(k.segment.id, r).map_err(|kind| Corruption::new(&k.segment.path, u64::from(r.offset), kind).into_error())?;
+        }
+    }
+
+    // 4. Repair: zero torn tails, remove dead segments, ensure an active segment.
+    for k in &kept {
+        if let Some((offset, garbage_end, rule, reason)) = &k.tail {
+            zero(k.segment.file.as_ref(), &k.segment.path, *offset, *garbage_end)?;
+            report.truncations.push(Truncation {
+                path: k.segment.path.clone(),
+                segment_id: k.segment.id,
+                offset: *offset,
+                bytes_dropped: garbage_end - offset,
+                rule,
+                reason: reason.clone(),
+            });
+        }
+    }
+    let mut removed_any = !report.removed_segments.is_empty();
+    for r in &report.removed_segments {
+        fs.remove(&r.path).map_err(|e| Error::io("remove", &r.path, e))?;
+    }
+    for (path, reason) in tail_segments {
+        fs.remove(&path).map_err(|e| Error::io("remove", &path, e))?;
+        report.removed_segments.push(RemovedSegment { path, reason });
+        removed_any = true;
+    }
+    if removed_any {
+        fs.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+    }
+    let mut active = None;
+    if let Some(last) = kept.last_mut() {
+        if !last.sealed {
+            active = Some(Active { write_offset: last.end, synced_offset: last.end, records: std::mem::take(&mut last.records) });
+        }
+    }
+    let mut segments: VecDeque<Arc<Segment>> = kept.into_iter().map(|k| Arc::new(k.segment)).collect();
+    let active = match active {
+        Some(a) => {
+            let seg = segments.back().expect("kept");
+            // What recovery read may not be durable yet (a process crash leaves it in the page
+            // cache): sync it, so every record's synced_offset claim stays true.
+            seg.file.sync_data().map_err(|e| Error::io("fdatasync", &seg.path, e))?;
+            a
+        }
+        None => {
+            let id = segments.back().map_or(1, |s| s.id + 1);
+            segments.push_back(Arc::new(create_segment(fs.as_ref(), dir, id, segment_bytes)?));
+            Active { write_offset: SEGMENT_HEADER_BYTES, synced_offset: SEGMENT_HEADER_BYTES, records: Vec::new() }
+        }
+    };
+
+    let first_index = replay.base.unwrap_or(1);
+    let prev_term = match replay.marker {
+        Some((index, term)) if index == first_index => Some(term),
+        _ if first_index == 1 => Some(0),
+        _ => None,
+    };
+    let log = Log {
+        dir: dir.to_path_buf(),
+        fs,
+        segment_bytes,
+        _lock: lock,
+        segments,
+        active,
+        first_index,
+        prev_term,
+        locs: replay.locs,
+        failed: None,
+        unsynced: false,
+        buf: Vec::new(),
+    };
+    report.entries_recovered = log.locs.len() as u64;
+    report.first_index = log.first_index();
+    report.last_index = log.last_index();
+    Ok((log, report))
+}
+
+fn describe(kind: &CorruptionKind) -> String {
+    match kind {
+        CorruptionKind::Checksum { what, expected, actual } => {
+            format!("{what} checksum mismatch (stored {expected:#010x}, computed {actual:#010x})")
+        }
+        CorruptionKind::Malformed(m) => m.clone(),
+    }
+}
+
+/// The segment boundary a compaction or reset marker names (its payload).
+fn marker_boundary(seg: &Segment, r: &FooterEntry) -> Result<u64> {
+    let offset = u64::from(r.offset);
+    let (h, payload) = record::decode(&seg.bytes()[offset as usize..], seg.id, offset, seg.segment_bytes).map_err(|d| {
+        let kind = match d {
+            record::Damage::Header(k) => k,
+            record::Damage::Payload { expected, actual } => CorruptionKind::Checksum { what: "record", expected, actual },
+        };
+        refuse(&seg.path, offset, kind, table::READ_RECORD_REFUSE, None)
+    })?;
+    if payload.len() != 8 || h.index != r.index || h.kind != r.kind {
+        return Err(refuse(
+            &seg.path,
+            offset,
+            CorruptionKind::Malformed("compaction marker does not match its listing".into()),
+            table::READ_RECORD_REFUSE,
+            None,
+        ));
+    }
+    Ok(LE::read_u64(payload))
+}
+
+fn load(fs: &dyn FileSystem, dir: &Path, id: u64) -> Result<Loaded> {
+    let path = Segment::path_in(dir, id);
+    let file = fs.open(&path).map_err(|e| Error::io("open", &path, e))?;
+    let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
+    let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
+    let head = (len as usize).min(header.len());
+    file.read_at(&mut header[..head], 0).map_err(|e| Error::io("read", &path, e))?;
+    match segment::check_header(&header[..head], id) {
+        HeaderCheck::Version(found) => {
+            Err(Error::IncompatibleVersion { path, found, supported: segment::FORMAT_VERSION })
+        }
+        HeaderCheck::Damaged(kind) => Ok(Loaded::BadHeader { path, file, kind }),
+        HeaderCheck::Valid { segment_bytes } if len < segment_bytes => Ok(Loaded::BadHeader {
+            path,
+            file,
+            kind: CorruptionKind::Malformed(format!("file holds {len} bytes; its header promises {segment_bytes}")),
+        }),
+        HeaderCheck::Valid { segment_bytes } => Ok(Loaded::Mapped(Segment::map(id, path, file, segment_bytes)?)),
+    }
+}
+
+/// Zeroes `[from, to)` of a file and syncs it.
+fn zero(file: &dyn crate::io::DataFile, path: &Path, from: u64, to: u64) -> Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64);
+        file.write_at(&zeros[..n as usize], at).map_err(|e| Error::io("write", path, e))?;
+        at += n;
+    }
+    file.sync_data().map_err(|e| Error::io("fdatasync", path, e))
+}
+
+/// Rebuilds the entry index from records in file order.
+#[derive(Default)]
+struct Replay {
+    /// Index of `locs[0]`; `None` until the first record.
+    base: Option<u64>,
+    locs: VecDeque<Loc>,
+    /// The newest marker: (index, term of index - 1).
+    marker: Option<(u64, u64)>,
+    /// No entry below this index may appear (the newest marker's index).
+    floor: u64,
+}
+
+impl Replay {
+    fn apply(&mut self, segment_id: u64, r: &FooterEntry) -> std::result::Result<(), CorruptionKind> {
+        let bad = |m: String| Err(CorruptionKind::Malformed(m));
+        match r.kind {
+            Kind::Entry => {
+                if r.index < self.floor {
+                    return bad(format!("entry {} is below the compacted index {}", r.index, self.floor));
+                }
+                let loc = Loc { term: r.term, segment_id, offset: r.offset };
+                match self.base {
+                    Some(base) if r.index >= base => {
+                        let pos = (r.index - base) as usize;
+                        if pos > self.locs.len() {
+                            return bad(format!(
+                                "entry {} leaves a gap after entry {}",
+                                r.index,
+                                base + self.locs.len() as u64 - 1
+                            ));
+                        }
+                        self.locs.truncate(pos);
+                    }
+                    // Below everything replayed so far: the entries it truncates lived in
+                    // segments already removed by compaction (or it starts the log).
+                    _ => {
+                        self.locs.clear();
+                        self.base = Some(r.index);
+                    }
+                }
+                self.locs.push_back(loc);
+            }
+            Kind::Compact => {
+                let base = self.base.unwrap_or(r.index);
+                let drop = r.index.saturating_sub(base).min(self.locs.len() as u64);
+                self.locs.drain(..drop as usize);
+                if self.locs.is_empty() {
+                    self.base = Some(r.index.max(base));
+                } else {
+                    self.base = Some(base + drop);
+                }
+                self.marker = Some((r.index, r.term));
+                self.floor = r.index;
+            }
+            Kind::Reset => {
+                self.locs.clear();
+                self.base = Some(r.index);
+                self.marker = Some((r.index, r.term));
+                self.floor = r.index;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_nonzero_end_finds_the_last_byte() {
+        let mut b = vec![0u8; 20000];
+        assert_eq!(last_nonzero_end(&b, 64), 64);
+        b[9000] = 1;
+        assert_eq!(last_nonzero_end(&b, 64), 9001);
+        b[19999] = 1;
+        assert_eq!(last_nonzero_end(&b, 64), 20000);
+        assert_eq!(last_nonzero_end(&b, 20000), 20000);
+        let mut c = vec![0u8; 4097];
+        c[4096] = 7;
+        assert_eq!(last_nonzero_end(&c, 0), 4097);
+        c[0] = 1;
+        c[4096] = 0;
+        assert_eq!(last_nonzero_end(&c, 0), 1);
+    }
+}
