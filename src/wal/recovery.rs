@@ -359,6 +359,11 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
         }
     }
 
+    let (first_index, prev_term, locs) = replay.finish().map_err(|kind| {
+        let first = kept.first().map_or_else(|| dir.to_path_buf(), |k| k.segment.path.clone());
+        Corruption::new(first, SEGMENT_HEADER_BYTES, kind).into_error()
+    })?;
+
     // 4. Repair: zero torn tails, remove dead segments, ensure an active segment.
     for k in &kept {
         if let Some((offset, garbage_end, rule, reason)) = &k.tail {
@@ -407,12 +412,6 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
         }
     };
 
-    let first_index = replay.base.unwrap_or(1);
-    let prev_term = match replay.marker {
-        Some((index, term)) if index == first_index => Some(term),
-        _ if first_index == 1 => Some(0),
-        _ => None,
-    };
     let log = Log {
         dir: dir.to_path_buf(),
         fs,
@@ -422,7 +421,7 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
         active,
         first_index,
         prev_term,
-        locs: replay.locs,
+        locs,
         failed: None,
         unsynced: false,
         buf: Vec::new(),
@@ -498,14 +497,20 @@ fn zero(file: &dyn crate::io::DataFile, path: &Path, from: u64, to: u64) -> Resu
 }
 
 /// Rebuilds the entry index from records in file order.
+///
+/// Replay starts at the compaction boundary, not at the beginning of history, so it may begin
+/// in the middle of the log, and a record may truncate entries that lived in removed segments.
+/// What it knows: entries below the newest marker (`floor`) are gone; a run of entries that
+/// starts with no known predecessor is only valid if everything below it was compacted, which
+/// the check in [`Replay::finish`] enforces.
 #[derive(Default)]
 struct Replay {
-    /// Index of `locs[0]`; `None` until the first record.
+    /// Index of `locs[0]`; `None` while no entry of the current run is known.
     base: Option<u64>,
     locs: VecDeque<Loc>,
     /// The newest marker: (index, term of index - 1).
     marker: Option<(u64, u64)>,
-    /// No entry below this index may appear (the newest marker's index).
+    /// Entries below this index are compacted (the newest marker's index).
     floor: u64,
 }
 
@@ -530,8 +535,8 @@ impl Replay {
                         }
                         self.locs.truncate(pos);
                     }
-                    // Below everything replayed so far: the entries it truncates lived in
-                    // segments already removed by compaction (or it starts the log).
+                    // No known predecessor, or below everything known: the entries it follows
+                    // or truncates lived in segments removed by compaction (checked in finish).
                     _ => {
                         self.locs.clear();
                         self.base = Some(r.index);
@@ -540,25 +545,39 @@ impl Replay {
                 self.locs.push_back(loc);
             }
             Kind::Compact => {
-                let base = self.base.unwrap_or(r.index);
-                let drop = r.index.saturating_sub(base).min(self.locs.len() as u64);
-                self.locs.drain(..drop as usize);
-                if self.locs.is_empty() {
-                    self.base = Some(r.index.max(base));
-                } else {
-                    self.base = Some(base + drop);
-                }
+                self.floor = self.floor.max(r.index);
                 self.marker = Some((r.index, r.term));
-                self.floor = r.index;
+                if let Some(base) = self.base {
+                    let drop = r.index.saturating_sub(base).min(self.locs.len() as u64);
+                    self.locs.drain(..drop as usize);
+                    self.base = if self.locs.is_empty() { None } else { Some(base + drop) };
+                }
             }
             Kind::Reset => {
                 self.locs.clear();
-                self.base = Some(r.index);
-                self.marker = Some((r.index, r.term));
+                self.base = None;
                 self.floor = r.index;
+                self.marker = Some((r.index, r.term));
             }
         }
         Ok(())
+    }
+
+    /// The first index, the term before it (if known), and the entry locations.
+    fn finish(self) -> std::result::Result<(u64, Option<u64>, VecDeque<Loc>), CorruptionKind> {
+        let floor = self.floor.max(1);
+        let first = self.base.unwrap_or(floor);
+        if first > floor {
+            return Err(CorruptionKind::Malformed(format!(
+                "entries {floor}..{first} are missing: the log starts at {first} but was compacted only to {floor}"
+            )));
+        }
+        let prev_term = match self.marker {
+            Some((index, term)) if index == first => Some(term),
+            _ if first == 1 => Some(0),
+            _ => None,
+        };
+        Ok((first, prev_term, self.locs))
     }
 }
 

@@ -1,0 +1,122 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use keel::io::{DataFile, FileSystem, Map, StdFileSystem};
+use keel::wal::{Log, LogOptions, NewEntry, RecoveryMode};
+use std::any::Any;
+use std::ffi::OsString;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+pub const SEGMENT_BYTES: u64 = 16 * 1024;
+
+pub fn options(segment_bytes: u64) -> LogOptions {
+    LogOptions { segment_bytes, ..LogOptions::default() }
+}
+
+pub fn absolute(segment_bytes: u64) -> LogOptions {
+    LogOptions { segment_bytes, recovery_mode: RecoveryMode::AbsoluteConsistency, ..LogOptions::default() }
+}
+
+/// A payload that depends on index and term, with a varying length.
+pub fn payload(index: u64, term: u64) -> Vec<u8> {
+    let len = ((index * 37 + term * 11) % 300) as usize;
+    (0..len).map(|i| (index as usize * 31 + term as usize * 7 + i) as u8).collect()
+}
+
+pub fn append(log: &mut Log, from: u64, to: u64, term: u64) {
+    let payloads: Vec<Vec<u8>> = (from..=to).map(|i| payload(i, term)).collect();
+    let entries: Vec<NewEntry<'_>> =
+        (from..=to).zip(&payloads).map(|(index, p)| NewEntry { index, term, payload: p }).collect();
+    log.append_and_sync(&entries).unwrap();
+}
+
+/// Checks that `log` holds exactly `first..=last` with the expected payloads for `term_of`.
+pub fn check(log: &Log, first: u64, last: u64, term_of: impl Fn(u64) -> u64) {
+    assert_eq!(log.first_index(), first);
+    assert_eq!(log.last_index(), last);
+    let entries = log.entries(first, last + 1, u64::MAX).unwrap();
+    assert_eq!(entries.len() as u64, last + 1 - first);
+    for e in entries {
+        assert_eq!(e.term, term_of(e.index), "term of {}", e.index);
+        assert_eq!(&*e.payload, &payload(e.index, e.term)[..], "payload of {}", e.index);
+    }
+}
+
+/// A file system that fails chosen operations, for latch tests. (The full simulated disk
+/// arrives with the crash-safety work.)
+#[derive(Debug, Default)]
+pub struct FaultyFs {
+    pub fail_sync: AtomicBool,
+    pub fail_write: AtomicBool,
+    pub syncs: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    inner: Box<dyn DataFile>,
+    fs: Arc<FaultyFs>,
+}
+
+#[derive(Debug)]
+pub struct FaultyHandle(pub Arc<FaultyFs>);
+
+impl FileSystem for FaultyHandle {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        StdFileSystem.create_dir_all(dir)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn DataFile>> {
+        Ok(Box::new(FaultyFile { inner: StdFileSystem.open(path)?, fs: self.0.clone() }))
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn DataFile>> {
+        Ok(Box::new(FaultyFile { inner: StdFileSystem.create(path)?, fs: self.0.clone() }))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        StdFileSystem.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        StdFileSystem.remove(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<OsString>> {
+        StdFileSystem.list(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        StdFileSystem.sync_dir(dir)
+    }
+    fn lock(&self, dir: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
+        StdFileSystem.lock(dir)
+    }
+}
+
+impl DataFile for FaultyFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.fs.fail_write.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        self.inner.allocate(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        if self.fs.fail_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
+        self.fs.syncs.fetch_add(1, Ordering::SeqCst);
+        self.inner.sync_data()
+    }
+    fn map(&self, len: u64) -> io::Result<Map> {
+        self.inner.map(len)
+    }
+}
