@@ -23,6 +23,8 @@ mod recovery;
 pub(crate) mod record;
 pub mod recovery_table;
 pub(crate) mod segment;
+#[cfg(test)]
+mod format_spec;
 
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::io::{FileSystem, Map, StdFileSystem};
@@ -287,7 +289,7 @@ impl Log {
         };
         let damage = |d: record::Damage| match d {
             record::Damage::Header(kind) => refuse(kind),
-            record::Damage::Payload { expected, actual } => {
+            record::Damage::Payload { expected, actual, .. } => {
                 refuse(CorruptionKind::Checksum { what: "record", expected, actual })
             }
         };
@@ -550,7 +552,7 @@ impl Log {
                         ))));
                     }
                     Err(record::Damage::Header(kind)) => return Err(refuse(kind)),
-                    Err(record::Damage::Payload { expected, actual }) => {
+                    Err(record::Damage::Payload { expected, actual, .. }) => {
                         return Err(refuse(CorruptionKind::Checksum { what: "record", expected, actual }));
                     }
                 }

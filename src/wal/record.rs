@@ -85,8 +85,8 @@ impl Header {
 pub(crate) enum Damage {
     /// The header checksum failed or a header field is impossible.
     Header(crate::error::CorruptionKind),
-    /// The header is valid but the whole-record checksum failed.
-    Payload { expected: u32, actual: u32 },
+    /// The header is valid (so `index` is trustworthy) but the whole-record checksum failed.
+    Payload { index: u64, expected: u32, actual: u32 },
 }
 
 /// Appends the encoded record (header, payload, zero padding) to `out`.
@@ -178,7 +178,7 @@ pub(crate) fn check_payload<'a>(bytes: &'a [u8], segment_id: u64, h: &Header) ->
     let (_, actual) = checksums(segment_id, &bytes[COVERED], payload);
     let expected = LE::read_u32(&bytes[OFF_RECORD_CRC..]);
     if expected != actual {
-        return Err(Damage::Payload { expected, actual });
+        return Err(Damage::Payload { index: h.index, expected, actual });
     }
     Ok(payload)
 }

@@ -122,8 +122,10 @@ struct ScanDamage {
     /// A valid record after the damage whose `synced_offset` lies past it: proof that the damaged
     /// bytes had been synced. (offset of that record)
     proof: Option<u64>,
-    /// Highest index among valid records after the damage.
-    later_index_max: Option<u64>,
+    /// The damaged record's index, when its header is intact.
+    damaged_index: Option<u64>,
+    /// Lowest and highest index among valid records after the damage.
+    later_indexes: Option<(u64, u64)>,
     /// One past the last non-zero byte at or after `offset`.
     garbage_end: u64,
 }
@@ -160,9 +162,11 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
     }
     let end = offset;
     let garbage_end = last_nonzero_end(bytes, end);
+    let mut damaged_index = None;
     let (damaged, kind) = match found {
         Some(record::Damage::Header(kind)) => (Damaged::RecordHeader, kind),
-        Some(record::Damage::Payload { expected, actual }) => {
+        Some(record::Damage::Payload { index, expected, actual }) => {
+            damaged_index = Some(index);
             (Damaged::RecordPayload, CorruptionKind::Checksum { what: "record", expected, actual })
         }
         None if garbage_end == end => return Scan { records, end, damage: None },
@@ -173,7 +177,7 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
     };
     // Look for valid records after the damage, at every aligned offset.
     let mut proof = None;
-    let mut later_index_max = None;
+    let mut later_indexes: Option<(u64, u64)> = None;
     let mut p = end + RECORD_ALIGN_BYTES;
     while p + RECORD_HEADER_BYTES <= garbage_end {
         let at = &bytes[p as usize..];
@@ -185,14 +189,14 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
                 if u64::from(h.synced_offset) > end && proof.is_none() {
                     proof = Some(p);
                 }
-                later_index_max = Some(later_index_max.map_or(h.index, |m: u64| m.max(h.index)));
+                later_indexes = Some(later_indexes.map_or((h.index, h.index), |(lo, hi)| (lo.min(h.index), hi.max(h.index))));
                 p += h.record_bytes();
                 continue;
             }
         }
         p += RECORD_ALIGN_BYTES;
     }
-    Scan { records, end, damage: Some(ScanDamage { offset: end, damaged, kind, proof, later_index_max, garbage_end }) }
+    Scan { records, end, damage: Some(ScanDamage { offset: end, damaged, kind, proof, damaged_index, later_indexes, garbage_end }) }
 }
 
 /// One past the last non-zero byte in `bytes[from..]`, or `from` if all are zero.
@@ -319,8 +323,11 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
             let position = if later_valid || d.proof.is_some() { Position::Middle } else { Position::Tail };
             let rule = table::decide(position, d.damaged, mode);
             if rule.action == Action::Refuse {
-                let lo = records.last().map_or(0, |r| r.index + 1);
-                let affected = d.later_index_max.map(|hi| (lo, hi.max(lo))).or(Some((lo, lo)));
+                // The damaged record's own index if its header survived, else the index after
+                // the last entry before it, else the first valid one after it.
+                let after_last = records.iter().rev().find(|r| r.kind == Kind::Entry).map(|r| r.index + 1);
+                let lo = d.damaged_index.or(after_last).or(d.later_indexes.map(|l| l.0)).unwrap_or(1);
+                let affected = Some((lo, d.later_indexes.map_or(lo, |l| l.1.max(lo))));
                 return Err(refuse(&seg.path, d.offset, d.kind, rule.label, affected));
             }
             tail = Some((d.offset, d.garbage_end, rule.label, describe(&d.kind)));
@@ -447,7 +454,7 @@ fn marker_boundary(seg: &Segment, r: &FooterEntry) -> Result<u64> {
     let (h, payload) = record::decode(&seg.bytes()[offset as usize..], seg.id, offset, seg.segment_bytes).map_err(|d| {
         let kind = match d {
             record::Damage::Header(k) => k,
-            record::Damage::Payload { expected, actual } => CorruptionKind::Checksum { what: "record", expected, actual },
+            record::Damage::Payload { expected, actual, .. } => CorruptionKind::Checksum { what: "record", expected, actual },
         };
         refuse(&seg.path, offset, kind, table::READ_RECORD_REFUSE, None)
     })?;
