@@ -1,1 +1,111 @@
-pub fn placeholder() {}
+//! Workloads shared by `keel bench` and the criterion benches, and the disk's own limit for each
+//! write shape: a raw `pwrite` + `fdatasync` loop into freshly allocated space, as the log does.
+
+use crate::Result;
+use crate::wal::{Log, LogOptions, NewEntry};
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A synced-append workload: `appends` calls of `entries_per_append` entries of `entry_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncedAppends {
+    pub entry_bytes: usize,
+    pub entries_per_append: usize,
+    pub appends: usize,
+    pub segment_bytes: u64,
+}
+
+impl SyncedAppends {
+    /// Bytes the log writes per append call (records with headers and padding): the write shape
+    /// the raw loop reproduces.
+    pub fn write_bytes(&self) -> u64 {
+        self.entries_per_append as u64 * crate::limits::record_bytes(self.entry_bytes as u64)
+    }
+}
+
+/// Latencies of one run.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    pub latencies: Vec<Duration>,
+    pub elapsed: Duration,
+}
+
+impl Samples {
+    /// Operations per second.
+    pub fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The latency at quantile `q` in [0, 1].
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut v = self.latencies.clone();
+        v.sort_unstable();
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    }
+}
+
+/// The disk's limit for this write shape: `appends` sequential `pwrite`s of `write_bytes`, each
+/// followed by `fdatasync`, into a file freshly allocated with `fallocate` (as log segments are).
+/// Calls `tick` after each write.
+pub fn raw_fdatasync_loop(dir: &Path, w: &SyncedAppends, mut tick: impl FnMut()) -> Result<Samples> {
+    let path = dir.join("raw-fdatasync-loop");
+    let io = |e| crate::Error::io("raw loop", &path, e);
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).map_err(io)?;
+    let size = w.write_bytes() * w.appends as u64 + 4096;
+    rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size).map_err(|e| io(e.into()))?;
+    file.sync_all().map_err(io)?;
+    let buf = vec![0xA5u8; w.write_bytes() as usize];
+    let mut samples = Samples { latencies: Vec::with_capacity(w.appends), ..Samples::default() };
+    let start = Instant::now();
+    let mut offset = 64;
+    for _ in 0..w.appends {
+        let t = Instant::now();
+        file.write_all_at(&buf, offset).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        samples.latencies.push(t.elapsed());
+        offset += buf.len() as u64;
+        tick();
+    }
+    samples.elapsed = start.elapsed();
+    drop(file);
+    std::fs::remove_file(&path).map_err(io)?;
+    Ok(samples)
+}
+
+/// The same shape through the log: `append_and_sync` of `entries_per_append` entries per call,
+/// in a new log directory under `dir`. Calls `tick` after each append.
+pub fn log_synced_appends(dir: &Path, w: &SyncedAppends, mut tick: impl FnMut()) -> Result<Samples> {
+    let log_dir = dir.join("log");
+    let (mut log, _) = Log::open(&log_dir, LogOptions { segment_bytes: w.segment_bytes, ..LogOptions::default() })?;
+    let payload = vec![0x5Au8; w.entry_bytes];
+    let mut samples = Samples { latencies: Vec::with_capacity(w.appends), ..Samples::default() };
+    let mut index = 1;
+    let start = Instant::now();
+    for _ in 0..w.appends {
+        let entries: Vec<NewEntry<'_>> = (0..w.entries_per_append as u64)
+            .map(|k| NewEntry { index: index + k, term: 1, payload: &payload })
+            .collect();
+        let t = Instant::now();
+        log.append_and_sync(&entries)?;
+        samples.latencies.push(t.elapsed());
+        index += w.entries_per_append as u64;
+        tick();
+    }
+    samples.elapsed = start.elapsed();
+    drop(log);
+    std::fs::remove_dir_all(&log_dir).map_err(|e| crate::Error::io("remove", &log_dir, e))?;
+    Ok(samples)
+}
+
+/// Median and (min, max) of `values`.
+pub fn median_spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
+    (mid, v[0], v[v.len() - 1])
+}

@@ -20,13 +20,15 @@ pub const SEGMENT_BYTES_MIN: u64 = 4096;
 /// Largest segment size: record offsets are stored as `u32`.
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 32;
 
-const _: () = assert!(SEGMENT_HEADER_BYTES % RECORD_ALIGN_BYTES == 0);
-const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN_BYTES == 0);
-const _: () = assert!(FOOTER_ENTRY_BYTES % RECORD_ALIGN_BYTES == 0);
-const _: () = assert!(FOOTER_TRAILER_BYTES % RECORD_ALIGN_BYTES == 0);
-const _: () = assert!(SEGMENT_BYTES_DEFAULT % 4096 == 0);
-const _: () = assert!(SEGMENT_BYTES_MIN % RECORD_ALIGN_BYTES == 0);
-const _: () = assert!(SEGMENT_BYTES_MIN >= SEGMENT_HEADER_BYTES + FOOTER_TRAILER_BYTES + 4 * (RECORD_HEADER_BYTES + FOOTER_ENTRY_BYTES));
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
+const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
+const _: () = assert!(FOOTER_ENTRY_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
+const _: () = assert!(FOOTER_TRAILER_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
+const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(4096));
+const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(RECORD_ALIGN_BYTES));
+const _: () = assert!(
+    SEGMENT_BYTES_MIN >= SEGMENT_HEADER_BYTES + FOOTER_TRAILER_BYTES + 4 * (RECORD_HEADER_BYTES + FOOTER_ENTRY_BYTES)
+);
 const _: () = assert!(SEGMENT_BYTES_MAX - 1 <= u32::MAX as u64);
 
 /// Rounds `n` up to the record alignment.

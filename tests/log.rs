@@ -53,10 +53,8 @@ fn misuse_gives_typed_errors() {
     append(&mut log, 1, 10, 1);
     let gap = log.append(&[NewEntry { index: 12, term: 1, payload: b"x" }]);
     assert!(matches!(gap, Err(Error::InvalidArgument(_))), "{gap:?}");
-    let unordered = log.append(&[
-        NewEntry { index: 11, term: 1, payload: b"x" },
-        NewEntry { index: 13, term: 1, payload: b"x" },
-    ]);
+    let unordered =
+        log.append(&[NewEntry { index: 11, term: 1, payload: b"x" }, NewEntry { index: 13, term: 1, payload: b"x" }]);
     assert!(matches!(unordered, Err(Error::InvalidArgument(_))));
     let big = vec![0u8; SEGMENT_BYTES as usize];
     assert!(matches!(log.append(&[NewEntry { index: 11, term: 1, payload: &big }]), Err(Error::InvalidArgument(_))));
@@ -94,7 +92,12 @@ fn compaction_deletes_whole_segments_and_stays_durable() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), options(SEGMENT_BYTES)).unwrap();
     append(&mut log, 1, 1000, 1);
-    let count = || std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg")).count();
+    let count = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
+            .count()
+    };
     let before = count();
     let held = log.entry(2).unwrap(); // a payload handle keeps its map alive past removal
     log.compact(800).unwrap();
@@ -158,12 +161,9 @@ fn failed_fdatasync_latches_the_log_until_reopen() {
     assert!(matches!(err, Error::Io { op: "fdatasync", .. }), "{err:?}");
     faults.fail_sync.store(false, Ordering::SeqCst);
     let syncs = faults.syncs.load(Ordering::SeqCst);
-    for attempt in [
-        log.sync(),
-        log.append(&[NewEntry { index: 22, term: 1, payload: b"x" }]),
-        log.compact(5),
-        log.reset(100, 1),
-    ] {
+    for attempt in
+        [log.sync(), log.append(&[NewEntry { index: 22, term: 1, payload: b"x" }]), log.compact(5), log.reset(100, 1)]
+    {
         match attempt {
             Err(Error::Failed { cause }) => assert!(cause.contains("fdatasync"), "{cause}"),
             other => panic!("expected Failed, got {other:?}"),
@@ -210,9 +210,19 @@ fn replay_that_starts_at_a_compaction_marker_reopens() {
     let (mut log, _) = Log::open(dir.path(), opts.clone()).unwrap();
     let mut term = 1;
     let steps: &[(char, u64, u64, usize)] = &[
-        ('a', 0, 4, 313), ('a', 0, 12, 353), ('a', 0, 19, 673), ('c', 25, 0, 0), ('a', 4, 9, 465),
-        ('a', 3, 18, 105), ('a', 5, 1, 305), ('a', 1, 9, 265), ('a', 5, 18, 265), ('c', 18, 0, 0),
-        ('a', 5, 1, 0), ('c', 11, 0, 0), ('c', 13, 0, 0),
+        ('a', 0, 4, 313),
+        ('a', 0, 12, 353),
+        ('a', 0, 19, 673),
+        ('c', 25, 0, 0),
+        ('a', 4, 9, 465),
+        ('a', 3, 18, 105),
+        ('a', 5, 1, 305),
+        ('a', 1, 9, 265),
+        ('a', 5, 18, 265),
+        ('c', 18, 0, 0),
+        ('a', 5, 1, 0),
+        ('c', 11, 0, 0),
+        ('c', 13, 0, 0),
     ];
     for &(op, x, count, len) in steps {
         if op == 'a' {

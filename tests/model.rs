@@ -11,11 +11,19 @@ use proptest::prelude::*;
 #[derive(Debug, Clone)]
 enum Op {
     /// Append `count` entries starting `back` entries below last_index + 1.
-    Append { back: u64, count: u64, len: usize },
+    Append {
+        back: u64,
+        count: u64,
+        len: usize,
+    },
     Sync,
     /// Compact to first_index + `ahead` (clamped to last_index + 1).
-    Compact { ahead: u64 },
-    Reset { ahead: u64 },
+    Compact {
+        ahead: u64,
+    },
+    Reset {
+        ahead: u64,
+    },
     Reopen,
 }
 

@@ -153,7 +153,9 @@ fn damage_before_synced_records_is_middle_corruption() {
             assert_eq!(c.affected_indexes.map(|r| r.0), Some(6));
             assert!(c.affected_indexes.unwrap().1 >= 9);
             if rule == "MIDDLE_PAYLOAD_REFUSE" {
-                assert!(matches!(c.kind, CorruptionKind::Checksum { what: "record", expected, actual } if expected != actual));
+                assert!(
+                    matches!(c.kind, CorruptionKind::Checksum { what: "record", expected, actual } if expected != actual)
+                );
             }
             let msg = err.to_string();
             assert!(msg.contains(&start.to_string()) && msg.contains(rule), "{msg}");

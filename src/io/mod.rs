@@ -41,6 +41,7 @@ pub trait FileSystem: Send + Sync + Debug {
 }
 
 /// A file opened for positional reads and writes.
+#[allow(clippy::len_without_is_empty)] // `len` is file metadata, not a collection size
 pub trait DataFile: Send + Sync + Debug {
     /// Fills `buf` from `offset`; a short file is an [`io::ErrorKind::UnexpectedEof`] error.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;

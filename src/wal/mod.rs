@@ -19,12 +19,12 @@
 //! - `synced_offset <= write_offset`, and the file is durable up to `synced_offset`;
 //! - once `failed` is set, nothing is written until the log is reopened.
 
-mod recovery;
-pub(crate) mod record;
-pub mod recovery_table;
-pub(crate) mod segment;
 #[cfg(test)]
 mod format_spec;
+pub(crate) mod record;
+mod recovery;
+pub mod recovery_table;
+pub(crate) mod segment;
 
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::io::{FileSystem, Map, StdFileSystem};
@@ -221,10 +221,10 @@ impl Log {
     /// The term of entry `index`. For `first_index - 1` it answers from the last compaction or
     /// reset when known; below that, [`Error::Compacted`].
     pub fn term(&self, index: u64) -> Result<u64> {
-        if index + 1 == self.first_index {
-            if let Some(t) = self.prev_term {
-                return Ok(t);
-            }
+        if index + 1 == self.first_index
+            && let Some(t) = self.prev_term
+        {
+            return Ok(t);
         }
         Ok(self.loc(index)?.term)
     }
@@ -361,9 +361,11 @@ impl Log {
             .collect();
         let positions = self.write(&recs)?;
         self.locs.truncate((first.index - self.first_index) as usize);
-        self.locs.extend(
-            entries.iter().zip(positions).map(|(e, (segment_id, offset))| Loc { term: e.term, segment_id, offset }),
-        );
+        self.locs.extend(entries.iter().zip(positions).map(|(e, (segment_id, offset))| Loc {
+            term: e.term,
+            segment_id,
+            offset,
+        }));
         Ok(())
     }
 
@@ -433,7 +435,8 @@ impl Log {
     /// Seals the active segment (footer written and synced) and starts the next one.
     fn rotate(&mut self) -> Result<()> {
         let seg = Arc::clone(self.segments.back().expect("an active segment"));
-        let (footer, at) = segment::encode_footer(seg.id, seg.segment_bytes, self.active.write_offset, &self.active.records);
+        let (footer, at) =
+            segment::encode_footer(seg.id, seg.segment_bytes, self.active.write_offset, &self.active.records);
         if let Err(e) = seg.file.write_at(&footer, at) {
             return Err(self.fail("write footer", &seg.path, e));
         }
@@ -448,7 +451,8 @@ impl Log {
             Err(e) => return Err(e),
         };
         self.segments.push_back(Arc::new(next));
-        self.active = Active { write_offset: SEGMENT_HEADER_BYTES, synced_offset: SEGMENT_HEADER_BYTES, records: Vec::new() };
+        self.active =
+            Active { write_offset: SEGMENT_HEADER_BYTES, synced_offset: SEGMENT_HEADER_BYTES, records: Vec::new() };
         self.unsynced = false;
         Ok(())
     }
@@ -510,11 +514,9 @@ impl Log {
             }
             removed = true;
         }
-        if removed {
-            if let Err(e) = self.fs.sync_dir(&self.dir) {
-                let dir = self.dir.clone();
-                return Err(self.fail("fsync directory", &dir, e));
-            }
+        if removed && let Err(e) = self.fs.sync_dir(&self.dir) {
+            let dir = self.dir.clone();
+            return Err(self.fail("fsync directory", &dir, e));
         }
         Ok(())
     }
@@ -530,9 +532,16 @@ impl Log {
                 match segment::check_footer(seg.bytes(), seg.id) {
                     segment::FooterCheck::Sealed { entries, .. } => entries,
                     segment::FooterCheck::Absent => {
-                        return Err(seg.corruption(seg.segment_bytes - limits::FOOTER_TRAILER_BYTES, CorruptionKind::Malformed("sealed segment has no footer".into())).into_error());
+                        return Err(seg
+                            .corruption(
+                                seg.segment_bytes - limits::FOOTER_TRAILER_BYTES,
+                                CorruptionKind::Malformed("sealed segment has no footer".into()),
+                            )
+                            .into_error());
                     }
-                    segment::FooterCheck::Damaged { offset, kind } => return Err(seg.corruption(offset, kind).into_error()),
+                    segment::FooterCheck::Damaged { offset, kind } => {
+                        return Err(seg.corruption(offset, kind).into_error());
+                    }
                 }
             };
             for r in records {

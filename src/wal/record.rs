@@ -184,7 +184,7 @@ pub(crate) fn check_payload<'a>(bytes: &'a [u8], segment_id: u64, h: &Header) ->
 }
 
 /// Decodes a whole record at the start of `bytes`: header and payload checked.
-pub(crate) fn decode<'a>(bytes: &'a [u8], segment_id: u64, offset: u64, limit: u64) -> Result<(Header, &'a [u8]), Damage> {
+pub(crate) fn decode(bytes: &[u8], segment_id: u64, offset: u64, limit: u64) -> Result<(Header, &[u8]), Damage> {
     let h = decode_header(bytes, segment_id, offset, limit)?;
     let payload = check_payload(bytes, segment_id, &h)?;
     Ok((h, payload))

@@ -13,7 +13,7 @@
 use super::record::{self, Kind};
 use super::recovery_table::{self as table, Action, Damaged, Position};
 use super::segment::{self, FooterCheck, FooterEntry, HeaderCheck, Segment};
-use super::{Active, Log, LogOptions, Loc};
+use super::{Active, Loc, Log, LogOptions};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::io::FileSystem;
 use crate::limits::{self, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
@@ -172,7 +172,9 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
         None if garbage_end == end => return Scan { records, end, damage: None },
         None => (
             Damaged::RecordHeader,
-            CorruptionKind::Malformed(format!("zeroed record header followed by non-zero bytes up to offset {garbage_end}")),
+            CorruptionKind::Malformed(format!(
+                "zeroed record header followed by non-zero bytes up to offset {garbage_end}"
+            )),
         ),
     };
     // Look for valid records after the damage, at every aligned offset.
@@ -184,19 +186,22 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
         // Cheap filter before checksumming: a known kind and zero reserved bytes.
         let plausible = record::Kind::from_u8(at[record::OFF_KIND]).is_some()
             && at[record::OFF_RESERVED..RECORD_HEADER_BYTES as usize].iter().all(|&b| b == 0);
-        if plausible {
-            if let Ok((h, _)) = record::decode(at, id, p, size) {
-                if u64::from(h.synced_offset) > end && proof.is_none() {
-                    proof = Some(p);
-                }
-                later_indexes = Some(later_indexes.map_or((h.index, h.index), |(lo, hi)| (lo.min(h.index), hi.max(h.index))));
-                p += h.record_bytes();
-                continue;
+        if plausible && let Ok((h, _)) = record::decode(at, id, p, size) {
+            if u64::from(h.synced_offset) > end && proof.is_none() {
+                proof = Some(p);
             }
+            later_indexes =
+                Some(later_indexes.map_or((h.index, h.index), |(lo, hi)| (lo.min(h.index), hi.max(h.index))));
+            p += h.record_bytes();
+            continue;
         }
         p += RECORD_ALIGN_BYTES;
     }
-    Scan { records, end, damage: Some(ScanDamage { offset: end, damaged, kind, proof, damaged_index, later_indexes, garbage_end }) }
+    Scan {
+        records,
+        end,
+        damage: Some(ScanDamage { offset: end, damaged, kind, proof, damaged_index, later_indexes, garbage_end }),
+    }
 }
 
 /// One past the last non-zero byte in `bytes[from..]`, or `from` if all are zero.
@@ -289,7 +294,10 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
                 if rule.action == Action::Refuse {
                     return Err(refuse(&path, 0, kind, rule.label, None));
                 }
-                tail_segments.push((path, format!("segment header damaged ({:?}) and no record after it [{}]", kind, rule.label)));
+                tail_segments.push((
+                    path,
+                    format!("segment header damaged ({:?}) and no record after it [{}]", kind, rule.label),
+                ));
                 continue;
             }
         };
@@ -308,7 +316,8 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
             FooterCheck::Absent if later_valid => {
                 let rule = table::decide(Position::Middle, Damaged::Footer, mode);
                 let offset = seg.segment_bytes - limits::FOOTER_TRAILER_BYTES;
-                let kind = CorruptionKind::Malformed("footer missing from a segment that has a successor with records".into());
+                let kind =
+                    CorruptionKind::Malformed("footer missing from a segment that has a successor with records".into());
                 return Err(refuse(&seg.path, offset, kind, rule.label, None));
             }
             // Never sealed, or a torn seal with nothing after it: read record by record.
@@ -336,7 +345,9 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
             // Nothing valid here and nothing after: a segment created just before a crash, or
             // holding only a torn tail.
             let reason = match tail {
-                Some((offset, _, rule, reason)) => format!("no valid record; torn bytes from offset {offset} [{rule}]: {reason}"),
+                Some((offset, _, rule, reason)) => {
+                    format!("no valid record; torn bytes from offset {offset} [{rule}]: {reason}")
+                }
                 None => "holds no record".into(),
             };
             tail_segments.push((seg.path.clone(), reason));
@@ -344,7 +355,8 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
         }
         later_valid = true;
         if boundary.is_none() {
-            boundary = records.iter().rev().find(|r| r.kind != Kind::Entry).map(|r| marker_boundary(&seg, r)).transpose()?;
+            boundary =
+                records.iter().rev().find(|r| r.kind != Kind::Entry).map(|r| marker_boundary(&seg, r)).transpose()?;
         }
         kept.push(Kept { segment: seg, records, sealed, end, tail });
     }
@@ -354,7 +366,12 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
     for pair in kept.windows(2) {
         if pair[1].segment.id != pair[0].segment.id + 1 {
             let missing = Segment::path_in(dir, pair[0].segment.id + 1);
-            return Err(Corruption::new(missing, 0, CorruptionKind::Malformed("segment file is missing between kept segments".into())).into_error());
+            return Err(Corruption::new(
+                missing,
+                0,
+                CorruptionKind::Malformed("segment file is missing between kept segments".into()),
+            )
+            .into_error());
         }
     }
 
@@ -362,7 +379,9 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
     let mut replay = Replay::default();
     for k in &kept {
         for r in &k.records {
-            replay.apply(k.segment.id, r).map_err(|kind| Corruption::new(&k.segment.path, u64::from(r.offset), kind).into_error())?;
+            replay
+                .apply(k.segment.id, r)
+                .map_err(|kind| Corruption::new(&k.segment.path, u64::from(r.offset), kind).into_error())?;
         }
     }
 
@@ -398,10 +417,14 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
         fs.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
     }
     let mut active = None;
-    if let Some(last) = kept.last_mut() {
-        if !last.sealed {
-            active = Some(Active { write_offset: last.end, synced_offset: last.end, records: std::mem::take(&mut last.records) });
-        }
+    if let Some(last) = kept.last_mut()
+        && !last.sealed
+    {
+        active = Some(Active {
+            write_offset: last.end,
+            synced_offset: last.end,
+            records: std::mem::take(&mut last.records),
+        });
     }
     let mut segments: VecDeque<Arc<Segment>> = kept.into_iter().map(|k| Arc::new(k.segment)).collect();
     let active = match active {
@@ -451,13 +474,16 @@ fn describe(kind: &CorruptionKind) -> String {
 /// The segment boundary a compaction or reset marker names (its payload).
 fn marker_boundary(seg: &Segment, r: &FooterEntry) -> Result<u64> {
     let offset = u64::from(r.offset);
-    let (h, payload) = record::decode(&seg.bytes()[offset as usize..], seg.id, offset, seg.segment_bytes).map_err(|d| {
-        let kind = match d {
-            record::Damage::Header(k) => k,
-            record::Damage::Payload { expected, actual, .. } => CorruptionKind::Checksum { what: "record", expected, actual },
-        };
-        refuse(&seg.path, offset, kind, table::READ_RECORD_REFUSE, None)
-    })?;
+    let (h, payload) =
+        record::decode(&seg.bytes()[offset as usize..], seg.id, offset, seg.segment_bytes).map_err(|d| {
+            let kind = match d {
+                record::Damage::Header(k) => k,
+                record::Damage::Payload { expected, actual, .. } => {
+                    CorruptionKind::Checksum { what: "record", expected, actual }
+                }
+            };
+            refuse(&seg.path, offset, kind, table::READ_RECORD_REFUSE, None)
+        })?;
     if payload.len() != 8 || h.index != r.index || h.kind != r.kind {
         return Err(refuse(
             &seg.path,

@@ -60,15 +60,57 @@ use RecoveryMode::*;
 
 /// The table, in the order `FORMAT.md` lists it.
 pub const RULES: &[Rule] = &[
-    Rule { label: "TAIL_HEADER_TRUNCATE", position: Tail, damaged: RecordHeader, mode: Some(TolerateTailCorruption), action: Truncate },
-    Rule { label: "TAIL_PAYLOAD_TRUNCATE", position: Tail, damaged: RecordPayload, mode: Some(TolerateTailCorruption), action: Truncate },
-    Rule { label: "TAIL_SEGMENT_HEADER_TRUNCATE", position: Tail, damaged: SegmentHeader, mode: Some(TolerateTailCorruption), action: Truncate },
-    Rule { label: "TAIL_HEADER_REFUSE", position: Tail, damaged: RecordHeader, mode: Some(AbsoluteConsistency), action: Refuse },
-    Rule { label: "TAIL_PAYLOAD_REFUSE", position: Tail, damaged: RecordPayload, mode: Some(AbsoluteConsistency), action: Refuse },
-    Rule { label: "TAIL_SEGMENT_HEADER_REFUSE", position: Tail, damaged: SegmentHeader, mode: Some(AbsoluteConsistency), action: Refuse },
+    Rule {
+        label: "TAIL_HEADER_TRUNCATE",
+        position: Tail,
+        damaged: RecordHeader,
+        mode: Some(TolerateTailCorruption),
+        action: Truncate,
+    },
+    Rule {
+        label: "TAIL_PAYLOAD_TRUNCATE",
+        position: Tail,
+        damaged: RecordPayload,
+        mode: Some(TolerateTailCorruption),
+        action: Truncate,
+    },
+    Rule {
+        label: "TAIL_SEGMENT_HEADER_TRUNCATE",
+        position: Tail,
+        damaged: SegmentHeader,
+        mode: Some(TolerateTailCorruption),
+        action: Truncate,
+    },
+    Rule {
+        label: "TAIL_HEADER_REFUSE",
+        position: Tail,
+        damaged: RecordHeader,
+        mode: Some(AbsoluteConsistency),
+        action: Refuse,
+    },
+    Rule {
+        label: "TAIL_PAYLOAD_REFUSE",
+        position: Tail,
+        damaged: RecordPayload,
+        mode: Some(AbsoluteConsistency),
+        action: Refuse,
+    },
+    Rule {
+        label: "TAIL_SEGMENT_HEADER_REFUSE",
+        position: Tail,
+        damaged: SegmentHeader,
+        mode: Some(AbsoluteConsistency),
+        action: Refuse,
+    },
     Rule { label: "MIDDLE_HEADER_REFUSE", position: Middle, damaged: RecordHeader, mode: None, action: Refuse },
     Rule { label: "MIDDLE_PAYLOAD_REFUSE", position: Middle, damaged: RecordPayload, mode: None, action: Refuse },
-    Rule { label: "MIDDLE_SEGMENT_HEADER_REFUSE", position: Middle, damaged: SegmentHeader, mode: None, action: Refuse },
+    Rule {
+        label: "MIDDLE_SEGMENT_HEADER_REFUSE",
+        position: Middle,
+        damaged: SegmentHeader,
+        mode: None,
+        action: Refuse,
+    },
     Rule { label: "MIDDLE_FOOTER_REFUSE", position: Middle, damaged: Footer, mode: None, action: Refuse },
 ];
 

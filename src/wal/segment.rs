@@ -111,7 +111,9 @@ fn header_crc(h: &[u8]) -> u32 {
 /// What a segment header says, or why it cannot be trusted.
 #[derive(Debug)]
 pub(crate) enum HeaderCheck {
-    Valid { segment_bytes: u64 },
+    Valid {
+        segment_bytes: u64,
+    },
     /// Another format version: not damage, but not readable by this build.
     Version(u32),
     Damaged(CorruptionKind),
@@ -232,12 +234,15 @@ pub(crate) fn check_footer(segment: &[u8], id: u64) -> FooterCheck {
     if stored != actual {
         return damaged(tstart, Checksum { what: "footer", expected: stored, actual });
     }
-    if records_end < SEGMENT_HEADER_BYTES || records_end > start || records_end % crate::limits::RECORD_ALIGN_BYTES != 0 {
+    if records_end < SEGMENT_HEADER_BYTES || records_end > start || records_end % crate::limits::RECORD_ALIGN_BYTES != 0
+    {
         return damaged(tstart, Malformed(format!("footer records_end {records_end} is out of range")));
     }
     let mut entries = Vec::with_capacity(count as usize);
     let mut prev_offset = None;
-    for (i, chunk) in footer[..(count * FOOTER_ENTRY_BYTES) as usize].chunks_exact(FOOTER_ENTRY_BYTES as usize).enumerate() {
+    for (i, chunk) in
+        footer[..(count * FOOTER_ENTRY_BYTES) as usize].chunks_exact(FOOTER_ENTRY_BYTES as usize).enumerate()
+    {
         let at = start + i as u64 * FOOTER_ENTRY_BYTES;
         let Some(kind) = Kind::from_u8(chunk[OFF_FE_KIND]) else {
             return damaged(at, Malformed(format!("footer entry kind {} is unknown", chunk[OFF_FE_KIND])));
@@ -250,8 +255,15 @@ pub(crate) fn check_footer(segment: &[u8], id: u64) -> FooterCheck {
         };
         let off = u64::from(e.offset);
         let ordered = prev_offset.is_none_or(|p| off > p);
-        if !ordered || off < SEGMENT_HEADER_BYTES || off + crate::limits::RECORD_HEADER_BYTES > records_end || e.index == 0 {
-            return damaged(at, Malformed(format!("footer entry {i} (offset {off}, index {}) is out of place", e.index)));
+        if !ordered
+            || off < SEGMENT_HEADER_BYTES
+            || off + crate::limits::RECORD_HEADER_BYTES > records_end
+            || e.index == 0
+        {
+            return damaged(
+                at,
+                Malformed(format!("footer entry {i} (offset {off}, index {}) is out of place", e.index)),
+            );
         }
         prev_offset = Some(off);
         entries.push(e);
