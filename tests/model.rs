@@ -1,6 +1,7 @@
-//! Property test: random sequences of append (with Raft overwrites), sync, compact, reset and
-//! reopen, checked against a plain in-memory model after every step, on small segments so that
-//! rotation and sealing happen often. Set PROPTEST_CASES for longer runs.
+//! Property test: random sequences of append (with Raft overwrites), sync, compact, reset,
+//! reopen, and a crash that tears the last unsynced write at a random byte, checked against a
+//! plain in-memory model after every step, on small segments so that rotation and sealing happen
+//! often. Set PROPTEST_CASES for longer runs.
 
 mod common;
 
@@ -25,6 +26,11 @@ enum Op {
         ahead: u64,
     },
     Reopen,
+    /// If the previous step was an unsynced append within one segment: crash, keeping only the
+    /// first `permille`/1000 of its bytes, then reopen.
+    TearLastAppend {
+        permille: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -34,10 +40,11 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u64..40).prop_map(|ahead| Op::Compact { ahead }),
         1 => (0u64..50).prop_map(|ahead| Op::Reset { ahead }),
         2 => Just(Op::Reopen),
+        2 => (0u64..1000).prop_map(|permille| Op::TearLastAppend { permille }),
     ]
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Model {
     first: u64,
     prev_term: Option<u64>,
@@ -48,6 +55,24 @@ impl Model {
     fn last(&self) -> u64 {
         self.first + self.entries.len() as u64 - 1
     }
+}
+
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// What the last append left behind, for tearing it.
+struct LastAppend {
+    before: Model,
+    files: Vec<std::path::PathBuf>,
+    last_bytes: Vec<u8>,
+    entry_len: usize,
 }
 
 fn bytes_for(index: u64, term: u64, len: usize) -> Vec<u8> {
@@ -87,9 +112,18 @@ proptest! {
         let (mut log, _) = Log::open(dir.path(), opts.clone()).unwrap();
         let mut m = Model { first: 1, prev_term: Some(0), entries: Vec::new() };
         let mut term = 1;
+        let mut last_append: Option<LastAppend> = None;
         for op in ops {
+            let previous = last_append.take();
             match op {
                 Op::Append { back, count, len } => {
+                    let files = segment_files(dir.path());
+                    last_append = Some(LastAppend {
+                        before: m.clone(),
+                        last_bytes: std::fs::read(files.last().unwrap()).unwrap(),
+                        files,
+                        entry_len: len,
+                    });
                     let start = (m.last() + 1).saturating_sub(back).max(m.first);
                     term += 1;
                     let payloads: Vec<Vec<u8>> = (0..count).map(|k| bytes_for(start + k, term, len)).collect();
@@ -125,6 +159,45 @@ proptest! {
                     drop(log);
                     let (reopened, report) = Log::open(dir.path(), opts.clone()).unwrap();
                     prop_assert!(report.truncations.is_empty(), "{}", report);
+                    log = reopened;
+                }
+                Op::TearLastAppend { permille } => {
+                    let Some(prev) = previous else { continue };
+                    if segment_files(dir.path()) != prev.files {
+                        continue; // the append rotated, which synced part of it
+                    }
+                    drop(log);
+                    let path = prev.files.last().unwrap();
+                    let mut bytes = std::fs::read(path).unwrap();
+                    let start = prev.last_bytes.iter().zip(&bytes).position(|(a, b)| a != b).unwrap();
+                    let end = bytes.len() - prev.last_bytes.iter().rev().zip(bytes.iter().rev()).position(|(a, b)| a != b).unwrap();
+                    let cut = start + (end - start) * permille as usize / 1000;
+                    bytes[cut..end].fill(0);
+                    std::fs::write(path, &bytes).unwrap();
+                    // Records whose header and payload lie before the cut survive (padding is not
+                    // checksummed); the rest of the write is gone.
+                    let record = 40 + prev.entry_len.div_ceil(8) * 8;
+                    let kept = (0..).take_while(|j| j * record + 40 + prev.entry_len <= cut - start).count();
+                    let start_index = {
+                        // Index of the first entry of the torn append: where `m` and `before` part.
+                        let mut i = prev.before.first.max(m.first);
+                        while i <= prev.before.last().min(m.last())
+                            && prev.before.entries[(i - prev.before.first) as usize] == m.entries[(i - m.first) as usize]
+                        {
+                            i += 1;
+                        }
+                        i
+                    };
+                    // The truncation of a conflicting suffix travels with the first new record.
+                    let mut expect = prev.before.clone();
+                    if kept > 0 {
+                        expect.entries.truncate((start_index - expect.first) as usize);
+                        let from = (start_index - m.first) as usize;
+                        expect.entries.extend(m.entries[from..from + kept].iter().cloned());
+                    }
+                    m = expect;
+                    let (reopened, report) = Log::open(dir.path(), opts.clone()).unwrap();
+                    prop_assert!(report.truncations.len() <= 1, "{}", report);
                     log = reopened;
                 }
             }
