@@ -7,8 +7,8 @@
 
 mod common;
 
-use common::payload;
-use keel::wal::{Log, LogOptions, NewEntry};
+use common::{append, last_segment, payload};
+use keel::wal::{Log, LogOptions};
 use std::path::{Path, PathBuf};
 
 const SEGMENT_BYTES: u64 = 4096;
@@ -38,13 +38,6 @@ fn history(log: &mut Log) {
     }
     append(log, 41, 70, 2);
     log.compact(25).unwrap();
-}
-
-fn append(log: &mut Log, from: u64, to: u64, term: u64) {
-    let payloads: Vec<Vec<u8>> = (from..=to).map(|i| payload(i, term)).collect();
-    let entries: Vec<NewEntry<'_>> =
-        (from..=to).zip(&payloads).map(|(index, p)| NewEntry { index, term, payload: p }).collect();
-    log.append_and_sync(&entries).unwrap();
 }
 
 fn term_of(i: u64) -> u64 {
@@ -177,14 +170,4 @@ fn write_golden() {
     append(&mut log, 1001, 1010, 6);
     drop(log);
     finish(&d);
-}
-
-fn last_segment(dir: &Path) -> PathBuf {
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    segs.sort();
-    segs.pop().unwrap()
 }

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::segment_files;
+
 use keel::Error;
 use keel::wal::{Log, LogOptions, NewEntry};
 use proptest::prelude::*;
@@ -55,16 +57,6 @@ impl Model {
     fn last(&self) -> u64 {
         self.first + self.entries.len() as u64 - 1
     }
-}
-
-fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v
 }
 
 /// What the last append left behind, for tearing it.

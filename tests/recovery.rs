@@ -8,17 +8,6 @@ use keel::wal::Log;
 use keel::{CorruptionKind, Error};
 use std::path::{Path, PathBuf};
 
-/// The only segment file in `dir` with the highest id.
-fn last_segment(dir: &Path) -> PathBuf {
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    segs.sort();
-    segs.pop().unwrap()
-}
-
 fn copy_dir(from: &Path) -> tempfile::TempDir {
     let to = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(from).unwrap() {

@@ -45,6 +45,22 @@ pub fn check(log: &Log, first: u64, last: u64, term_of: impl Fn(u64) -> u64) {
     }
 }
 
+/// The segment files of `dir`, oldest first.
+pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The newest segment file of `dir`.
+pub fn last_segment(dir: &Path) -> std::path::PathBuf {
+    segment_files(dir).pop().expect("a segment file")
+}
+
 /// A file system that fails chosen operations, for latch tests. (The full simulated disk
 /// arrives with the crash-safety work.)
 #[derive(Debug, Default)]
