@@ -89,6 +89,18 @@ fn v1_middle_corruption_is_refused_with_evidence() {
 }
 
 #[test]
+fn v1_torn_write_is_dropped_whole() {
+    let (_dir, opened) = open_copy("v1-torn-write");
+    let (log, report) = opened.unwrap();
+    check_history(&log, 70);
+    assert_eq!(report.truncations.len(), 1, "{report}");
+    let t = &report.truncations[0];
+    // The last record's payload is damaged; the whole write (entries 71..=73) goes.
+    assert_eq!(t.rule, "TAIL_PAYLOAD_TRUNCATE");
+    assert_eq!((t.offset, t.bytes_dropped), (1424, 657), "{report}");
+}
+
+#[test]
 fn v1_reset_restarts_after_the_snapshot() {
     let (_dir, opened) = open_copy("v1-reset");
     let (log, report) = opened.unwrap();
@@ -113,61 +125,85 @@ fn write_golden() {
         return;
     }
     let opts = LogOptions { segment_bytes: SEGMENT_BYTES, ..LogOptions::default() };
+    // Golden directories are never rewritten: only missing ones are written.
     let fresh = |name: &str| {
         let d = golden(name);
-        let _ = std::fs::remove_dir_all(&d);
+        if d.exists() {
+            return None;
+        }
         std::fs::create_dir_all(&d).unwrap();
-        d
+        Some(d)
     };
     let finish = |d: &Path| {
         let _ = std::fs::remove_file(d.join("LOCK"));
     };
 
-    let d = fresh("v1-clean");
-    let (mut log, _) = Log::open(&d, opts.clone()).unwrap();
-    history(&mut log);
-    drop(log);
-    finish(&d);
-
-    // A torn tail: entry 71 written, then all but its first 40 bytes replaced by zeros and junk.
-    let d = fresh("v1-torn-tail");
-    let (mut log, _) = Log::open(&d, opts.clone()).unwrap();
-    history(&mut log);
-    let seg = last_segment(&d);
-    let before = std::fs::read(&seg).unwrap();
-    append(&mut log, 71, 71, 2);
-    drop(log);
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let start = before.iter().zip(&bytes).position(|(a, b)| a != b).unwrap();
-    println!("torn record at {} in {}", start, seg.display());
-    for (k, b) in bytes[start + 48..start + 160].iter_mut().enumerate() {
-        *b = if k < 64 { 0 } else { 0x5A };
+    if let Some(d) = fresh("v1-clean") {
+        let (mut log, _) = Log::open(&d, opts.clone()).unwrap();
+        history(&mut log);
+        drop(log);
+        finish(&d);
     }
-    std::fs::write(&seg, bytes).unwrap();
-    finish(&d);
+
+    // A torn tail: entry 71 written, then all but its first 48 bytes replaced by zeros and junk.
+    if let Some(d) = fresh("v1-torn-tail") {
+        let (mut log, _) = Log::open(&d, opts.clone()).unwrap();
+        history(&mut log);
+        let seg = last_segment(&d);
+        let before = std::fs::read(&seg).unwrap();
+        append(&mut log, 71, 71, 2);
+        drop(log);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let start = before.iter().zip(&bytes).position(|(a, b)| a != b).unwrap();
+        println!("torn record at {} in {}", start, seg.display());
+        for (k, b) in bytes[start + 48..start + 160].iter_mut().enumerate() {
+            *b = if k < 64 { 0 } else { 0x5A };
+        }
+        std::fs::write(&seg, bytes).unwrap();
+        finish(&d);
+    }
 
     // Corruption in the middle: entry 71's payload damaged after 72 and 73 were synced.
-    let d = fresh("v1-middle-corruption");
-    let (mut log, _) = Log::open(&d, opts.clone()).unwrap();
-    history(&mut log);
-    let seg = last_segment(&d);
-    let before = std::fs::read(&seg).unwrap();
-    append(&mut log, 71, 71, 2);
-    append(&mut log, 72, 72, 2);
-    append(&mut log, 73, 73, 2);
-    drop(log);
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let start = before.iter().zip(&bytes).position(|(a, b)| a != b).unwrap();
-    println!("middle record at {} in {}", start, seg.display());
-    bytes[start + 45] ^= 0x08;
-    std::fs::write(&seg, bytes).unwrap();
-    finish(&d);
+    if let Some(d) = fresh("v1-middle-corruption") {
+        let (mut log, _) = Log::open(&d, opts.clone()).unwrap();
+        history(&mut log);
+        let seg = last_segment(&d);
+        let before = std::fs::read(&seg).unwrap();
+        append(&mut log, 71, 71, 2);
+        append(&mut log, 72, 72, 2);
+        append(&mut log, 73, 73, 2);
+        drop(log);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let start = before.iter().zip(&bytes).position(|(a, b)| a != b).unwrap();
+        println!("middle record at {} in {}", start, seg.display());
+        bytes[start + 45] ^= 0x08;
+        std::fs::write(&seg, bytes).unwrap();
+        finish(&d);
+    }
 
-    let d = fresh("v1-reset");
-    let (mut log, _) = Log::open(&d, opts.clone()).unwrap();
-    history(&mut log);
-    log.reset(1001, 5).unwrap();
-    append(&mut log, 1001, 1010, 6);
-    drop(log);
-    finish(&d);
+    // Multi-record writes (CONTINUES flags), the last one torn inside its last record.
+    if let Some(d) = fresh("v1-torn-write") {
+        let (mut log, _) = Log::open(&d, opts.clone()).unwrap();
+        history(&mut log);
+        let seg = last_segment(&d);
+        let before = std::fs::read(&seg).unwrap();
+        append(&mut log, 71, 73, 2);
+        drop(log);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let start = before.iter().zip(&bytes).position(|(a, b)| a != b).unwrap();
+        let end = bytes.len() - before.iter().rev().zip(bytes.iter().rev()).position(|(a, b)| a != b).unwrap();
+        println!("torn write at {start}..{end} in {}", seg.display());
+        bytes[end - 30..end].fill(0);
+        std::fs::write(&seg, bytes).unwrap();
+        finish(&d);
+    }
+
+    if let Some(d) = fresh("v1-reset") {
+        let (mut log, _) = Log::open(&d, opts.clone()).unwrap();
+        history(&mut log);
+        log.reset(1001, 5).unwrap();
+        append(&mut log, 1001, 1010, 6);
+        drop(log);
+        finish(&d);
+    }
 }

@@ -166,10 +166,12 @@ proptest! {
                     let cut = start + (end - start) * permille as usize / 1000;
                     bytes[cut..end].fill(0);
                     std::fs::write(path, &bytes).unwrap();
-                    // Records whose header and payload lie before the cut survive (padding is not
-                    // checksummed); the rest of the write is gone.
+                    // A write is recovered whole or not at all. Its last record survives when
+                    // its header and payload lie before the cut (padding is not checksummed).
                     let record = 40 + prev.entry_len.div_ceil(8) * 8;
-                    let kept = (0..).take_while(|j| j * record + 40 + prev.entry_len <= cut - start).count();
+                    let count = (end - start).div_ceil(record);
+                    let whole = (count - 1) * record + 40 + prev.entry_len <= cut - start;
+                    let kept = if whole { count } else { 0 };
                     let start_index = {
                         // Index of the first entry of the torn append: where `m` and `before` part.
                         let mut i = prev.before.first.max(m.first);

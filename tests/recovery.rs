@@ -113,6 +113,27 @@ fn torn_multi_record_write_is_a_tail_even_with_valid_records_after_the_hole() {
 }
 
 #[test]
+fn a_write_is_recovered_whole_or_not_at_all() {
+    // Proves write atomicity: entries 21..=32 were appended in one call; if any byte of the last
+    // record is missing, none of the 12 comes back, even though the first 11 are intact.
+    let (dir, seg, range) = base_with_last_write(20, 12);
+    let name = seg.file_name().unwrap().to_owned();
+    let original = std::fs::read(&seg).unwrap();
+    for cut in [range.len() - 1, range.len() - 100, range.len() / 2, 41] {
+        let copy = copy_dir(dir.path());
+        let mut bytes = original.clone();
+        bytes[range.start + cut..range.end].fill(0);
+        std::fs::write(copy.path().join(&name), &bytes).unwrap();
+        let (log, report) = Log::open(copy.path(), options(SEGMENT_BYTES)).unwrap();
+        check(&log, 1, 20, |_| 1);
+        assert_eq!(report.truncations.len(), 1, "{report}");
+        assert_eq!(report.truncations[0].offset, range.start as u64, "{report}");
+    }
+    let (log, _) = Log::open(dir.path(), options(SEGMENT_BYTES)).unwrap();
+    check(&log, 1, 32, |_| 1);
+}
+
+#[test]
 fn damage_before_synced_records_is_middle_corruption() {
     // Proves that damage followed by records written after it was synced is never truncated:
     // open fails naming the file, the offset, both checksums, the index range and the rule.

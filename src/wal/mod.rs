@@ -392,37 +392,65 @@ impl Log {
     }
 
     /// Writes records, rotating segments as they fill; returns each record's (segment, offset).
+    ///
+    /// The records of one call form one write, recovered whole or not at all (`FLAG_CONTINUES`
+    /// on all but the last). A write that does not fit the space left but fits an empty segment
+    /// rotates first, so it is never split; only a write larger than a segment is split, into
+    /// one atomic piece per segment.
     fn write(&mut self, recs: &[Rec<'_>]) -> Result<Vec<(u64, u32)>> {
+        let total: u64 = recs.iter().map(|r| limits::record_bytes(r.payload.len() as u64)).sum();
+        let seg_bytes = self.segments.back().expect("an active segment").segment_bytes;
+        let footer_now = segment::footer_bytes((self.active.records.len() + recs.len()) as u64);
+        let footer_empty = segment::footer_bytes(recs.len() as u64);
+        if self.active.write_offset + total + footer_now > seg_bytes
+            && SEGMENT_HEADER_BYTES + total + footer_empty <= self.segment_bytes
+            && !self.active.records.is_empty()
+        {
+            self.rotate()?;
+        }
         let mut positions = Vec::with_capacity(recs.len());
         let mut rest = recs;
         while !rest.is_empty() {
             let seg = Arc::clone(self.segments.back().expect("an active segment"));
             let start = self.active.write_offset;
             let synced_offset = u32::try_from(self.active.synced_offset).expect("segment offsets fit u32");
+            // How many of the remaining records fit in this segment.
             let mut offset = start;
-            let mut batch = Vec::new();
-            self.buf.clear();
+            let mut fit = 0;
             for r in rest {
-                let len = r.payload.len() as u64;
-                let footer = segment::footer_bytes((self.active.records.len() + batch.len() + 1) as u64);
-                if offset + limits::record_bytes(len) + footer > seg.segment_bytes {
+                let footer = segment::footer_bytes((self.active.records.len() + fit + 1) as u64);
+                if offset + limits::record_bytes(r.payload.len() as u64) + footer > seg.segment_bytes {
                     break;
                 }
-                let h = Header { index: r.index, term: r.term, payload_len: len as u32, synced_offset, kind: r.kind };
+                offset += limits::record_bytes(r.payload.len() as u64);
+                fit += 1;
+            }
+            self.buf.clear();
+            let mut offset = start;
+            let mut batch = Vec::with_capacity(fit);
+            for (k, r) in rest[..fit].iter().enumerate() {
+                let h = Header {
+                    index: r.index,
+                    term: r.term,
+                    payload_len: r.payload.len() as u32,
+                    synced_offset,
+                    kind: r.kind,
+                    continues: k + 1 < fit,
+                };
                 record::encode(&mut self.buf, seg.id, &h, r.payload);
                 batch.push(FooterEntry { index: r.index, term: r.term, offset: offset as u32, kind: r.kind });
                 offset += h.record_bytes();
             }
-            if !batch.is_empty() {
+            if fit > 0 {
                 if let Err(e) = seg.file.write_at(&self.buf, start) {
                     return Err(self.fail("write", &seg.path, e));
                 }
                 self.unsynced = true;
+                self.active.write_offset = offset;
                 positions.extend(batch.iter().map(|e| (seg.id, e.offset)));
                 self.active.records.extend_from_slice(&batch);
-                self.active.write_offset = offset;
             }
-            rest = &rest[batch.len()..];
+            rest = &rest[fit..];
             if !rest.is_empty() {
                 // Payload sizes were checked against an empty segment's capacity.
                 assert!(!self.active.records.is_empty(), "a record fits no segment");

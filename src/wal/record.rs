@@ -19,9 +19,15 @@ pub(crate) const OFF_TERM: usize = OFF_INDEX + 8;
 pub(crate) const OFF_PAYLOAD_LEN: usize = OFF_TERM + 8;
 pub(crate) const OFF_SYNCED_OFFSET: usize = OFF_PAYLOAD_LEN + 4;
 pub(crate) const OFF_KIND: usize = OFF_SYNCED_OFFSET + 4;
-pub(crate) const OFF_RESERVED: usize = OFF_KIND + 1;
+pub(crate) const OFF_FLAGS: usize = OFF_KIND + 1;
+pub(crate) const OFF_RESERVED: usize = OFF_FLAGS + 1;
 const HEADER: usize = RECORD_HEADER_BYTES as usize;
-const _: () = assert!(OFF_RESERVED + 7 == HEADER);
+const _: () = assert!(OFF_RESERVED + 6 == HEADER);
+
+/// Flag: more records of the same write follow this one. A write is recovered whole or not at
+/// all: records of a write whose last record (the one without this flag) is missing are a torn
+/// tail.
+pub(crate) const FLAG_CONTINUES: u8 = 1;
 /// Bytes covered by both checksums (after the segment id): the header less the two checksums.
 const COVERED: std::ops::Range<usize> = OFF_INDEX..HEADER;
 
@@ -35,7 +41,8 @@ pub(crate) const LAYOUT: &[(&str, usize, usize)] = &[
     ("payload_len", OFF_PAYLOAD_LEN, 4),
     ("synced_offset", OFF_SYNCED_OFFSET, 4),
     ("kind", OFF_KIND, 1),
-    ("reserved", OFF_RESERVED, 7),
+    ("flags", OFF_FLAGS, 1),
+    ("reserved", OFF_RESERVED, 6),
 ];
 
 /// What a record means.
@@ -71,6 +78,8 @@ pub(crate) struct Header {
     pub payload_len: u32,
     pub synced_offset: u32,
     pub kind: Kind,
+    /// More records of the same write follow ([`FLAG_CONTINUES`]).
+    pub continues: bool,
 }
 
 impl Header {
@@ -100,6 +109,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, segment_id: u64, h: &Header, payload: &[
     LE::write_u32(&mut hdr[OFF_PAYLOAD_LEN..], h.payload_len);
     LE::write_u32(&mut hdr[OFF_SYNCED_OFFSET..], h.synced_offset);
     hdr[OFF_KIND] = h.kind as u8;
+    hdr[OFF_FLAGS] = if h.continues { FLAG_CONTINUES } else { 0 };
     let (header_crc, record_crc) = checksums(segment_id, &hdr[COVERED], payload);
     LE::write_u32(&mut hdr[OFF_HEADER_CRC..], header_crc);
     LE::write_u32(&mut hdr[OFF_RECORD_CRC..], record_crc);
@@ -142,8 +152,8 @@ pub(crate) fn decode_header(bytes: &[u8], segment_id: u64, offset: u64, limit: u
     }
     let kind = Kind::from_u8(hdr[OFF_KIND])
         .ok_or_else(|| Damage::Header(Malformed(format!("record kind {} is unknown", hdr[OFF_KIND]))))?;
-    if hdr[OFF_RESERVED..HEADER].iter().any(|&b| b != 0) {
-        return Err(Damage::Header(Malformed("record header reserved bytes are not zero".into())));
+    if hdr[OFF_FLAGS] & !FLAG_CONTINUES != 0 || hdr[OFF_RESERVED..HEADER].iter().any(|&b| b != 0) {
+        return Err(Damage::Header(Malformed("record header has unknown flags or non-zero reserved bytes".into())));
     }
     let h = Header {
         index: LE::read_u64(&hdr[OFF_INDEX..]),
@@ -151,6 +161,7 @@ pub(crate) fn decode_header(bytes: &[u8], segment_id: u64, offset: u64, limit: u
         payload_len: LE::read_u32(&hdr[OFF_PAYLOAD_LEN..]),
         synced_offset: LE::read_u32(&hdr[OFF_SYNCED_OFFSET..]),
         kind,
+        continues: hdr[OFF_FLAGS] & FLAG_CONTINUES != 0,
     };
     if offset.checked_add(h.record_bytes()).is_none_or(|end| end > limit) {
         return Err(Damage::Header(Malformed(format!(
@@ -195,7 +206,8 @@ mod tests {
     use super::*;
 
     fn sample(kind: Kind, payload: &[u8]) -> (Header, Vec<u8>) {
-        let h = Header { index: 7, term: 3, payload_len: payload.len() as u32, synced_offset: 64, kind };
+        let h =
+            Header { index: 7, term: 3, payload_len: payload.len() as u32, synced_offset: 64, kind, continues: true };
         let mut buf = Vec::new();
         encode(&mut buf, 42, &h, payload);
         (h, buf)

@@ -116,6 +116,7 @@ enum Loaded {
 /// Damage found by scanning a segment's records.
 #[derive(Debug)]
 struct ScanDamage {
+    /// Where the first invalid position is (inside an incomplete write, where its records stop).
     offset: u64,
     damaged: Damaged,
     kind: CorruptionKind,
@@ -144,6 +145,8 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
     let mut records = Vec::new();
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut found = None;
+    // (offset, records.len()) where the current write began, while its last record is missing.
+    let mut open_write: Option<(u64, usize)> = None;
     while offset + RECORD_HEADER_BYTES <= size {
         let at = &bytes[offset as usize..];
         if record::is_zero_header(at) {
@@ -151,6 +154,11 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
         }
         match record::decode(at, id, offset, size) {
             Ok((h, _)) => {
+                if h.continues {
+                    open_write.get_or_insert((offset, records.len()));
+                } else {
+                    open_write = None;
+                }
                 records.push(FooterEntry { index: h.index, term: h.term, offset: offset as u32, kind: h.kind });
                 offset += h.record_bytes();
             }
@@ -160,15 +168,30 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
             }
         }
     }
+    // A write whose last record is missing is dropped whole: the damage starts where it began.
+    let mut torn_write = None;
+    if let Some((write_start, count)) = open_write {
+        records.truncate(count);
+        torn_write = Some(offset);
+        offset = write_start;
+    }
     let end = offset;
     let garbage_end = last_nonzero_end(bytes, end);
     let mut damaged_index = None;
+    // Where the damage itself is: the first position that is not a valid record.
+    let damage_offset = torn_write.unwrap_or(end);
     let (damaged, kind) = match found {
         Some(record::Damage::Header(kind)) => (Damaged::RecordHeader, kind),
         Some(record::Damage::Payload { index, expected, actual }) => {
             damaged_index = Some(index);
             (Damaged::RecordPayload, CorruptionKind::Checksum { what: "record", expected, actual })
         }
+        None if torn_write.is_some() => (
+            Damaged::RecordHeader,
+            CorruptionKind::Malformed(format!(
+                "the write that starts at offset {end} is incomplete: its records stop at offset {damage_offset}"
+            )),
+        ),
         None if garbage_end == end => return Scan { records, end, damage: None },
         None => (
             Damaged::RecordHeader,
@@ -200,7 +223,15 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
     Scan {
         records,
         end,
-        damage: Some(ScanDamage { offset: end, damaged, kind, proof, damaged_index, later_indexes, garbage_end }),
+        damage: Some(ScanDamage {
+            offset: damage_offset,
+            damaged,
+            kind,
+            proof,
+            damaged_index,
+            later_indexes,
+            garbage_end,
+        }),
     }
 }
 
@@ -339,7 +370,8 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
                 let affected = Some((lo, d.later_indexes.map_or(lo, |l| l.1.max(lo))));
                 return Err(refuse(&seg.path, d.offset, d.kind, rule.label, affected));
             }
-            tail = Some((d.offset, d.garbage_end, rule.label, describe(&d.kind)));
+            // A torn tail is dropped from where its write began.
+            tail = Some((end, d.garbage_end, rule.label, describe(&d.kind)));
         }
         if records.is_empty() && !sealed {
             // Nothing valid here and nothing after: a segment created just before a crash, or
