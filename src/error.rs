@@ -1,7 +1,8 @@
 //! Errors, split by what the caller can do about them.
 //!
-//! - [`Error::Compacted`] and [`Error::Unavailable`] are states Raft acts on (send a snapshot,
-//!   wait for more entries).
+//! - [`Error::Compacted`], [`Error::Unavailable`], [`Error::SnapshotOutOfDate`] and
+//!   [`Error::SnapshotTemporarilyUnavailable`] are states Raft acts on (send a snapshot, wait for
+//!   more entries, retry later).
 //! - [`Error::InvalidArgument`] is a caller bug (a gap in an append, an index out of range).
 //! - [`Error::Io`] is an operating-system failure; after one on a write or sync path the log is
 //!   latched and later writes return [`Error::Failed`] until it is reopened.
@@ -25,6 +26,15 @@ pub enum Error {
     /// The requested index is above the last index: it does not exist yet.
     #[error("index {index} is not available (the last index is {last_index})")]
     Unavailable { index: u64, last_index: u64 },
+
+    /// A snapshot older than (or as old as) what storage already holds: nothing was changed.
+    #[error("snapshot at index {index} is out of date (storage already covers index {covered})")]
+    SnapshotOutOfDate { index: u64, covered: u64 },
+
+    /// No snapshot can be served now (none yet, one is being made, or the newest is older than
+    /// requested); Raft retries later.
+    #[error("snapshot temporarily unavailable")]
+    SnapshotTemporarilyUnavailable,
 
     /// The call breaks the log's rules; nothing was changed.
     #[error("invalid argument: {0}")]
@@ -59,6 +69,11 @@ pub enum Error {
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io { op, path: path.into(), source }
+    }
+
+    /// `map_err` helper: an I/O error of `op` on `path`.
+    pub(crate) fn at<'a>(op: &'static str, path: &'a std::path::Path) -> impl FnOnce(io::Error) -> Error + 'a {
+        move |e| Error::io(op, path, e)
     }
 
     /// The corruption evidence, if this is a corruption error.

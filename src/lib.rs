@@ -33,8 +33,12 @@
 
 pub mod bench;
 pub mod error;
+#[cfg(test)]
+mod format_spec;
 pub mod io;
 pub mod limits;
+pub mod payload;
+pub mod storage;
 pub mod wal;
 
 pub use error::{Corruption, CorruptionKind, Error, Result};

@@ -19,22 +19,20 @@
 //! - `synced_offset <= write_offset`, and the file is durable up to `synced_offset`;
 //! - once `failed` is set, nothing is written until the log is reopened.
 
-#[cfg(test)]
-mod format_spec;
 pub(crate) mod record;
 mod recovery;
 pub mod recovery_table;
 pub(crate) mod segment;
 
 use crate::error::{Corruption, CorruptionKind, Error, Result};
-use crate::io::{FileSystem, Map, StdFileSystem};
+use crate::io::{FileSystem, StdFileSystem};
 use crate::limits::{self, SEGMENT_HEADER_BYTES};
+pub use crate::payload::Payload;
 use record::{Header, Kind};
 use segment::{FooterEntry, Segment};
 use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -96,43 +94,6 @@ impl fmt::Debug for Entry {
             .field("term", &self.term)
             .field("payload_len", &self.payload.len())
             .finish()
-    }
-}
-
-/// A cheap, shared handle to a payload inside a mapped segment. Cloning it is an `Arc` clone;
-/// it keeps the map alive, so it stays valid after compaction removes the segment.
-#[derive(Clone)]
-pub struct Payload {
-    map: Arc<Map>,
-    start: usize,
-    len: usize,
-}
-
-impl Deref for Payload {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.map[self.start..self.start + self.len]
-    }
-}
-
-impl AsRef<[u8]> for Payload {
-    fn as_ref(&self) -> &[u8] {
-        self
-    }
-}
-
-impl PartialEq for Payload {
-    fn eq(&self, other: &Payload) -> bool {
-        **self == **other
-    }
-}
-
-impl Eq for Payload {}
-
-impl fmt::Debug for Payload {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Payload({} bytes)", self.len)
     }
 }
 
@@ -303,7 +264,7 @@ impl Log {
         let payload = record::check_payload(bytes, seg.id, &h).map_err(damage)?;
         let start = offset as usize + limits::RECORD_HEADER_BYTES as usize;
         debug_assert_eq!(payload.as_ptr(), seg.bytes()[start..].as_ptr());
-        Ok(Entry { index, term: h.term, payload: Payload { map: Arc::clone(&seg.map), start, len: payload.len() } })
+        Ok(Entry { index, term: h.term, payload: Payload::mapped(Arc::clone(&seg.map), start, payload.len()) })
     }
 
     fn check_writable(&self) -> Result<()> {

@@ -1,8 +1,9 @@
 //! Checks the code's offsets and decision table against `segments/FORMAT.md`.
 
-use super::recovery_table::{Action, Damaged, Position, RULES};
-use super::{record, segment};
 use crate::limits;
+use crate::storage::{hard_state, snapshot};
+use crate::wal::recovery_table::{Action, Damaged, Position, RULES};
+use crate::wal::{record, segment};
 
 fn spec() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/segments/FORMAT.md")).expect("read FORMAT.md")
@@ -36,6 +37,8 @@ fn offsets_match_the_spec() {
     check_layout("### Record", record::LAYOUT, limits::RECORD_HEADER_BYTES);
     check_layout("Footer entry:", segment::FOOTER_ENTRY_LAYOUT, limits::FOOTER_ENTRY_BYTES);
     check_layout("Footer trailer", segment::FOOTER_TRAILER_LAYOUT, limits::FOOTER_TRAILER_BYTES);
+    check_layout("### HardState slot", hard_state::LAYOUT, hard_state::SLOT_BYTES as u64);
+    check_layout("### Snapshot header", snapshot::LAYOUT, snapshot::FIXED_HEADER_BYTES as u64);
 }
 
 #[test]
@@ -46,6 +49,10 @@ fn magics_and_version_match_the_spec() {
     assert!(s.contains("| 0 | 8 | magic | `KEELSEAL` |"));
     assert_eq!(&segment::FOOTER_MAGIC, b"KEELSEAL");
     assert!(s.contains(&format!("| {} | 0.1.0 | first version |", segment::FORMAT_VERSION)));
+    assert!(s.contains("| 0 | 8 | magic | `KEELHRDS` |"));
+    assert_eq!(&hard_state::MAGIC, b"KEELHRDS");
+    assert!(s.contains("| 0 | 8 | magic | `KEELSNAP` |"));
+    assert_eq!(&snapshot::MAGIC, b"KEELSNAP");
 }
 
 #[test]

@@ -1,0 +1,445 @@
+//! [`DiskStorage`]: Raft persistence in one directory.
+//!
+//! ```text
+//! <dir>/LOCK                  flock held while open
+//! <dir>/hardstate             HardState + ConfState, two slots
+//! <dir>/snap-<term>-<index>.snap   the newest `snapshots_kept` snapshots
+//! <dir>/log/                  the write-ahead log (segments)
+//! ```
+//!
+//! Crash atomicity of each write call (ARCHITECTURE.md, "Raft persistence"):
+//! - `append`: one atomic log write, then fdatasync.
+//! - `set_hard_state`, `set_conf_state`: one slot of the HardState file, then fdatasync.
+//! - `create_snapshot`: temporary file, fdatasync, rename, directory fsync; older snapshots
+//!   beyond the kept number are removed afterwards.
+//! - `apply_snapshot`: (1) the snapshot file as above, (2) the HardState slot, (3) the log
+//!   reset marker. Open rolls a crash after (1) forward: a snapshot newer than what the log
+//!   holds resets the log, and a HardState whose commit is below the snapshot takes the
+//!   snapshot's commit, term and ConfState.
+//! - `compact`: the log's compaction marker, then segment removal.
+//!
+//! Invariants: once `failed` is set (or the log latched), nothing is written until reopen;
+//! `snapshots` is ordered oldest to newest and every entry's header was checked.
+
+use super::hard_state::{self, CONF_IDS_MAX, HardStateFile};
+use super::snapshot::{self, SnapshotFile, SnapshotWriter};
+use super::types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotData, SnapshotMetadata};
+use super::{Storage, StorageMut};
+use crate::error::{Corruption, CorruptionKind, Error, Result};
+use crate::io::FileSystem;
+use crate::wal::{Log, LogOptions, NewEntry, RecoveryReport};
+use std::any::Any;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Options for [`DiskStorage::open`].
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// Options of the log (segment size, recovery mode, file system).
+    pub log: LogOptions,
+    /// Snapshots kept; older ones are removed when a new one is durable. At least 1.
+    pub snapshots_kept: usize,
+    /// Read every byte of the newest snapshot at open to check its checksum (and fall back to
+    /// an older one if it is damaged). Off only if the caller checks snapshots itself.
+    pub verify_snapshot_on_open: bool,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions { log: LogOptions::default(), snapshots_kept: 2, verify_snapshot_on_open: true }
+    }
+}
+
+/// What [`DiskStorage::open`] found and did.
+#[derive(Debug, Clone, Default)]
+pub struct StorageReport {
+    /// The log's own recovery report.
+    pub log: RecoveryReport,
+    /// The newest usable snapshot: (index, term).
+    pub snapshot: Option<(u64, u64)>,
+    /// Snapshots found damaged, renamed to `*.corrupt` and skipped, with the reason.
+    pub corrupt_snapshots: Vec<(PathBuf, String)>,
+    /// Temporary files left by a crash, removed.
+    pub removed_temp_files: Vec<PathBuf>,
+    /// A snapshot install interrupted by a crash was completed (log reset, HardState updated).
+    pub snapshot_install_completed: bool,
+}
+
+impl fmt::Display for StorageReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.log)?;
+        match self.snapshot {
+            Some((index, term)) => writeln!(f, "  snapshot at index {index}, term {term}")?,
+            None => writeln!(f, "  no snapshot")?,
+        }
+        for (p, why) in &self.corrupt_snapshots {
+            writeln!(f, "  damaged snapshot {} set aside: {why}", p.display())?;
+        }
+        for p in &self.removed_temp_files {
+            writeln!(f, "  removed leftover temporary file {}", p.display())?;
+        }
+        if self.snapshot_install_completed {
+            writeln!(f, "  completed a snapshot install interrupted by a crash")?;
+        }
+        Ok(())
+    }
+}
+
+/// Raft storage in a directory: log segments, a HardState file and snapshot files.
+pub struct DiskStorage {
+    dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    _lock: Box<dyn Any + Send + Sync>,
+    log: Log,
+    hard_state: HardStateFile,
+    /// Oldest to newest.
+    snapshots: Vec<Arc<SnapshotFile>>,
+    snapshots_kept: usize,
+    in_progress: Arc<AtomicUsize>,
+    failed: Option<String>,
+    buf: Vec<u8>,
+}
+
+impl fmt::Debug for DiskStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiskStorage")
+            .field("dir", &self.dir)
+            .field("log", &self.log)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+impl DiskStorage {
+    /// Opens (creating if needed) the storage in `dir` and recovers it.
+    pub fn open(dir: impl AsRef<Path>, options: StorageOptions) -> Result<(DiskStorage, StorageReport)> {
+        let dir = dir.as_ref();
+        let fs = Arc::clone(&options.log.fs);
+        if options.snapshots_kept == 0 {
+            return Err(Error::InvalidArgument("snapshots_kept must be at least 1".into()));
+        }
+        fs.create_dir_all(dir).map_err(Error::at("create directory", dir))?;
+        let lock = fs.lock(dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.to_path_buf() },
+            _ => Error::io("lock", dir.join("LOCK"), e),
+        })?;
+        let mut report = StorageReport::default();
+
+        // Leftovers of interrupted writes.
+        let names = fs.list(dir).map_err(Error::at("list", dir))?;
+        let names: Vec<String> = names.into_iter().filter_map(|n| n.into_string().ok()).collect();
+        for n in names.iter().filter(|n| n.ends_with(".tmp")) {
+            let p = dir.join(n);
+            fs.remove(&p).map_err(Error::at("remove", &p))?;
+            report.removed_temp_files.push(p);
+        }
+        let log_dir = dir.join("log");
+        if !names.iter().any(|n| n == hard_state::FILE_NAME) {
+            let log_has_segments =
+                fs.list(&log_dir).is_ok_and(|l| l.iter().any(|n| n.to_string_lossy().ends_with(".seg")));
+            if log_has_segments {
+                return Err(Corruption::new(
+                    dir.join(hard_state::FILE_NAME),
+                    0,
+                    CorruptionKind::Malformed("the HardState file is missing but the log holds segments".into()),
+                )
+                .into_error());
+            }
+            HardStateFile::create(fs.as_ref(), dir)?;
+        } else if !report.removed_temp_files.is_empty() {
+            fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
+        }
+        let mut hard_state = HardStateFile::open(fs.as_ref(), dir)?;
+        let (mut log, log_report) = Log::open(&log_dir, options.log.clone())?;
+        report.log = log_report;
+
+        // Snapshots: newest first, checked; damaged ones set aside.
+        let mut found: Vec<(u64, u64, String)> =
+            names.iter().filter_map(|n| snapshot::parse_file_name(n).map(|(t, i)| (i, t, n.clone()))).collect();
+        found.sort();
+        let mut snapshots = Vec::new();
+        let mut newest_checked = false;
+        for (_, _, name) in found.iter().rev() {
+            let path = dir.join(name);
+            let checked = SnapshotFile::open(Arc::clone(&fs), &path).and_then(|sf| {
+                if !newest_checked && options.verify_snapshot_on_open {
+                    sf.verify()?;
+                }
+                Ok(sf)
+            });
+            match checked {
+                Ok(sf) => {
+                    newest_checked = true;
+                    snapshots.push(Arc::new(sf));
+                }
+                Err(e @ (Error::Corruption(_) | Error::IncompatibleVersion { .. })) if !newest_checked => {
+                    let aside = dir.join(format!("{name}.corrupt"));
+                    fs.rename(&path, &aside).map_err(Error::at("rename", &aside))?;
+                    fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
+                    report.corrupt_snapshots.push((aside, e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        snapshots.reverse();
+        let newest = snapshots.last().map(|s| s.metadata.clone());
+        report.snapshot = newest.as_ref().map(|m| (m.index, m.term));
+
+        // A fallback is only usable if the log still holds everything after it.
+        if !report.corrupt_snapshots.is_empty() {
+            let covered = newest.as_ref().map_or(0, |m| m.index);
+            if log.first_index() > covered + 1 {
+                let (path, why) = &report.corrupt_snapshots[0];
+                return Err(Corruption::new(
+                    path,
+                    0,
+                    CorruptionKind::Malformed(format!(
+                        "the newest snapshot is damaged ({why}) and the log starts at {}, after the newest usable \
+                         snapshot ({covered}): the state cannot be rebuilt locally",
+                        log.first_index()
+                    )),
+                )
+                .into_error());
+            }
+        }
+
+        // Complete a snapshot install that a crash interrupted.
+        if let Some(m) = &newest {
+            if m.index + 1 >= log.first_index() && log.term(m.index).ok() != Some(m.term) {
+                log.reset(m.index + 1, m.term)?;
+                report.snapshot_install_completed = true;
+            }
+            let slot = hard_state.current().clone();
+            if slot.hard_state.commit < m.index {
+                hard_state.write(super::hard_state_after_snapshot(slot.hard_state, m), m.conf_state.clone())?;
+                report.snapshot_install_completed = true;
+            }
+        }
+
+        let mut storage = DiskStorage {
+            dir: dir.to_path_buf(),
+            fs,
+            _lock: lock,
+            log,
+            hard_state,
+            snapshots,
+            snapshots_kept: options.snapshots_kept,
+            in_progress: Arc::new(AtomicUsize::new(0)),
+            failed: None,
+            buf: Vec::new(),
+        };
+        storage.prune_snapshots()?;
+        Ok((storage, report))
+    }
+
+    /// The underlying log (read-only).
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if let Some(cause) = &self.failed {
+            return Err(Error::Failed { cause: cause.clone() });
+        }
+        Ok(())
+    }
+
+    /// Latches on any I/O error; passes other errors through.
+    fn latch<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e @ (Error::Io { .. } | Error::Failed { .. })) = &r {
+            self.failed.get_or_insert_with(|| e.to_string());
+        }
+        r
+    }
+
+    fn newest_snapshot_index(&self) -> u64 {
+        self.snapshots.last().map_or(0, |s| s.metadata.index)
+    }
+
+    fn check_conf_state(conf_state: &ConfState) -> Result<()> {
+        if conf_state.id_count() > CONF_IDS_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "conf state lists {} node ids; at most {CONF_IDS_MAX} fit",
+                conf_state.id_count()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Removes the oldest snapshots beyond the kept number.
+    fn prune_snapshots(&mut self) -> Result<()> {
+        let excess = self.snapshots.len().saturating_sub(self.snapshots_kept);
+        if excess == 0 {
+            return Ok(());
+        }
+        for sf in self.snapshots.drain(..excess).collect::<Vec<_>>() {
+            let r = self.fs.remove(&sf.path).map_err(Error::at("remove", &sf.path));
+            self.latch(r)?;
+        }
+        let r = self.fs.sync_dir(&self.dir).map_err(Error::at("fsync directory", &self.dir));
+        self.latch(r)
+    }
+
+    /// Adds a durable snapshot file as the newest snapshot.
+    fn register(&mut self, path: &Path) -> Result<()> {
+        let sf = SnapshotFile::open(Arc::clone(&self.fs), path)?;
+        self.snapshots.push(Arc::new(sf));
+        self.prune_snapshots()
+    }
+
+    fn read_entry(&self, index: u64) -> Result<Entry> {
+        let e = self.log.entry(index)?;
+        let Some((&tag, _)) = e.payload.split_first() else {
+            return Err(self.bad_entry(index, "entry payload is empty (no entry type)".into()));
+        };
+        let entry_type =
+            EntryType::from_u8(tag).ok_or_else(|| self.bad_entry(index, format!("entry type {tag} is unknown")))?;
+        Ok(Entry { index, term: e.term, entry_type, data: e.payload.slice(1..e.payload.len()) })
+    }
+
+    fn bad_entry(&self, index: u64, what: String) -> Error {
+        let mut c = Corruption::new(self.log.dir(), 0, CorruptionKind::Malformed(what));
+        c.affected_indexes = Some((index, index));
+        c.into_error()
+    }
+}
+
+impl Storage for DiskStorage {
+    fn initial_state(&self) -> Result<RaftState> {
+        let slot = self.hard_state.current();
+        Ok(RaftState { hard_state: slot.hard_state, conf_state: slot.conf_state.clone() })
+    }
+
+    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>> {
+        super::check_range(lo, hi, self.log.first_index(), self.log.last_index())?;
+        super::page(lo, hi, max_bytes, |i| self.read_entry(i))
+    }
+
+    fn term(&self, index: u64) -> Result<u64> {
+        if let Some(s) =
+            self.snapshots.last().filter(|s| index == s.metadata.index && index + 1 >= self.log.first_index())
+        {
+            return Ok(s.metadata.term);
+        }
+        self.log.term(index)
+    }
+
+    fn first_index(&self) -> Result<u64> {
+        Ok(self.log.first_index())
+    }
+
+    fn last_index(&self) -> Result<u64> {
+        Ok(self.log.last_index())
+    }
+
+    fn snapshot(&self, request_index: u64) -> Result<Snapshot> {
+        match self.snapshots.last() {
+            Some(s) if self.in_progress.load(Ordering::SeqCst) == 0 && s.metadata.index >= request_index => {
+                Ok(Snapshot { metadata: s.metadata.clone(), data: SnapshotData::File(Arc::clone(s)) })
+            }
+            _ => Err(Error::SnapshotTemporarilyUnavailable),
+        }
+    }
+}
+
+impl StorageMut for DiskStorage {
+    type SnapshotWriter = SnapshotWriter;
+
+    fn append(&mut self, entries: &[Entry]) -> Result<()> {
+        self.check_writable()?;
+        super::check_append(entries, self.log.first_index(), self.log.last_index())?;
+        // Each log payload is the entry type byte followed by the data.
+        self.buf.clear();
+        let mut ranges = Vec::with_capacity(entries.len());
+        for e in entries {
+            let start = self.buf.len();
+            self.buf.push(e.entry_type as u8);
+            self.buf.extend_from_slice(&e.data);
+            ranges.push(start..self.buf.len());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let new: Vec<NewEntry<'_>> = entries
+            .iter()
+            .zip(&ranges)
+            .map(|(e, r)| NewEntry { index: e.index, term: e.term, payload: &buf[r.clone()] })
+            .collect();
+        let r = self.log.append_and_sync(&new);
+        drop(new);
+        self.buf = buf;
+        self.latch(r)
+    }
+
+    fn set_hard_state(&mut self, hard_state: &HardState) -> Result<()> {
+        self.check_writable()?;
+        let cs = self.hard_state.current().conf_state.clone();
+        let r = self.hard_state.write(*hard_state, cs);
+        self.latch(r)
+    }
+
+    fn set_conf_state(&mut self, conf_state: &ConfState) -> Result<()> {
+        self.check_writable()?;
+        Self::check_conf_state(conf_state)?;
+        let hs = self.hard_state.current().hard_state;
+        let r = self.hard_state.write(hs, conf_state.clone());
+        self.latch(r)
+    }
+
+    fn apply_snapshot(&mut self, metadata: &SnapshotMetadata, data: &mut dyn Read) -> Result<()> {
+        self.check_writable()?;
+        super::check_apply_snapshot(metadata.index, self.log.first_index())?;
+        Self::check_conf_state(&metadata.conf_state)?;
+        let created =
+            SnapshotWriter::create(Arc::clone(&self.fs), &self.dir, metadata.clone(), Arc::clone(&self.in_progress));
+        let mut w = self.latch(created)?;
+        if let Err(e) = std::io::copy(data, &mut w) {
+            // A failure of our file latches; a failure of the source is the caller's.
+            return match w.failed_cause() {
+                Some(cause) => self.latch(Err(Error::Failed { cause })),
+                None => Err(Error::io("read snapshot data", "<snapshot data>", e)),
+            };
+        }
+        // (1) The snapshot file, durable under its final name. From here a crash rolls forward.
+        let finished = w.finish();
+        let path = self.latch(finished)?;
+        // (2) HardState: commit and term at least the snapshot's; its ConfState.
+        let hs = super::hard_state_after_snapshot(self.hard_state.current().hard_state, metadata);
+        let written = self.hard_state.write(hs, metadata.conf_state.clone());
+        self.latch(written)?;
+        // (3) The log restarts after the snapshot.
+        let reset = self.log.reset(metadata.index + 1, metadata.term);
+        self.latch(reset)?;
+        self.register(&path)
+    }
+
+    fn begin_snapshot(&self, index: u64, conf_state: &ConfState) -> Result<SnapshotWriter> {
+        self.check_writable()?;
+        Self::check_conf_state(conf_state)?;
+        super::check_begin_snapshot(index, self.newest_snapshot_index(), self.log.last_index())?;
+        let term = self.term(index)?;
+        let metadata = SnapshotMetadata { index, term, conf_state: conf_state.clone() };
+        SnapshotWriter::create(Arc::clone(&self.fs), &self.dir, metadata, Arc::clone(&self.in_progress))
+    }
+
+    fn finish_snapshot(&mut self, writer: SnapshotWriter) -> Result<()> {
+        self.check_writable()?;
+        let newest = self.newest_snapshot_index();
+        if writer.metadata().index <= newest {
+            return Err(Error::SnapshotOutOfDate { index: writer.metadata().index, covered: newest });
+        }
+        let r = writer.finish();
+        let path = self.latch(r)?;
+        self.register(&path)
+    }
+
+    fn compact(&mut self, index: u64) -> Result<()> {
+        self.check_writable()?;
+        if !super::check_compact(index, self.log.first_index(), self.log.last_index())? {
+            return Ok(());
+        }
+        let r = self.log.compact(index);
+        self.latch(r)
+    }
+}

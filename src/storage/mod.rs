@@ -1,0 +1,166 @@
+//! Raft persistence: the [`Storage`] trait Raft reads through, the [`StorageMut`] trait the node
+//! writes through after a `Ready`, and two implementations that pass one conformance suite:
+//! [`DiskStorage`] (log segments, a HardState file and snapshot files in one directory) and
+//! [`MemStorage`] (for tests and as the model in property tests).
+//!
+//! Semantics follow etcd-raft and raft-rs:
+//! - `term(i)` answers for `i` in `[first_index - 1, last_index]`; the snapshot (or the last
+//!   compaction) answers for `first_index - 1`; below that [`Error::Compacted`], above
+//!   [`Error::Unavailable`].
+//! - After a snapshot at `s` with no later entries, `first_index = s + 1`, `last_index = s`.
+//! - `entries(lo, hi, max_bytes)` returns `[lo, hi)`, stopping before the data exceeds
+//!   `max_bytes` in total, but always at least one entry.
+//!
+//! [`Error::Compacted`]: crate::Error::Compacted
+//! [`Error::Unavailable`]: crate::Error::Unavailable
+
+mod disk;
+pub(crate) mod hard_state;
+mod mem;
+pub(crate) mod snapshot;
+mod types;
+
+pub use disk::{DiskStorage, StorageOptions, StorageReport};
+pub use mem::MemStorage;
+pub use types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotMetadata};
+
+use crate::error::Result;
+use std::io::{Read, Write};
+
+/// What Raft reads.
+pub trait Storage {
+    /// The persisted HardState and ConfState.
+    fn initial_state(&self) -> Result<RaftState>;
+    /// Entries in `[lo, hi)`, at most `max_bytes` of data but at least one entry.
+    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>>;
+    /// The term of entry `index`, for `index` in `[first_index - 1, last_index]`.
+    fn term(&self, index: u64) -> Result<u64>;
+    /// The first index still available in the log (`snapshot index + 1` after a snapshot).
+    fn first_index(&self) -> Result<u64>;
+    /// The last index in the log (the snapshot index if no entries follow it).
+    fn last_index(&self) -> Result<u64>;
+    /// The newest snapshot. [`crate::Error::SnapshotTemporarilyUnavailable`] while one is being
+    /// made, when there is none, or when the newest is older than `request_index`.
+    fn snapshot(&self, request_index: u64) -> Result<Snapshot>;
+}
+
+/// What the node writes after a `Ready`. Each call is crash-atomic: after a crash at any point
+/// the storage recovers to the state before the call or after it, never a mix.
+pub trait StorageMut: Storage {
+    /// Streams the data of a snapshot being made; see [`StorageMut::begin_snapshot`].
+    type SnapshotWriter: Write;
+
+    /// Appends entries (contiguous), truncating a conflicting suffix first; durable on return.
+    fn append(&mut self, entries: &[Entry]) -> Result<()>;
+    /// Persists the HardState (keeping the ConfState).
+    fn set_hard_state(&mut self, hard_state: &HardState) -> Result<()>;
+    /// Persists the ConfState (keeping the HardState).
+    fn set_conf_state(&mut self, conf_state: &ConfState) -> Result<()>;
+    /// Installs a snapshot received from a leader: entries are dropped and the log restarts
+    /// after `metadata.index`, whatever the local log held. The HardState's commit becomes at
+    /// least the snapshot's index and its term at least the snapshot's term.
+    fn apply_snapshot(&mut self, metadata: &SnapshotMetadata, data: &mut dyn Read) -> Result<()>;
+    /// Starts a snapshot of the state machine at `index` (which must be in the log): write the
+    /// data to the returned writer, then call [`StorageMut::finish_snapshot`]. Until then
+    /// `snapshot()` answers `SnapshotTemporarilyUnavailable`.
+    fn begin_snapshot(&self, index: u64, conf_state: &ConfState) -> Result<Self::SnapshotWriter>;
+    /// Makes the snapshot written through `writer` durable and the newest one.
+    fn finish_snapshot(&mut self, writer: Self::SnapshotWriter) -> Result<()>;
+    /// Creates a snapshot at `index` from a reader of its data (begin, copy, finish).
+    fn create_snapshot(&mut self, index: u64, conf_state: &ConfState, data: &mut dyn Read) -> Result<()> {
+        let mut w = self.begin_snapshot(index, conf_state)?;
+        std::io::copy(data, &mut w).map_err(|e| crate::Error::io("write snapshot", "<snapshot data>", e))?;
+        self.finish_snapshot(w)
+    }
+    /// Drops entries below `index` (at most `last_index + 1`); at or below `first_index` it does
+    /// nothing.
+    fn compact(&mut self, index: u64) -> Result<()>;
+}
+
+/// Checks an append against the log's bounds, the same way for every implementation.
+pub(crate) fn check_append(entries: &[Entry], first_index: u64, last_index: u64) -> Result<()> {
+    use crate::Error;
+    let Some(first) = entries.first() else { return Ok(()) };
+    if let Some(pair) = entries.windows(2).find(|p| p[1].index != p[0].index + 1) {
+        return Err(Error::InvalidArgument(format!(
+            "append: index {} follows index {}; entries must be contiguous",
+            pair[1].index, pair[0].index
+        )));
+    }
+    if first.index < first_index {
+        return Err(Error::Compacted { index: first.index, first_index });
+    }
+    if first.index > last_index + 1 {
+        return Err(Error::InvalidArgument(format!(
+            "append: first index {} leaves a gap after the last index {last_index}",
+            first.index
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the bounds of `entries(lo, hi, _)`.
+pub(crate) fn check_range(lo: u64, hi: u64, first_index: u64, last_index: u64) -> Result<()> {
+    use crate::Error;
+    if lo < first_index {
+        return Err(Error::Compacted { index: lo, first_index });
+    }
+    if hi > last_index + 1 {
+        return Err(Error::Unavailable { index: hi - 1, last_index });
+    }
+    if lo > hi {
+        return Err(Error::InvalidArgument(format!("entries({lo}, {hi}): lo is above hi")));
+    }
+    Ok(())
+}
+
+/// Collects entries from `read(index)` for `lo..hi` until their data exceeds `max_bytes`,
+/// always keeping the first.
+pub(crate) fn page(lo: u64, hi: u64, max_bytes: u64, mut read: impl FnMut(u64) -> Result<Entry>) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    for index in lo..hi {
+        let e = read(index)?;
+        total = total.saturating_add(e.size_bytes());
+        if !out.is_empty() && total > max_bytes {
+            break;
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// Checks `compact(index)` bounds: `Ok(false)` when there is nothing to do.
+pub(crate) fn check_compact(index: u64, first_index: u64, last_index: u64) -> Result<bool> {
+    if index <= first_index {
+        return Ok(false);
+    }
+    if index > last_index + 1 {
+        return Err(crate::Error::Unavailable { index, last_index });
+    }
+    Ok(true)
+}
+
+/// Checks that a snapshot at `index` may be made: in the log, newer than `newest_snapshot`.
+pub(crate) fn check_begin_snapshot(index: u64, newest_snapshot: u64, last_index: u64) -> Result<()> {
+    if index <= newest_snapshot {
+        return Err(crate::Error::SnapshotOutOfDate { index, covered: newest_snapshot });
+    }
+    if index > last_index {
+        return Err(crate::Error::Unavailable { index, last_index });
+    }
+    Ok(())
+}
+
+/// Checks that a snapshot received at `index` is newer than what the log covers.
+pub(crate) fn check_apply_snapshot(index: u64, first_index: u64) -> Result<()> {
+    if index < first_index {
+        return Err(crate::Error::SnapshotOutOfDate { index, covered: first_index - 1 });
+    }
+    Ok(())
+}
+
+/// The HardState after installing a snapshot: commit and term never go backwards.
+pub(crate) fn hard_state_after_snapshot(hs: HardState, metadata: &SnapshotMetadata) -> HardState {
+    HardState { term: hs.term.max(metadata.term), vote: hs.vote, commit: hs.commit.max(metadata.index) }
+}

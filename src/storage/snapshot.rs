@@ -1,0 +1,382 @@
+//! Snapshot files: one per snapshot, named by term and index, written to a temporary name,
+//! fdatasynced, renamed and the directory fsynced. Data is streamed in and out, never held in
+//! memory whole. Layout in `segments/FORMAT.md` ("Snapshot file").
+
+use super::hard_state::{decode_conf_state, encode_conf_state};
+use super::types::{ConfState, SnapshotMetadata};
+use crate::error::{Corruption, CorruptionKind, Error, Result};
+use crate::io::{DataFile, FileSystem};
+use byteorder::{ByteOrder, LittleEndian as LE};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub(crate) const MAGIC: [u8; 8] = *b"KEELSNAP";
+pub(crate) const VERSION: u32 = 1;
+pub(crate) const OFF_MAGIC: usize = 0;
+pub(crate) const OFF_VERSION: usize = OFF_MAGIC + 8;
+pub(crate) const OFF_HEADER_CRC: usize = OFF_VERSION + 4;
+pub(crate) const OFF_HEADER_LEN: usize = OFF_HEADER_CRC + 4;
+pub(crate) const OFF_RESERVED: usize = OFF_HEADER_LEN + 4;
+pub(crate) const OFF_INDEX: usize = OFF_RESERVED + 4;
+pub(crate) const OFF_TERM: usize = OFF_INDEX + 8;
+pub(crate) const OFF_DATA_LEN: usize = OFF_TERM + 8;
+/// The ConfState (auto_leave, reserved, four counts, reserved, ids) starts here.
+pub(crate) const OFF_CONF_STATE: usize = OFF_DATA_LEN + 8;
+pub(crate) const FIXED_HEADER_BYTES: usize = OFF_CONF_STATE + 24;
+pub(crate) const TRAILER_BYTES: u64 = 8;
+/// Largest header accepted when reading (a ConfState of about 8,000 node ids).
+const HEADER_BYTES_MAX: usize = 1 << 16;
+const CHUNK_BYTES: usize = 1 << 20;
+
+#[cfg(test)]
+pub(crate) const LAYOUT: &[(&str, usize, usize)] = &[
+    ("magic", OFF_MAGIC, 8),
+    ("version", OFF_VERSION, 4),
+    ("header_crc", OFF_HEADER_CRC, 4),
+    ("header_len", OFF_HEADER_LEN, 4),
+    ("reserved", OFF_RESERVED, 4),
+    ("index", OFF_INDEX, 8),
+    ("term", OFF_TERM, 8),
+    ("data_len", OFF_DATA_LEN, 8),
+    ("auto_leave", OFF_CONF_STATE, 1),
+    ("reserved", OFF_CONF_STATE + 1, 3),
+    ("voters_count", OFF_CONF_STATE + 4, 4),
+    ("learners_count", OFF_CONF_STATE + 8, 4),
+    ("voters_outgoing_count", OFF_CONF_STATE + 12, 4),
+    ("learners_next_count", OFF_CONF_STATE + 16, 4),
+    ("reserved", OFF_CONF_STATE + 20, 4),
+];
+
+/// The file name of a snapshot.
+pub(crate) fn file_name(term: u64, index: u64) -> String {
+    format!("snap-{term:016x}-{index:016x}.snap")
+}
+
+/// (term, index) from a snapshot file name.
+pub(crate) fn parse_file_name(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
+    let (t, i) = rest.split_once('-')?;
+    if t.len() != 16 || i.len() != 16 {
+        return None;
+    }
+    Some((u64::from_str_radix(t, 16).ok()?, u64::from_str_radix(i, 16).ok()?))
+}
+
+fn header_len(cs: &ConfState) -> usize {
+    FIXED_HEADER_BYTES + 8 * cs.id_count()
+}
+
+fn header_crc(h: &[u8]) -> u32 {
+    let mut c = crc32fast::Hasher::new();
+    c.update(&h[..OFF_HEADER_CRC]);
+    c.update(&h[OFF_HEADER_LEN..]);
+    c.finalize()
+}
+
+fn encode_header(meta: &SnapshotMetadata, data_len: u64) -> Vec<u8> {
+    let len = header_len(&meta.conf_state);
+    let mut h = vec![0u8; len];
+    h[..8].copy_from_slice(&MAGIC);
+    LE::write_u32(&mut h[OFF_VERSION..], VERSION);
+    LE::write_u32(&mut h[OFF_HEADER_LEN..], len as u32);
+    LE::write_u64(&mut h[OFF_INDEX..], meta.index);
+    LE::write_u64(&mut h[OFF_TERM..], meta.term);
+    LE::write_u64(&mut h[OFF_DATA_LEN..], data_len);
+    encode_conf_state(&mut h[OFF_CONF_STATE..], &meta.conf_state);
+    let c = header_crc(&h);
+    LE::write_u32(&mut h[OFF_HEADER_CRC..], c);
+    h
+}
+
+/// A snapshot file whose header has been checked.
+#[derive(Debug)]
+pub(crate) struct SnapshotFile {
+    pub path: PathBuf,
+    pub metadata: SnapshotMetadata,
+    pub data_offset: u64,
+    pub data_len: u64,
+    pub data_crc: u32,
+    fs: Arc<dyn FileSystem>,
+}
+
+impl SnapshotFile {
+    /// Opens and checks the header and size of a snapshot file.
+    pub(crate) fn open(fs: Arc<dyn FileSystem>, path: &Path) -> Result<SnapshotFile> {
+        use CorruptionKind::{Checksum, Malformed};
+        let bad = |offset, kind| Corruption::new(path, offset, kind).into_error();
+        let file = fs.open(path).map_err(|e| Error::io("open", path, e))?;
+        let size = file.len().map_err(|e| Error::io("stat", path, e))?;
+        if size < (FIXED_HEADER_BYTES as u64) + TRAILER_BYTES {
+            return Err(bad(0, Malformed(format!("snapshot file of {size} bytes is shorter than its header"))));
+        }
+        let mut fixed = vec![0u8; FIXED_HEADER_BYTES];
+        file.read_at(&mut fixed, 0).map_err(|e| Error::io("read", path, e))?;
+        if fixed[..8] != MAGIC {
+            return Err(bad(0, Malformed("snapshot magic is wrong".into())));
+        }
+        let len = LE::read_u32(&fixed[OFF_HEADER_LEN..]) as usize;
+        if !(FIXED_HEADER_BYTES..=HEADER_BYTES_MAX).contains(&len) || (len as u64) + TRAILER_BYTES > size {
+            return Err(bad(OFF_HEADER_LEN as u64, Malformed(format!("snapshot header length {len} is impossible"))));
+        }
+        let mut h = vec![0u8; len];
+        file.read_at(&mut h, 0).map_err(|e| Error::io("read", path, e))?;
+        let stored = LE::read_u32(&h[OFF_HEADER_CRC..]);
+        let actual = header_crc(&h);
+        if stored != actual {
+            return Err(bad(0, Checksum { what: "snapshot header", expected: stored, actual }));
+        }
+        let version = LE::read_u32(&h[OFF_VERSION..]);
+        if version != VERSION {
+            return Err(Error::IncompatibleVersion { path: path.to_path_buf(), found: version, supported: VERSION });
+        }
+        let conf_state =
+            decode_conf_state(&h[OFF_CONF_STATE..]).map_err(|m| bad(OFF_CONF_STATE as u64, Malformed(m)))?;
+        if header_len(&conf_state) != len || h[OFF_RESERVED..OFF_INDEX].iter().any(|&b| b != 0) {
+            return Err(bad(0, Malformed("snapshot header length does not match its conf state".into())));
+        }
+        let metadata =
+            SnapshotMetadata { index: LE::read_u64(&h[OFF_INDEX..]), term: LE::read_u64(&h[OFF_TERM..]), conf_state };
+        let data_len = LE::read_u64(&h[OFF_DATA_LEN..]);
+        if (len as u64).checked_add(data_len).and_then(|n| n.checked_add(TRAILER_BYTES)) != Some(size) {
+            return Err(bad(
+                OFF_DATA_LEN as u64,
+                Malformed(format!("snapshot holds {data_len} data bytes but the file is {size} bytes")),
+            ));
+        }
+        let name_ok = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_file_name)
+            .is_some_and(|(t, i)| t == metadata.term && i == metadata.index);
+        if !name_ok {
+            return Err(bad(OFF_INDEX as u64, Malformed("snapshot file name does not match its header".into())));
+        }
+        let mut trailer = [0u8; TRAILER_BYTES as usize];
+        file.read_at(&mut trailer, size - TRAILER_BYTES).map_err(|e| Error::io("read", path, e))?;
+        if trailer[4..].iter().any(|&b| b != 0) {
+            return Err(bad(size - 4, Malformed("snapshot trailer reserved bytes are not zero".into())));
+        }
+        Ok(SnapshotFile {
+            path: path.to_path_buf(),
+            metadata,
+            data_offset: len as u64,
+            data_len,
+            data_crc: LE::read_u32(&trailer),
+            fs,
+        })
+    }
+
+    /// A streaming reader of the data that checks the checksum at the end.
+    pub(crate) fn reader(&self) -> Result<SnapshotReader> {
+        let file = self.fs.open(&self.path).map_err(|e| Error::io("open", &self.path, e))?;
+        Ok(SnapshotReader {
+            file,
+            path: self.path.clone(),
+            next: self.data_offset,
+            end: self.data_offset + self.data_len,
+            expected_crc: self.data_crc,
+            hasher: crc32fast::Hasher::new(),
+            checked: false,
+        })
+    }
+
+    /// Reads all the data once to check its checksum.
+    pub(crate) fn verify(&self) -> Result<()> {
+        let mut r = self.reader()?;
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(r.error_to_corruption(e)),
+            }
+        }
+    }
+}
+
+/// Streams a snapshot's data; the last `read` fails if the data checksum does not match.
+#[derive(Debug)]
+pub struct SnapshotReader {
+    file: Box<dyn DataFile>,
+    path: PathBuf,
+    next: u64,
+    end: u64,
+    expected_crc: u32,
+    hasher: crc32fast::Hasher,
+    checked: bool,
+}
+
+impl SnapshotReader {
+    fn error_to_corruption(&self, e: io::Error) -> Error {
+        if e.kind() == io::ErrorKind::InvalidData {
+            let actual = self.hasher.clone().finalize();
+            Corruption::new(
+                &self.path,
+                self.end,
+                CorruptionKind::Checksum { what: "snapshot data", expected: self.expected_crc, actual },
+            )
+            .into_error()
+        } else {
+            Error::io("read", &self.path, e)
+        }
+    }
+}
+
+impl Read for SnapshotReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.next == self.end {
+            if !self.checked {
+                let actual = self.hasher.clone().finalize();
+                if actual != self.expected_crc {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "snapshot data checksum mismatch in {} (stored {:#010x}, computed {actual:#010x})",
+                            self.path.display(),
+                            self.expected_crc
+                        ),
+                    ));
+                }
+                self.checked = true;
+            }
+            return Ok(0);
+        }
+        let n = buf.len().min((self.end - self.next) as usize).min(CHUNK_BYTES);
+        self.file.read_at(&mut buf[..n], self.next)?;
+        self.hasher.update(&buf[..n]);
+        self.next += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes a snapshot to a temporary file; [`SnapshotWriter::finish`] makes it durable under its
+/// final name. Dropped unfinished, it removes the temporary file.
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    tmp: PathBuf,
+    file: Option<Box<dyn DataFile>>,
+    metadata: SnapshotMetadata,
+    header_len: u64,
+    buf: Vec<u8>,
+    written: u64,
+    hasher: crc32fast::Hasher,
+    /// Counts writers in progress, so `snapshot()` can answer "temporarily unavailable".
+    in_progress: Arc<AtomicUsize>,
+    /// The first write error, reported again by `finish`.
+    failed: Option<String>,
+}
+
+impl SnapshotWriter {
+    pub(crate) fn create(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        metadata: SnapshotMetadata,
+        in_progress: Arc<AtomicUsize>,
+    ) -> Result<SnapshotWriter> {
+        let tmp = dir.join(format!("{}.tmp", file_name(metadata.term, metadata.index)));
+        let _ = fs.remove(&tmp);
+        let file = fs.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        in_progress.fetch_add(1, Ordering::SeqCst);
+        Ok(SnapshotWriter {
+            header_len: header_len(&metadata.conf_state) as u64,
+            fs,
+            dir: dir.to_path_buf(),
+            tmp,
+            file: Some(file),
+            metadata,
+            buf: Vec::with_capacity(CHUNK_BYTES),
+            written: 0,
+            hasher: crc32fast::Hasher::new(),
+            in_progress,
+            failed: None,
+        })
+    }
+
+    pub(crate) fn metadata(&self) -> &SnapshotMetadata {
+        &self.metadata
+    }
+
+    /// The first error writing the temporary file, if any.
+    pub(crate) fn failed_cause(&self) -> Option<String> {
+        self.failed.clone()
+    }
+
+    fn flush_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let file = self.file.as_ref().expect("writer not finished");
+        file.write_at(&self.buf, self.header_len + self.written)?;
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes the header and trailer, fdatasyncs, renames to the final name and fsyncs the
+    /// directory. Returns the final path.
+    pub(crate) fn finish(mut self) -> Result<PathBuf> {
+        if let Some(cause) = &self.failed {
+            return Err(Error::Failed { cause: cause.clone() });
+        }
+        let tmp = self.tmp.clone();
+        self.flush_buf().map_err(Error::at("write", &tmp))?;
+        let file = self.file.take().expect("writer not finished");
+        let mut trailer = [0u8; TRAILER_BYTES as usize];
+        LE::write_u32(&mut trailer, self.hasher.clone().finalize());
+        file.write_at(&trailer, self.header_len + self.written).map_err(Error::at("write", &tmp))?;
+        file.write_at(&encode_header(&self.metadata, self.written), 0).map_err(Error::at("write", &tmp))?;
+        file.sync_data().map_err(Error::at("fdatasync", &tmp))?;
+        drop(file);
+        let path = self.dir.join(file_name(self.metadata.term, self.metadata.index));
+        self.fs.rename(&self.tmp, &path).map_err(|e| Error::io("rename", &path, e))?;
+        self.fs.sync_dir(&self.dir).map_err(|e| Error::io("fsync directory", &self.dir, e))?;
+        Ok(path)
+    }
+}
+
+impl Write for SnapshotWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.file.is_none() {
+            return Err(io::Error::other("snapshot writer already finished"));
+        }
+        self.hasher.update(data);
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK_BYTES
+            && let Err(e) = self.flush_buf()
+        {
+            self.failed.get_or_insert_with(|| format!("write {}: {e}", self.tmp.display()));
+            return Err(e);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        self.in_progress.fetch_sub(1, Ordering::SeqCst);
+        if self.file.take().is_some() {
+            // Unfinished: the temporary file is garbage (open also removes leftovers).
+            let _ = self.fs.remove(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(parse_file_name(&file_name(3, 77)), Some((3, 77)));
+        assert_eq!(parse_file_name("snap-3-77.snap"), None);
+        assert_eq!(parse_file_name("snap-0000000000000003-000000000000004d.snap.tmp"), None);
+    }
+}

@@ -1,0 +1,146 @@
+//! The Raft state that storage persists: HardState, ConfState, entries and snapshots.
+
+use crate::error::{Error, Result};
+use crate::payload::Payload;
+use std::fmt;
+use std::io::Read;
+use std::sync::Arc;
+
+/// The Raft state that must be durable before messages depending on it leave the node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct HardState {
+    pub term: u64,
+    /// The node voted for in `term`; 0 for none.
+    pub vote: u64,
+    pub commit: u64,
+}
+
+/// Cluster membership, with room for joint consensus (`voters_outgoing`, `learners_next`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ConfState {
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub voters_outgoing: Vec<u64>,
+    pub learners_next: Vec<u64>,
+    pub auto_leave: bool,
+}
+
+impl ConfState {
+    /// Node ids in all four lists.
+    pub fn id_count(&self) -> usize {
+        self.voters.len() + self.learners.len() + self.voters_outgoing.len() + self.learners_next.len()
+    }
+}
+
+/// What `initial_state` returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftState {
+    pub hard_state: HardState,
+    pub conf_state: ConfState,
+}
+
+/// The kind of a Raft entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum EntryType {
+    #[default]
+    Normal = 0,
+    ConfChange = 1,
+    ConfChangeV2 = 2,
+}
+
+impl EntryType {
+    pub(crate) fn from_u8(b: u8) -> Option<EntryType> {
+        match b {
+            0 => Some(EntryType::Normal),
+            1 => Some(EntryType::ConfChange),
+            2 => Some(EntryType::ConfChangeV2),
+            _ => None,
+        }
+    }
+}
+
+/// A Raft log entry. Read from `DiskStorage`, `data` points into the mapped segment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub index: u64,
+    pub term: u64,
+    pub entry_type: EntryType,
+    pub data: Payload,
+}
+
+impl Entry {
+    /// A normal entry.
+    pub fn new(index: u64, term: u64, data: impl Into<Payload>) -> Entry {
+        Entry { index, term, entry_type: EntryType::Normal, data: data.into() }
+    }
+
+    /// Bytes counted against `max_bytes` limits: the data.
+    pub fn size_bytes(&self) -> u64 {
+        self.data.len() as u64
+    }
+}
+
+/// What a snapshot covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotMetadata {
+    /// The last index the snapshot includes.
+    pub index: u64,
+    /// The term of `index`.
+    pub term: u64,
+    /// Membership as of `index`.
+    pub conf_state: ConfState,
+}
+
+/// A snapshot: metadata and a way to stream its data (which may be larger than memory).
+#[derive(Clone)]
+pub struct Snapshot {
+    pub metadata: SnapshotMetadata,
+    pub(crate) data: SnapshotData,
+}
+
+#[derive(Clone)]
+pub(crate) enum SnapshotData {
+    Memory(Arc<[u8]>),
+    File(Arc<crate::storage::snapshot::SnapshotFile>),
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot").field("metadata", &self.metadata).field("data_len", &self.data_len()).finish()
+    }
+}
+
+impl Snapshot {
+    /// Bytes of data.
+    pub fn data_len(&self) -> u64 {
+        match &self.data {
+            SnapshotData::Memory(d) => d.len() as u64,
+            SnapshotData::File(f) => f.data_len,
+        }
+    }
+
+    /// A reader of the data. For a snapshot file it streams from disk and checks the data
+    /// checksum at the end: a damaged snapshot ends in an error, so a consumer must treat any
+    /// read error as "discard what was read".
+    pub fn reader(&self) -> Result<Box<dyn Read + Send>> {
+        match &self.data {
+            SnapshotData::Memory(d) => Ok(Box::new(std::io::Cursor::new(Arc::clone(d)))),
+            SnapshotData::File(f) => Ok(Box::new(f.reader()?)),
+        }
+    }
+
+    /// Reads all of the data into memory (for small snapshots and tests).
+    pub fn read_to_vec(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.reader()?.read_to_end(&mut out).map_err(|e| Error::io("read snapshot", self.describe(), e))?;
+        Ok(out)
+    }
+
+    fn describe(&self) -> std::path::PathBuf {
+        match &self.data {
+            SnapshotData::Memory(_) => "<memory snapshot>".into(),
+            SnapshotData::File(f) => f.path.clone(),
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! DiskStorage behaviour beyond the shared conformance suite: damaged HardState slots and
+//! snapshot files, crash leftovers, completing an interrupted snapshot install, snapshot
+//! retention and the failure latch.
+
+mod common;
+
+use common::{FaultyFs, FaultyHandle};
+use keel::Error;
+use keel::storage::{ConfState, DiskStorage, Entry, HardState, SnapshotMetadata, Storage, StorageMut, StorageOptions};
+use keel::wal::LogOptions;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+fn opts() -> StorageOptions {
+    StorageOptions {
+        log: LogOptions { segment_bytes: 16 * 1024, ..LogOptions::default() },
+        ..StorageOptions::default()
+    }
+}
+
+fn open(dir: &Path) -> (DiskStorage, keel::storage::StorageReport) {
+    DiskStorage::open(dir, opts()).unwrap()
+}
+
+fn ents(lo: u64, hi: u64, term: u64) -> Vec<Entry> {
+    (lo..=hi).map(|i| Entry::new(i, term, format!("entry {i} term {term}").into_bytes())).collect()
+}
+
+fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn torn_hard_state_write_loses_only_the_newest_update() {
+    // Proves the two-slot rule: damaging the slot written last leaves the previous state.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.set_hard_state(&HardState { term: 1, vote: 1, commit: 0 }).unwrap(); // slot 1 (seq 2)
+    s.set_hard_state(&HardState { term: 2, vote: 2, commit: 0 }).unwrap(); // slot 0 (seq 3)
+    drop(s);
+    let path = dir.path().join("hardstate");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xFF; // inside slot 0
+    std::fs::write(&path, &bytes).unwrap();
+    let (s, _) = open(dir.path());
+    assert_eq!(s.initial_state().unwrap().hard_state, HardState { term: 1, vote: 1, commit: 0 });
+    drop(s);
+    // Both slots damaged: a typed error naming the file, never a silent default.
+    bytes[4096 + 100] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    match DiskStorage::open(dir.path(), opts()) {
+        Err(Error::Corruption(c)) => {
+            assert_eq!(c.path, path);
+            assert_eq!(c.rule, Some("HARDSTATE_BOTH_SLOTS_INVALID"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn damaged_newest_snapshot_falls_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 30, 1)).unwrap();
+    s.create_snapshot(10, &ConfState::default(), &mut &b"state at 10"[..]).unwrap();
+    s.create_snapshot(20, &ConfState::default(), &mut &b"state at 20"[..]).unwrap();
+    drop(s);
+    let newest = snapshot_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let n = bytes.len();
+    bytes[n - 12] ^= 1; // data byte
+    std::fs::write(&newest, &bytes).unwrap();
+    let (s, report) = open(dir.path());
+    assert_eq!(report.snapshot, Some((10, 1)), "{report}");
+    assert_eq!(report.corrupt_snapshots.len(), 1, "{report}");
+    assert!(report.corrupt_snapshots[0].1.contains("snapshot data checksum"), "{report}");
+    assert_eq!(s.snapshot(0).unwrap().read_to_vec().unwrap(), b"state at 10");
+    // The damaged file is set aside, not deleted, and never picked again.
+    assert!(dir.path().read_dir().unwrap().any(|e| e.unwrap().path().to_string_lossy().ends_with(".snap.corrupt")));
+}
+
+#[test]
+fn damaged_snapshot_without_a_usable_fallback_is_refused() {
+    // The log was compacted past the older snapshot: the state cannot be rebuilt, so open fails
+    // rather than serve a corrupt snapshot or a hole.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 30, 1)).unwrap();
+    s.create_snapshot(20, &ConfState::default(), &mut &b"state at 20"[..]).unwrap();
+    s.compact(21).unwrap();
+    drop(s);
+    let snap = snapshot_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&snap).unwrap();
+    bytes[40] ^= 1; // header
+    std::fs::write(&snap, &bytes).unwrap();
+    let err = DiskStorage::open(dir.path(), opts()).unwrap_err();
+    assert!(err.corruption().is_some(), "{err}");
+    assert!(err.to_string().contains("cannot be rebuilt"), "{err}");
+}
+
+#[test]
+fn leftover_temporary_files_are_removed_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 5, 1)).unwrap();
+    drop(s);
+    let tmp = dir.path().join("snap-0000000000000001-0000000000000004.snap.tmp");
+    std::fs::write(&tmp, b"half a snapshot").unwrap();
+    let (s, report) = open(dir.path());
+    assert_eq!(report.removed_temp_files, vec![tmp.clone()]);
+    assert!(!tmp.exists());
+    assert!(matches!(s.snapshot(0), Err(Error::SnapshotTemporarilyUnavailable)));
+}
+
+#[test]
+fn interrupted_snapshot_install_is_completed_at_open() {
+    // A crash after the snapshot file of apply_snapshot became durable, before the HardState
+    // and the log reset: open rolls forward to the state after the call.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 10, 1)).unwrap();
+    s.set_hard_state(&HardState { term: 1, vote: 1, commit: 5 }).unwrap();
+    drop(s);
+    // Produce the snapshot file in another directory, then drop it in, as if only step (1) ran.
+    let other = tempfile::tempdir().unwrap();
+    let (mut o, _) = open(other.path());
+    let meta = SnapshotMetadata {
+        index: 100,
+        term: 4,
+        conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
+    };
+    o.apply_snapshot(&meta, &mut &b"leader"[..]).unwrap();
+    drop(o);
+    let file = snapshot_files(other.path()).pop().unwrap();
+    std::fs::copy(&file, dir.path().join(file.file_name().unwrap())).unwrap();
+
+    let (s, report) = open(dir.path());
+    assert!(report.snapshot_install_completed, "{report}");
+    assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (101, 100));
+    let st = s.initial_state().unwrap();
+    assert_eq!(st.hard_state, HardState { term: 4, vote: 1, commit: 100 });
+    assert_eq!(st.conf_state, meta.conf_state);
+    drop(s);
+    let (s, report) = open(dir.path());
+    assert!(!report.snapshot_install_completed, "completed once, durably: {report}");
+    assert_eq!(s.term(100).unwrap(), 4);
+}
+
+#[test]
+fn only_the_newest_snapshots_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 50, 1)).unwrap();
+    for i in [10, 20, 30, 40] {
+        s.create_snapshot(i, &ConfState::default(), &mut &b"x"[..]).unwrap();
+    }
+    let names: Vec<String> =
+        snapshot_files(dir.path()).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(
+        names,
+        vec!["snap-0000000000000001-000000000000001e.snap", "snap-0000000000000001-0000000000000028.snap"]
+    );
+}
+
+#[test]
+fn missing_hard_state_beside_a_log_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 5, 1)).unwrap();
+    drop(s);
+    std::fs::remove_file(dir.path().join("hardstate")).unwrap();
+    let err = DiskStorage::open(dir.path(), opts()).unwrap_err();
+    assert!(err.to_string().contains("HardState file is missing"), "{err}");
+}
+
+#[test]
+fn failed_hard_state_sync_latches_the_whole_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultyFs::default());
+    let options = StorageOptions {
+        log: LogOptions {
+            segment_bytes: 16 * 1024,
+            fs: Arc::new(FaultyHandle(faults.clone())),
+            ..LogOptions::default()
+        },
+        ..StorageOptions::default()
+    };
+    let (mut s, _) = DiskStorage::open(dir.path(), options.clone()).unwrap();
+    s.append(&ents(1, 5, 1)).unwrap();
+    faults.fail_sync.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        s.set_hard_state(&HardState { term: 2, vote: 1, commit: 3 }),
+        Err(Error::Io { op: "fdatasync", .. })
+    ));
+    faults.fail_sync.store(false, Ordering::SeqCst);
+    for r in [
+        s.append(&ents(6, 6, 1)),
+        s.set_hard_state(&HardState { term: 3, vote: 0, commit: 3 }),
+        s.set_conf_state(&ConfState::default()),
+        s.compact(2),
+        s.create_snapshot(3, &ConfState::default(), &mut &b"x"[..]),
+    ] {
+        assert!(matches!(r, Err(Error::Failed { .. })), "{r:?}");
+    }
+    drop(s);
+    let (s, _) = DiskStorage::open(dir.path(), options).unwrap();
+    assert_eq!(s.last_index().unwrap(), 5);
+    // The failed update may or may not have reached the disk; never a mix.
+    let hs = s.initial_state().unwrap().hard_state;
+    assert!(hs == HardState::default() || hs == HardState { term: 2, vote: 1, commit: 3 }, "{hs:?}");
+}
+
+#[test]
+fn snapshot_data_streams_through_a_reader() {
+    // 24 MiB produced and consumed in chunks: the writer and reader never need it whole.
+    /// Yields `len` bytes, byte `p` being `p % 253`.
+    struct Gen {
+        pos: u64,
+        len: u64,
+    }
+    impl std::io::Read for Gen {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min((self.len - self.pos) as usize);
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = ((self.pos + i as u64) % 253) as u8;
+            }
+            self.pos += n as u64;
+            Ok(n)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 3, 1)).unwrap();
+    let len = 24u64 << 20;
+    s.create_snapshot(3, &ConfState::default(), &mut Gen { pos: 0, len }).unwrap();
+    let snap = s.snapshot(0).unwrap();
+    assert_eq!(snap.data_len(), len);
+    let mut r = snap.reader().unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut seen, mut expect) = (0u64, Gen { pos: 0, len });
+    let mut want = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut r, &mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        std::io::Read::read_exact(&mut expect, &mut want[..n]).unwrap();
+        assert!(buf[..n] == want[..n], "data differs near byte {seen}");
+        seen += n as u64;
+    }
+    assert_eq!(seen, len);
+}
