@@ -327,6 +327,20 @@ fn hard_state_and_conf_state_persist<H: Harness>() {
     });
 }
 
+fn hard_state_rules_are_enforced<H: Harness>() {
+    let mut h = H::new();
+    h.s().set_hard_state(&HardState { term: 5, vote: 2, commit: 10 }).unwrap();
+    for bad in [
+        HardState { term: 4, vote: 2, commit: 10 },
+        HardState { term: 5, vote: 2, commit: 9 },
+        HardState { term: 5, vote: 3, commit: 10 },
+    ] {
+        assert!(matches!(h.s().set_hard_state(&bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+    }
+    h.s().set_hard_state(&HardState { term: 6, vote: 3, commit: 10 }).unwrap();
+    twice(&mut h, |s| assert_eq!(s.initial_state().unwrap().hard_state, HardState { term: 6, vote: 3, commit: 10 }));
+}
+
 macro_rules! suite {
     ($($rule:ident),* $(,)?) => {
         mod mem {
@@ -353,4 +367,5 @@ suite!(
     apply_snapshot_replaces_a_different_history,
     older_snapshots_are_out_of_date,
     hard_state_and_conf_state_persist,
+    hard_state_rules_are_enforced,
 );

@@ -206,15 +206,17 @@ impl DiskStorage {
             }
         }
 
-        // Complete a snapshot install that a crash interrupted.
-        if let Some(m) = &newest {
-            if m.index + 1 >= log.first_index() && log.term(m.index).ok() != Some(m.term) {
-                log.reset(m.index + 1, m.term)?;
-                report.snapshot_install_completed = true;
-            }
+        // Complete a snapshot install that a crash interrupted: its file is the newest snapshot,
+        // but the HardState (step 2) or the log reset (step 3) did not happen.
+        if let Some(sf) = snapshots.last().filter(|s| s.installed) {
+            let m = &sf.metadata;
             let slot = hard_state.current().clone();
             if slot.hard_state.commit < m.index {
                 hard_state.write(super::hard_state_after_snapshot(slot.hard_state, m), m.conf_state.clone())?;
+                report.snapshot_install_completed = true;
+            }
+            if log.first_index() <= m.index {
+                log.reset(m.index + 1, m.term)?;
                 report.snapshot_install_completed = true;
             }
         }
@@ -319,12 +321,17 @@ impl Storage for DiskStorage {
     }
 
     fn term(&self, index: u64) -> Result<u64> {
-        if let Some(s) =
-            self.snapshots.last().filter(|s| index == s.metadata.index && index + 1 >= self.log.first_index())
-        {
-            return Ok(s.metadata.term);
+        match self.log.term(index) {
+            // The log knows the term before its first entry after any compaction or reset; the
+            // snapshot answers only if that knowledge was lost.
+            Err(Error::Compacted { .. })
+                if index + 1 == self.log.first_index()
+                    && self.snapshots.last().is_some_and(|s| s.metadata.index == index) =>
+            {
+                Ok(self.snapshots.last().expect("checked").metadata.term)
+            }
+            r => r,
         }
-        self.log.term(index)
     }
 
     fn first_index(&self) -> Result<u64> {
@@ -374,6 +381,7 @@ impl StorageMut for DiskStorage {
 
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<()> {
         self.check_writable()?;
+        super::check_hard_state(&self.hard_state.current().hard_state, hard_state)?;
         let cs = self.hard_state.current().conf_state.clone();
         let r = self.hard_state.write(*hard_state, cs);
         self.latch(r)
@@ -389,10 +397,15 @@ impl StorageMut for DiskStorage {
 
     fn apply_snapshot(&mut self, metadata: &SnapshotMetadata, data: &mut dyn Read) -> Result<()> {
         self.check_writable()?;
-        super::check_apply_snapshot(metadata.index, self.log.first_index())?;
+        super::check_apply_snapshot(metadata.index, self.log.first_index(), self.newest_snapshot_index())?;
         Self::check_conf_state(&metadata.conf_state)?;
-        let created =
-            SnapshotWriter::create(Arc::clone(&self.fs), &self.dir, metadata.clone(), Arc::clone(&self.in_progress));
+        let created = SnapshotWriter::create(
+            Arc::clone(&self.fs),
+            &self.dir,
+            metadata.clone(),
+            true,
+            Arc::clone(&self.in_progress),
+        );
         let mut w = self.latch(created)?;
         if let Err(e) = std::io::copy(data, &mut w) {
             // A failure of our file latches; a failure of the source is the caller's.
@@ -420,7 +433,7 @@ impl StorageMut for DiskStorage {
         super::check_begin_snapshot(index, self.newest_snapshot_index(), self.log.last_index())?;
         let term = self.term(index)?;
         let metadata = SnapshotMetadata { index, term, conf_state: conf_state.clone() };
-        SnapshotWriter::create(Arc::clone(&self.fs), &self.dir, metadata, Arc::clone(&self.in_progress))
+        SnapshotWriter::create(Arc::clone(&self.fs), &self.dir, metadata, false, Arc::clone(&self.in_progress))
     }
 
     fn finish_snapshot(&mut self, writer: SnapshotWriter) -> Result<()> {

@@ -129,6 +129,7 @@ impl StorageMut for MemStorage {
     }
 
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<()> {
+        super::check_hard_state(&self.hard_state, hard_state)?;
         self.hard_state = *hard_state;
         Ok(())
     }
@@ -139,7 +140,7 @@ impl StorageMut for MemStorage {
     }
 
     fn apply_snapshot(&mut self, metadata: &SnapshotMetadata, data: &mut dyn Read) -> Result<()> {
-        super::check_apply_snapshot(metadata.index, self.first_index)?;
+        super::check_apply_snapshot(metadata.index, self.first_index, self.newest_snapshot_index())?;
         let mut bytes = Vec::new();
         data.read_to_end(&mut bytes).map_err(|e| Error::io("read snapshot data", "<snapshot data>", e))?;
         self.entries.clear();

@@ -52,7 +52,8 @@ pub trait StorageMut: Storage {
 
     /// Appends entries (contiguous), truncating a conflicting suffix first; durable on return.
     fn append(&mut self, entries: &[Entry]) -> Result<()>;
-    /// Persists the HardState (keeping the ConfState).
+    /// Persists the HardState (keeping the ConfState). A term or commit below the persisted one,
+    /// or a changed vote within the same term, is refused with `InvalidArgument`.
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<()>;
     /// Persists the ConfState (keeping the HardState).
     fn set_conf_state(&mut self, conf_state: &ConfState) -> Result<()>;
@@ -152,10 +153,28 @@ pub(crate) fn check_begin_snapshot(index: u64, newest_snapshot: u64, last_index:
     Ok(())
 }
 
-/// Checks that a snapshot received at `index` is newer than what the log covers.
-pub(crate) fn check_apply_snapshot(index: u64, first_index: u64) -> Result<()> {
-    if index < first_index {
-        return Err(crate::Error::SnapshotOutOfDate { index, covered: first_index - 1 });
+/// Checks that a snapshot received at `index` is newer than what the log covers and than the
+/// newest snapshot held.
+pub(crate) fn check_apply_snapshot(index: u64, first_index: u64, newest_snapshot: u64) -> Result<()> {
+    let covered = (first_index - 1).max(newest_snapshot);
+    if index < first_index || index <= newest_snapshot {
+        return Err(crate::Error::SnapshotOutOfDate { index, covered });
+    }
+    Ok(())
+}
+
+/// Checks that a HardState update keeps Raft's rules: the term and the commit index never go
+/// backwards, and a vote cast in a term is never changed within that term.
+pub(crate) fn check_hard_state(current: &HardState, new: &HardState) -> Result<()> {
+    let bad = |what: String| Err(crate::Error::InvalidArgument(format!("set_hard_state: {what}")));
+    if new.term < current.term {
+        return bad(format!("term {} is below the persisted term {}", new.term, current.term));
+    }
+    if new.commit < current.commit {
+        return bad(format!("commit {} is below the persisted commit {}", new.commit, current.commit));
+    }
+    if new.term == current.term && current.vote != 0 && new.vote != current.vote {
+        return bad(format!("vote in term {} changes from {} to {}", new.term, current.vote, new.vote));
     }
     Ok(())
 }

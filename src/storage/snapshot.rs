@@ -18,8 +18,10 @@ pub(crate) const OFF_MAGIC: usize = 0;
 pub(crate) const OFF_VERSION: usize = OFF_MAGIC + 8;
 pub(crate) const OFF_HEADER_CRC: usize = OFF_VERSION + 4;
 pub(crate) const OFF_HEADER_LEN: usize = OFF_HEADER_CRC + 4;
-pub(crate) const OFF_RESERVED: usize = OFF_HEADER_LEN + 4;
-pub(crate) const OFF_INDEX: usize = OFF_RESERVED + 4;
+pub(crate) const OFF_FLAGS: usize = OFF_HEADER_LEN + 4;
+pub(crate) const OFF_INDEX: usize = OFF_FLAGS + 4;
+/// Flag: the snapshot was installed from a leader (`apply_snapshot`), not created locally.
+pub(crate) const FLAG_INSTALLED: u32 = 1;
 pub(crate) const OFF_TERM: usize = OFF_INDEX + 8;
 pub(crate) const OFF_DATA_LEN: usize = OFF_TERM + 8;
 /// The ConfState (auto_leave, reserved, four counts, reserved, ids) starts here.
@@ -36,7 +38,7 @@ pub(crate) const LAYOUT: &[(&str, usize, usize)] = &[
     ("version", OFF_VERSION, 4),
     ("header_crc", OFF_HEADER_CRC, 4),
     ("header_len", OFF_HEADER_LEN, 4),
-    ("reserved", OFF_RESERVED, 4),
+    ("flags", OFF_FLAGS, 4),
     ("index", OFF_INDEX, 8),
     ("term", OFF_TERM, 8),
     ("data_len", OFF_DATA_LEN, 8),
@@ -75,12 +77,13 @@ fn header_crc(h: &[u8]) -> u32 {
     c.finalize()
 }
 
-fn encode_header(meta: &SnapshotMetadata, data_len: u64) -> Vec<u8> {
+fn encode_header(meta: &SnapshotMetadata, installed: bool, data_len: u64) -> Vec<u8> {
     let len = header_len(&meta.conf_state);
     let mut h = vec![0u8; len];
     h[..8].copy_from_slice(&MAGIC);
     LE::write_u32(&mut h[OFF_VERSION..], VERSION);
     LE::write_u32(&mut h[OFF_HEADER_LEN..], len as u32);
+    LE::write_u32(&mut h[OFF_FLAGS..], if installed { FLAG_INSTALLED } else { 0 });
     LE::write_u64(&mut h[OFF_INDEX..], meta.index);
     LE::write_u64(&mut h[OFF_TERM..], meta.term);
     LE::write_u64(&mut h[OFF_DATA_LEN..], data_len);
@@ -95,6 +98,8 @@ fn encode_header(meta: &SnapshotMetadata, data_len: u64) -> Vec<u8> {
 pub(crate) struct SnapshotFile {
     pub path: PathBuf,
     pub metadata: SnapshotMetadata,
+    /// Installed from a leader (`apply_snapshot`) rather than created locally.
+    pub installed: bool,
     pub data_offset: u64,
     pub data_len: u64,
     pub data_crc: u32,
@@ -133,8 +138,12 @@ impl SnapshotFile {
         }
         let conf_state =
             decode_conf_state(&h[OFF_CONF_STATE..]).map_err(|m| bad(OFF_CONF_STATE as u64, Malformed(m)))?;
-        if header_len(&conf_state) != len || h[OFF_RESERVED..OFF_INDEX].iter().any(|&b| b != 0) {
+        if header_len(&conf_state) != len {
             return Err(bad(0, Malformed("snapshot header length does not match its conf state".into())));
+        }
+        let flags = LE::read_u32(&h[OFF_FLAGS..]);
+        if flags & !FLAG_INSTALLED != 0 {
+            return Err(bad(OFF_FLAGS as u64, Malformed(format!("snapshot flags {flags:#x} are unknown"))));
         }
         let metadata =
             SnapshotMetadata { index: LE::read_u64(&h[OFF_INDEX..]), term: LE::read_u64(&h[OFF_TERM..]), conf_state };
@@ -161,6 +170,7 @@ impl SnapshotFile {
         Ok(SnapshotFile {
             path: path.to_path_buf(),
             metadata,
+            installed: flags & FLAG_INSTALLED != 0,
             data_offset: len as u64,
             data_len,
             data_crc: LE::read_u32(&trailer),
@@ -260,6 +270,7 @@ pub struct SnapshotWriter {
     tmp: PathBuf,
     file: Option<Box<dyn DataFile>>,
     metadata: SnapshotMetadata,
+    installed: bool,
     header_len: u64,
     buf: Vec<u8>,
     written: u64,
@@ -275,6 +286,7 @@ impl SnapshotWriter {
         fs: Arc<dyn FileSystem>,
         dir: &Path,
         metadata: SnapshotMetadata,
+        installed: bool,
         in_progress: Arc<AtomicUsize>,
     ) -> Result<SnapshotWriter> {
         let tmp = dir.join(format!("{}.tmp", file_name(metadata.term, metadata.index)));
@@ -288,6 +300,7 @@ impl SnapshotWriter {
             tmp,
             file: Some(file),
             metadata,
+            installed,
             buf: Vec::with_capacity(CHUNK_BYTES),
             written: 0,
             hasher: crc32fast::Hasher::new(),
@@ -328,7 +341,8 @@ impl SnapshotWriter {
         let mut trailer = [0u8; TRAILER_BYTES as usize];
         LE::write_u32(&mut trailer, self.hasher.clone().finalize());
         file.write_at(&trailer, self.header_len + self.written).map_err(Error::at("write", &tmp))?;
-        file.write_at(&encode_header(&self.metadata, self.written), 0).map_err(Error::at("write", &tmp))?;
+        file.write_at(&encode_header(&self.metadata, self.installed, self.written), 0)
+            .map_err(Error::at("write", &tmp))?;
         file.sync_data().map_err(Error::at("fdatasync", &tmp))?;
         drop(file);
         let path = self.dir.join(file_name(self.metadata.term, self.metadata.index));
