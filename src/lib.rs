@@ -42,3 +42,8 @@ pub mod storage;
 pub mod wal;
 
 pub use error::{Corruption, CorruptionKind, Error, Result};
+
+/// The README's examples, compiled and run as doctests so they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
