@@ -20,6 +20,10 @@ pub const SEGMENT_BYTES_MIN: u64 = 4096;
 /// Largest segment size: record offsets are stored as `u32`.
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 32;
 
+/// The largest Raft index (and term) the log accepts. Far beyond any real log, and low enough
+/// that index arithmetic on bytes read from disk can never overflow.
+pub const INDEX_MAX: u64 = i64::MAX as u64;
+
 const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
 const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
 const _: () = assert!(FOOTER_ENTRY_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));

@@ -89,3 +89,25 @@ impl fmt::Debug for Payload {
         write!(f, "Payload({} bytes{})", self.len, if self.is_mapped() { ", mapped" } else { "" })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_share_and_compare_by_content() {
+        let p = Payload::from(b"hello world".to_vec());
+        let w = p.slice(6..11);
+        assert_eq!(&*w, b"world");
+        assert_eq!(&*w.slice(1..3), b"or");
+        assert_eq!(w, Payload::from(&b"world"[..]));
+        assert!(!w.is_mapped());
+        assert_eq!(format!("{w:?}"), "Payload(5 bytes)");
+    }
+
+    #[test]
+    #[should_panic]
+    fn slice_out_of_range_is_a_bug() {
+        let _ = Payload::from(vec![1, 2, 3]).slice(2..4);
+    }
+}

@@ -66,3 +66,23 @@ impl Deref for Map {
         self.inner.as_deref().unwrap_or(&[])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn map_sees_later_writes_and_zero_length_is_empty() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(8192).unwrap();
+        let m = Map::new(&f, 8192).unwrap();
+        assert_eq!(m.len(), 8192);
+        assert!(m[..].iter().all(|&b| b == 0));
+        f.write_all_at(b"written after mapping", 100).unwrap();
+        assert_eq!(&m[100..121], b"written after mapping");
+        let empty = Map::new(&f, 0).unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(&empty[..], &[] as &[u8]);
+    }
+}

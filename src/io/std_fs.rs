@@ -97,3 +97,40 @@ impl DataFile for StdFile {
         Map::new(&self.0, len)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_is_exclusive_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = StdFileSystem.lock(dir.path()).unwrap();
+        let second = StdFileSystem.lock(dir.path()).unwrap_err();
+        assert_eq!(second.kind(), io::ErrorKind::WouldBlock);
+        drop(held);
+        StdFileSystem.lock(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn positional_io_allocate_and_short_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = StdFileSystem.create(&path).unwrap();
+        assert!(StdFileSystem.create(&path).is_err(), "create must not replace a file");
+        f.allocate(8192).unwrap();
+        assert_eq!(f.len().unwrap(), 8192);
+        f.write_at(b"hello", 4096).unwrap();
+        let mut buf = [0u8; 5];
+        f.read_at(&mut buf, 4096).unwrap();
+        assert_eq!(&buf, b"hello");
+        assert_eq!(f.read_at(&mut buf, 8190).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        f.sync_data().unwrap();
+        StdFileSystem.sync_dir(dir.path()).unwrap();
+        let names = StdFileSystem.list(dir.path()).unwrap();
+        assert_eq!(names, vec![std::ffi::OsString::from("f")]);
+        StdFileSystem.rename(&path, &dir.path().join("g")).unwrap();
+        StdFileSystem.remove(&dir.path().join("g")).unwrap();
+        assert!(StdFileSystem.list(dir.path()).unwrap().is_empty());
+    }
+}

@@ -397,7 +397,12 @@ impl StorageMut for DiskStorage {
 
     fn apply_snapshot(&mut self, metadata: &SnapshotMetadata, data: &mut dyn Read) -> Result<()> {
         self.check_writable()?;
-        super::check_apply_snapshot(metadata.index, self.log.first_index(), self.newest_snapshot_index())?;
+        super::check_apply_snapshot(
+            metadata.index,
+            metadata.term,
+            self.log.first_index(),
+            self.newest_snapshot_index(),
+        )?;
         Self::check_conf_state(&metadata.conf_state)?;
         let created = SnapshotWriter::create(
             Arc::clone(&self.fs),

@@ -91,6 +91,9 @@ pub(crate) fn check_append(entries: &[Entry], first_index: u64, last_index: u64)
     if first.index < first_index {
         return Err(Error::Compacted { index: first.index, first_index });
     }
+    if let Some(e) = entries.iter().find(|e| e.index > crate::limits::INDEX_MAX || e.term > crate::limits::INDEX_MAX) {
+        return Err(Error::InvalidArgument(format!("append: index {} or term {} is out of range", e.index, e.term)));
+    }
     if first.index > last_index + 1 {
         return Err(Error::InvalidArgument(format!(
             "append: first index {} leaves a gap after the last index {last_index}",
@@ -155,7 +158,10 @@ pub(crate) fn check_begin_snapshot(index: u64, newest_snapshot: u64, last_index:
 
 /// Checks that a snapshot received at `index` is newer than what the log covers and than the
 /// newest snapshot held.
-pub(crate) fn check_apply_snapshot(index: u64, first_index: u64, newest_snapshot: u64) -> Result<()> {
+pub(crate) fn check_apply_snapshot(index: u64, term: u64, first_index: u64, newest_snapshot: u64) -> Result<()> {
+    if index >= crate::limits::INDEX_MAX || term > crate::limits::INDEX_MAX {
+        return Err(crate::Error::InvalidArgument(format!("snapshot index {index} or term {term} is out of range")));
+    }
     let covered = (first_index - 1).max(newest_snapshot);
     if index < first_index || index <= newest_snapshot {
         return Err(crate::Error::SnapshotOutOfDate { index, covered });

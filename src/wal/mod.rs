@@ -300,6 +300,14 @@ impl Log {
         if first.index < self.first_index {
             return Err(Error::Compacted { index: first.index, first_index: self.first_index });
         }
+        if let Some(e) = entries.iter().find(|e| e.index > limits::INDEX_MAX || e.term > limits::INDEX_MAX) {
+            return Err(Error::InvalidArgument(format!(
+                "append: index {} or term {} is above {}",
+                e.index,
+                e.term,
+                limits::INDEX_MAX
+            )));
+        }
         if first.index > self.last_index() + 1 {
             return Err(Error::InvalidArgument(format!(
                 "append: first index {} leaves a gap after the last index {}",
@@ -474,8 +482,8 @@ impl Log {
     /// `term` is the term of `index - 1` (the snapshot's). Used to install a snapshot.
     pub fn reset(&mut self, index: u64, term: u64) -> Result<()> {
         self.check_writable()?;
-        if index == 0 {
-            return Err(Error::InvalidArgument("reset: index 0 is never written".into()));
+        if index == 0 || index > limits::INDEX_MAX || term > limits::INDEX_MAX {
+            return Err(Error::InvalidArgument(format!("reset: index {index} or term {term} is out of range")));
         }
         let boundary = self.segments.back().expect("an active segment").id;
         self.write_marker(Kind::Reset, index, term, boundary)?;

@@ -175,8 +175,8 @@ pub(crate) fn decode_header(bytes: &[u8], segment_id: u64, offset: u64, limit: u
             h.synced_offset
         ))));
     }
-    if h.index == 0 {
-        return Err(Damage::Header(Malformed("record index 0 is never written".into())));
+    if h.index == 0 || h.index > crate::limits::INDEX_MAX || h.term > crate::limits::INDEX_MAX {
+        return Err(Damage::Header(Malformed(format!("record index {} or term {} is out of range", h.index, h.term))));
     }
     Ok(h)
 }

@@ -259,6 +259,8 @@ pub(crate) fn check_footer(segment: &[u8], id: u64) -> FooterCheck {
             || off < SEGMENT_HEADER_BYTES
             || off + crate::limits::RECORD_HEADER_BYTES > records_end
             || e.index == 0
+            || e.index > crate::limits::INDEX_MAX
+            || e.term > crate::limits::INDEX_MAX
         {
             return damaged(
                 at,
