@@ -302,10 +302,8 @@ fn arbitrary_bytes_in_hard_state_and_snapshot_files_never_panic() {
         std::fs::write(&target, &bytes).unwrap();
         if let Ok((s, _)) = DiskStorage::open(dir.path(), opts()) {
             let _ = s.initial_state().unwrap();
-            if let Ok(snap) = s.snapshot(0) {
-                if let Ok(data) = snap.read_to_vec() {
-                    assert_eq!(data, vec![7u8; 5000]);
-                }
+            if let Ok(data) = s.snapshot(0).and_then(|snap| snap.read_to_vec()) {
+                assert_eq!(data, vec![7u8; 5000]);
             }
         }
     }
