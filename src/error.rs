@@ -107,15 +107,20 @@ pub enum CorruptionKind {
     Malformed(String),
 }
 
+impl fmt::Display for CorruptionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CorruptionKind::Checksum { what, expected, actual } => {
+                write!(f, "{what} checksum mismatch (stored {expected:#010x}, computed {actual:#010x})")
+            }
+            CorruptionKind::Malformed(m) => write!(f, "{m}"),
+        }
+    }
+}
+
 impl fmt::Display for Corruption {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "corruption in {} at offset {}: ", self.path.display(), self.offset)?;
-        match &self.kind {
-            CorruptionKind::Checksum { what, expected, actual } => {
-                write!(f, "{what} checksum mismatch (stored {expected:#010x}, computed {actual:#010x})")?
-            }
-            CorruptionKind::Malformed(m) => write!(f, "{m}")?,
-        }
+        write!(f, "corruption in {} at offset {}: {}", self.path.display(), self.offset, self.kind)?;
         if let Some((lo, hi)) = self.affected_indexes {
             write!(f, "; affects indexes {lo}..={hi}")?;
         }

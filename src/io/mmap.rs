@@ -40,10 +40,10 @@ impl Map {
             return Ok(Map { inner: None });
         }
         let len = usize::try_from(len).map_err(|_| io::Error::other("map length exceeds the address space"))?;
+        // The module doc gives the argument: the directory lock excludes other writers, files are
+        // never truncated while mapped, and mapped bytes that were handed out are never rewritten.
         // SAFETY: memmap2 requires that the mapped file is not modified or truncated by others
-        // while the map lives. The module doc gives the argument: the directory lock excludes
-        // other writers, files are never truncated or removed while mapped, and mapped bytes
-        // that were handed out are never rewritten.
+        // while the map lives, which those three rules guarantee.
         let map = unsafe { MmapOptions::new().len(len).map(file)? };
         Ok(Map { inner: Some(map) })
     }

@@ -327,7 +327,7 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
                 }
                 tail_segments.push((
                     path,
-                    format!("segment header damaged ({:?}) and no record after it [{}]", kind, rule.label),
+                    format!("segment header damaged ({kind}) and no record in or after it [{}]", rule.label),
                 ));
                 continue;
             }
@@ -371,7 +371,7 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
                 return Err(refuse(&seg.path, d.offset, d.kind, rule.label, affected));
             }
             // A torn tail is dropped from where its write began.
-            tail = Some((end, d.garbage_end, rule.label, describe(&d.kind)));
+            tail = Some((end, d.garbage_end, rule.label, d.kind.to_string()));
         }
         if records.is_empty() && !sealed {
             // Nothing valid here and nothing after: a segment created just before a crash, or
@@ -492,15 +492,6 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
     report.first_index = log.first_index();
     report.last_index = log.last_index();
     Ok((log, report))
-}
-
-fn describe(kind: &CorruptionKind) -> String {
-    match kind {
-        CorruptionKind::Checksum { what, expected, actual } => {
-            format!("{what} checksum mismatch (stored {expected:#010x}, computed {actual:#010x})")
-        }
-        CorruptionKind::Malformed(m) => m.clone(),
-    }
 }
 
 /// The segment boundary a compaction or reset marker names (its payload).
