@@ -5,7 +5,7 @@
 //! (measured in the same run) so the ratio can be read off; `keel bench` does this in rounds.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use keel::bench::{SyncedAppends, raw_fdatasync_loop};
+use keel::bench::{RawSpace, SyncedAppends, raw_fdatasync_loop};
 use keel::wal::{Log, LogOptions, NewEntry};
 use std::hint::black_box;
 use std::time::Duration;
@@ -37,14 +37,16 @@ fn appends(c: &mut Criterion) {
                 })
             });
             if synced {
-                let w = SyncedAppends { entry_bytes: size, entries_per_append: 1, appends: 2000, segment_bytes: 0 };
-                let raw = raw_fdatasync_loop(dir.path(), &w, || {}).unwrap();
-                println!(
-                    "raw pwrite+fdatasync loop, {} B writes into fresh space: {:.0}/s ({:.1} us each)",
-                    w.write_bytes(),
-                    raw.rate(),
-                    1e6 / raw.rate()
-                );
+                let w = SyncedAppends { entry_bytes: size, entries_per_append: 1, appends: 2000, ..Default::default() };
+                for space in [RawSpace::Fresh, RawSpace::Overwrite] {
+                    let raw = raw_fdatasync_loop(dir.path(), &w, space, || {}).unwrap();
+                    println!(
+                        "raw pwrite+fdatasync loop, {} B writes, {space:?}: {:.0}/s ({:.1} us each)",
+                        w.write_bytes(),
+                        raw.rate(),
+                        1e6 / raw.rate()
+                    );
+                }
             }
         }
     }

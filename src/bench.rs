@@ -2,19 +2,29 @@
 //! write shape: a raw `pwrite` + `fdatasync` loop into freshly allocated space, as the log does.
 
 use crate::Result;
-use crate::wal::{Log, LogOptions, NewEntry};
+use crate::wal::{Log, LogOptions, NewEntry, SegmentPreparation};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A synced-append workload: `appends` calls of `entries_per_append` entries of `entry_bytes`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct SyncedAppends {
     pub entry_bytes: usize,
     pub entries_per_append: usize,
     pub appends: usize,
     pub segment_bytes: u64,
+    pub preparation: SegmentPreparation,
+}
+
+/// Where the raw loop writes: space only allocated, or blocks already written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawSpace {
+    /// `fallocate`d: each `fdatasync` also commits the file system journal.
+    Fresh,
+    /// Written with zeros and synced beforehand: the disk's overwrite ceiling.
+    Overwrite,
 }
 
 impl SyncedAppends {
@@ -50,14 +60,27 @@ impl Samples {
 }
 
 /// The disk's limit for this write shape: `appends` sequential `pwrite`s of `write_bytes`, each
-/// followed by `fdatasync`, into a file freshly allocated with `fallocate` (as log segments are).
-/// Calls `tick` after each write.
-pub fn raw_fdatasync_loop(dir: &Path, w: &SyncedAppends, mut tick: impl FnMut()) -> Result<Samples> {
+/// followed by `fdatasync`, into fresh (`fallocate`d) or already written space. Calls `tick`
+/// after each write.
+pub fn raw_fdatasync_loop(dir: &Path, w: &SyncedAppends, space: RawSpace, mut tick: impl FnMut()) -> Result<Samples> {
     let path = dir.join("raw-fdatasync-loop");
     let io = |e| crate::Error::io("raw loop", &path, e);
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).map_err(io)?;
     let size = w.write_bytes() * w.appends as u64 + 4096;
-    rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size).map_err(|e| io(e.into()))?;
+    match space {
+        RawSpace::Fresh => {
+            rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size).map_err(|e| io(e.into()))?
+        }
+        RawSpace::Overwrite => {
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = 0;
+            while at < size {
+                let n = (size - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at).map_err(io)?;
+                at += n as u64;
+            }
+        }
+    }
     file.sync_all().map_err(io)?;
     let buf = vec![0xA5u8; w.write_bytes() as usize];
     let mut samples = Samples { latencies: Vec::with_capacity(w.appends), ..Samples::default() };
@@ -81,7 +104,8 @@ pub fn raw_fdatasync_loop(dir: &Path, w: &SyncedAppends, mut tick: impl FnMut())
 /// in a new log directory under `dir`. Calls `tick` after each append.
 pub fn log_synced_appends(dir: &Path, w: &SyncedAppends, mut tick: impl FnMut()) -> Result<Samples> {
     let log_dir = dir.join("log");
-    let (mut log, _) = Log::open(&log_dir, LogOptions { segment_bytes: w.segment_bytes, ..LogOptions::default() })?;
+    let options = LogOptions { segment_bytes: w.segment_bytes, preparation: w.preparation, ..LogOptions::default() };
+    let (mut log, _) = Log::open(&log_dir, options)?;
     let payload = vec![0x5Au8; w.entry_bytes];
     let mut samples = Samples { latencies: Vec::with_capacity(w.appends), ..Samples::default() };
     let mut index = 1;

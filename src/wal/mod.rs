@@ -19,6 +19,7 @@
 //! - `synced_offset <= write_offset`, and the file is durable up to `synced_offset`;
 //! - once `failed` is set, nothing is written until the log is reopened.
 
+mod prepare;
 pub(crate) mod record;
 mod recovery;
 pub mod recovery_table;
@@ -36,6 +37,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use prepare::SegmentPreparation;
 pub use recovery::{RecoveryReport, RemovedSegment, Truncation};
 pub use segment::FORMAT_VERSION;
 
@@ -59,6 +61,8 @@ pub struct LogOptions {
     pub recovery_mode: RecoveryMode,
     /// The file system to use; the real one by default.
     pub fs: Arc<dyn FileSystem>,
+    /// How new segment files are made ready (zero-filled ahead of time by default).
+    pub preparation: SegmentPreparation,
 }
 
 impl Default for LogOptions {
@@ -67,6 +71,7 @@ impl Default for LogOptions {
             segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
             recovery_mode: RecoveryMode::default(),
             fs: Arc::new(StdFileSystem),
+            preparation: SegmentPreparation::default(),
         }
     }
 }
@@ -120,6 +125,8 @@ pub struct Log {
     fs: Arc<dyn FileSystem>,
     segment_bytes: u64,
     _lock: Box<dyn Any + Send + Sync>,
+    /// Makes the next segment file ready in the background.
+    preparer: prepare::Preparer,
     /// Open segments, ids dense and increasing; the last is the active one.
     segments: VecDeque<Arc<Segment>>,
     active: Active,
@@ -416,6 +423,7 @@ impl Log {
                 }
                 self.unsynced = true;
                 self.active.write_offset = offset;
+                self.prepare_when_half_full();
                 positions.extend(batch.iter().map(|e| (seg.id, e.offset)));
                 self.active.records.extend_from_slice(&batch);
             }
@@ -427,6 +435,14 @@ impl Log {
             }
         }
         Ok(positions)
+    }
+
+    /// Starts preparing the next segment once the active one is half full.
+    fn prepare_when_half_full(&mut self) {
+        let active = self.segments.back().expect("an active segment");
+        if !self.preparer.started() && self.active.write_offset >= active.segment_bytes / 2 {
+            self.preparer.start();
+        }
     }
 
     /// Seals the active segment (footer written and synced) and starts the next one.
@@ -442,11 +458,17 @@ impl Log {
         if let Err(e) = seg.file.sync_data() {
             return Err(self.fail("fdatasync", &seg.path, e));
         }
-        let next = match recovery::create_segment(self.fs.as_ref(), &self.dir, seg.id + 1, self.segment_bytes) {
-            Ok(next) => next,
-            Err(Error::Io { op, path, source }) => return Err(self.fail(op, &path, source)),
-            Err(e) => return Err(e),
+        let prepared = match self.preparer.take() {
+            Ok(p) => p.to_path_buf(),
+            Err(e) => return Err(self.fail("prepare segment", &self.dir.join(prepare::PREPARED_NAME), e)),
         };
+        let next =
+            match recovery::install_segment(self.fs.as_ref(), &self.dir, &prepared, seg.id + 1, self.segment_bytes) {
+                Ok(next) => next,
+                Err(Error::Io { op, path, source }) => return Err(self.fail(op, &path, source)),
+                Err(e) => return Err(e),
+            };
+
         self.segments.push_back(Arc::new(next));
         self.active =
             Active { write_offset: SEGMENT_HEADER_BYTES, synced_offset: SEGMENT_HEADER_BYTES, records: Vec::new() };

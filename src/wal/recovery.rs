@@ -10,6 +10,7 @@
 //! 4. zero and sync torn tails, remove dead segments, sync the directory, make sure an active
 //!    segment exists, and sync it so that everything recovered is durable.
 
+use super::prepare::{PREPARED_NAME, Preparer};
 use super::record::{self, Kind};
 use super::recovery_table::{self as table, Action, Damaged, Position};
 use super::segment::{self, FooterCheck, FooterEntry, HeaderCheck, Segment};
@@ -96,14 +97,21 @@ impl fmt::Display for RecoveryReport {
     }
 }
 
-/// Creates, preallocates and durably initializes segment `id`.
-pub(crate) fn create_segment(fs: &dyn FileSystem, dir: &Path, id: u64, segment_bytes: u64) -> Result<Segment> {
+/// Turns the prepared file at `prepared` into segment `id`: header, fdatasync, rename, directory
+/// fsync. The file must be `segment_bytes` long and durable (see `prepare.rs`).
+pub(crate) fn install_segment(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    prepared: &Path,
+    id: u64,
+    segment_bytes: u64,
+) -> Result<Segment> {
     let path = Segment::path_in(dir, id);
-    let file = fs.create(&path).map_err(|e| Error::io("create", &path, e))?;
-    file.allocate(segment_bytes).map_err(|e| Error::io("allocate", &path, e))?;
-    file.write_at(&segment::encode_header(id, segment_bytes), 0).map_err(|e| Error::io("write", &path, e))?;
-    file.sync_data().map_err(|e| Error::io("fdatasync", &path, e))?;
-    fs.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
+    let file = fs.open(prepared).map_err(Error::at("open", prepared))?;
+    file.write_at(&segment::encode_header(id, segment_bytes), 0).map_err(Error::at("write", prepared))?;
+    file.sync_data().map_err(Error::at("fdatasync", prepared))?;
+    fs.rename(prepared, &path).map_err(Error::at("rename", &path))?;
+    fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
     Segment::map(id, path, file, segment_bytes)
 }
 
@@ -272,7 +280,7 @@ fn refuse(path: &Path, offset: u64, kind: CorruptionKind, rule: &'static str, af
 }
 
 pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryReport)> {
-    let LogOptions { segment_bytes, recovery_mode: mode, fs } = options;
+    let LogOptions { segment_bytes, recovery_mode: mode, fs, preparation } = options;
     if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX).contains(&segment_bytes) || segment_bytes % 4096 != 0 {
         return Err(Error::InvalidArgument(format!(
             "segment_bytes {segment_bytes} must be a multiple of 4096 in [{}, {}]",
@@ -302,6 +310,7 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
     let mut tail_segments: Vec<(PathBuf, String)> = Vec::new();
     let mut later_valid = false; // a newer segment holds a valid record or a seal
     let mut boundary: Option<u64> = None;
+    let mut empty_newest: Option<Segment> = None;
     while let Some(l) = loaded.pop() {
         let id = ids[loaded.len()];
         if boundary.is_some_and(|b| id < b) {
@@ -374,8 +383,14 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
             tail = Some((end, d.garbage_end, rule.label, d.kind.to_string()));
         }
         if records.is_empty() && !sealed {
-            // Nothing valid here and nothing after: a segment created just before a crash, or
-            // holding only a torn tail.
+            // Nothing valid here and nothing after. A clean, empty newest segment (created at a
+            // rotation or by a previous open) stays the active one if what precedes it is sealed;
+            // that is decided once the older segments are known.
+            if tail.is_none() && kept.is_empty() && empty_newest.is_none() {
+                empty_newest = Some(seg);
+                continue;
+            }
+            // Otherwise it was cut short before a crash, or holds only a torn tail.
             let reason = match tail {
                 Some((offset, _, rule, reason)) => {
                     format!("no valid record; torn bytes from offset {offset} [{rule}]: {reason}")
@@ -393,6 +408,21 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
         kept.push(Kept { segment: seg, records, sealed, end, tail });
     }
     kept.reverse();
+    if let Some(seg) = empty_newest {
+        match kept.last() {
+            Some(k) if !k.sealed || k.segment.id + 1 != seg.id => {
+                // The segment before it is unsealed: that one stays active, this one goes.
+                tail_segments.push((seg.path.clone(), "holds no record and follows an unsealed segment".into()));
+            }
+            _ => kept.push(Kept {
+                segment: seg,
+                records: Vec::new(),
+                sealed: false,
+                end: SEGMENT_HEADER_BYTES,
+                tail: None,
+            }),
+        }
+    }
 
     // Ids of kept segments must be dense: a missing one lost records.
     for pair in kept.windows(2) {
@@ -448,6 +478,7 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
     if removed_any {
         fs.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
     }
+    let mut preparer = Preparer::new(Arc::clone(&fs), dir, segment_bytes, preparation);
     let mut active = None;
     if let Some(last) = kept.last_mut()
         && !last.sealed
@@ -469,14 +500,22 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
         }
         None => {
             let id = segments.back().map_or(1, |s| s.id + 1);
-            segments.push_back(Arc::new(create_segment(fs.as_ref(), dir, id, segment_bytes)?));
+            preparer.take().map_err(Error::at("prepare segment", &dir.join(PREPARED_NAME)))?;
+            segments.push_back(Arc::new(install_segment(
+                fs.as_ref(),
+                dir,
+                &dir.join(PREPARED_NAME),
+                id,
+                segment_bytes,
+            )?));
             Active { write_offset: SEGMENT_HEADER_BYTES, synced_offset: SEGMENT_HEADER_BYTES, records: Vec::new() }
         }
     };
 
-    let log = Log {
+    let mut log = Log {
         dir: dir.to_path_buf(),
         fs,
+        preparer,
         segment_bytes,
         _lock: lock,
         segments,
@@ -488,6 +527,7 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
         unsynced: false,
         buf: Vec::new(),
     };
+    log.prepare_when_half_full();
     report.entries_recovered = log.locs.len() as u64;
     report.first_index = log.first_index();
     report.last_index = log.last_index();
@@ -640,6 +680,34 @@ impl Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_of_another_segment_are_never_read() {
+        // A segment image full of valid records of segment 1, scanned as segment 2 (a recycled
+        // file): no record is accepted, and none counts as a valid record after the damage.
+        let mut bytes = vec![0u8; 16 * 1024];
+        let mut buf = Vec::new();
+        for index in 1..=100u64 {
+            let payload = vec![index as u8; 100];
+            let h = record::Header {
+                index,
+                term: 1,
+                payload_len: 100,
+                synced_offset: 64,
+                kind: Kind::Entry,
+                continues: false,
+            };
+            record::encode(&mut buf, 1, &h, &payload);
+        }
+        bytes[64..64 + buf.len()].copy_from_slice(&buf);
+        let own = scan(&bytes, 1);
+        assert_eq!(own.records.len(), 100);
+        let other = scan(&bytes, 2);
+        assert!(other.records.is_empty());
+        let damage = other.damage.expect("stale bytes are damage");
+        assert_eq!(damage.later_indexes, None);
+        assert_eq!(damage.proof, None);
+    }
 
     #[test]
     fn last_nonzero_end_finds_the_last_byte() {

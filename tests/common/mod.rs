@@ -63,11 +63,25 @@ pub fn last_segment(dir: &Path) -> std::path::PathBuf {
 
 /// A file system that fails chosen operations, for latch tests. (The full simulated disk
 /// arrives with the crash-safety work.)
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FaultyFs {
     pub fail_sync: AtomicBool,
     pub fail_write: AtomicBool,
+    /// `sync_data` calls made by the thread that created this (the log's own calls, not the
+    /// background segment preparer's).
     pub syncs: Arc<AtomicU64>,
+    owner: std::thread::ThreadId,
+}
+
+impl Default for FaultyFs {
+    fn default() -> Self {
+        FaultyFs {
+            fail_sync: AtomicBool::new(false),
+            fail_write: AtomicBool::new(false),
+            syncs: Arc::default(),
+            owner: std::thread::current().id(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -129,7 +143,9 @@ impl DataFile for FaultyFile {
         if self.fs.fail_sync.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(5)); // EIO
         }
-        self.fs.syncs.fetch_add(1, Ordering::SeqCst);
+        if std::thread::current().id() == self.fs.owner {
+            self.fs.syncs.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.sync_data()
     }
     fn map(&self, len: u64) -> io::Result<Map> {
