@@ -66,6 +66,31 @@ pub enum Error {
     IncompatibleVersion { path: PathBuf, found: u32, supported: u32 },
 }
 
+impl Clone for Error {
+    /// A copy for delivering one failure to several waiters; an I/O error keeps its kind and
+    /// message (the OS error value itself cannot be cloned).
+    fn clone(&self) -> Error {
+        match self {
+            Error::Compacted { index, first_index } => Error::Compacted { index: *index, first_index: *first_index },
+            Error::Unavailable { index, last_index } => Error::Unavailable { index: *index, last_index: *last_index },
+            Error::SnapshotOutOfDate { index, covered } => {
+                Error::SnapshotOutOfDate { index: *index, covered: *covered }
+            }
+            Error::SnapshotTemporarilyUnavailable => Error::SnapshotTemporarilyUnavailable,
+            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+            Error::Io { op, path, source } => {
+                Error::Io { op, path: path.clone(), source: io::Error::new(source.kind(), source.to_string()) }
+            }
+            Error::Failed { cause } => Error::Failed { cause: cause.clone() },
+            Error::Locked { dir } => Error::Locked { dir: dir.clone() },
+            Error::Corruption(c) => Error::Corruption(c.clone()),
+            Error::IncompatibleVersion { path, found, supported } => {
+                Error::IncompatibleVersion { path: path.clone(), found: *found, supported: *supported }
+            }
+        }
+    }
+}
+
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io { op, path: path.into(), source }

@@ -19,6 +19,7 @@
 //! - `synced_offset <= write_offset`, and the file is durable up to `synced_offset`;
 //! - once `failed` is set, nothing is written until the log is reopened.
 
+mod group_commit;
 mod prepare;
 pub(crate) mod record;
 mod recovery;
@@ -37,6 +38,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use group_commit::{GroupCommitOptions, OwnedEntry, SharedLog, SyncPolicy, Ticket};
 pub use prepare::SegmentPreparation;
 pub use recovery::{RecoveryReport, RemovedSegment, Truncation};
 pub use segment::FORMAT_VERSION;
@@ -152,6 +154,19 @@ impl fmt::Debug for Log {
     }
 }
 
+/// An `fdatasync` of the active segment, covering everything written before `upto`.
+#[derive(Debug)]
+pub(crate) struct SyncJob {
+    segment: Arc<Segment>,
+    upto: u64,
+}
+
+impl SyncJob {
+    pub(crate) fn run(&self) -> std::io::Result<()> {
+        self.segment.file.sync_data()
+    }
+}
+
 /// A record to write.
 struct Rec<'a> {
     kind: Kind,
@@ -184,6 +199,11 @@ impl Log {
     /// Whether the log refuses writes after a failure (see [`Error::Failed`]).
     pub fn is_failed(&self) -> bool {
         self.failed.is_some()
+    }
+
+    /// The first write or sync failure, if the log is latched.
+    pub fn failed_cause(&self) -> Option<String> {
+        self.failed.clone()
     }
 
     /// The term of entry `index`. For `first_index - 1` it answers from the last compaction or
@@ -355,15 +375,33 @@ impl Log {
     /// segments were synced when sealed). A failure latches the log; it is never retried.
     pub fn sync(&mut self) -> Result<()> {
         self.check_writable()?;
-        if !self.unsynced {
-            return Ok(());
+        let Some(job) = self.sync_job() else { return Ok(()) };
+        let result = job.run();
+        self.finish_sync(job, result)
+    }
+
+    /// What a sync must cover now, if anything. Running it needs no access to the log, so a
+    /// group-commit writer can sync without blocking readers.
+    pub(crate) fn sync_job(&self) -> Option<SyncJob> {
+        (self.unsynced && self.failed.is_none()).then(|| SyncJob {
+            segment: Arc::clone(self.segments.back().expect("an active segment")),
+            upto: self.active.write_offset,
+        })
+    }
+
+    /// Records the outcome of a [`SyncJob`]: the horizon advances, or the log latches.
+    pub(crate) fn finish_sync(&mut self, job: SyncJob, result: std::io::Result<()>) -> Result<()> {
+        if let Err(e) = result {
+            return Err(self.fail("fdatasync", &job.segment.path, e));
         }
-        let seg = Arc::clone(self.segments.back().expect("an active segment"));
-        if let Err(e) = seg.file.sync_data() {
-            return Err(self.fail("fdatasync", &seg.path, e));
+        let active = self.segments.back().expect("an active segment");
+        // A rotation in between synced the job's segment itself; only the active one moves.
+        if Arc::ptr_eq(active, &job.segment) {
+            self.active.synced_offset = self.active.synced_offset.max(job.upto);
+            if job.upto == self.active.write_offset {
+                self.unsynced = false;
+            }
         }
-        self.active.synced_offset = self.active.write_offset;
-        self.unsynced = false;
         Ok(())
     }
 

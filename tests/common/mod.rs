@@ -70,6 +70,11 @@ pub struct FaultyFs {
     /// `sync_data` calls made by the thread that created this (the log's own calls, not the
     /// background segment preparer's).
     pub syncs: Arc<AtomicU64>,
+    /// Every `sync_data` call, from any thread.
+    pub all_syncs: AtomicU64,
+    /// Only the `sync_data` call with this number fails (counting `all_syncs` from 1): the
+    /// fsyncgate case, where a retry or a later sync would seem to succeed.
+    pub fail_sync_at: AtomicU64,
     owner: std::thread::ThreadId,
 }
 
@@ -79,6 +84,8 @@ impl Default for FaultyFs {
             fail_sync: AtomicBool::new(false),
             fail_write: AtomicBool::new(false),
             syncs: Arc::default(),
+            all_syncs: AtomicU64::new(0),
+            fail_sync_at: AtomicU64::new(u64::MAX),
             owner: std::thread::current().id(),
         }
     }
@@ -140,7 +147,8 @@ impl DataFile for FaultyFile {
         self.inner.allocate(len)
     }
     fn sync_data(&self) -> io::Result<()> {
-        if self.fs.fail_sync.load(Ordering::SeqCst) {
+        let n = self.fs.all_syncs.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fs.fail_sync.load(Ordering::SeqCst) || n == self.fs.fail_sync_at.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(5)); // EIO
         }
         if std::thread::current().id() == self.fs.owner {
