@@ -308,3 +308,34 @@ fn arbitrary_bytes_in_hard_state_and_snapshot_files_never_panic() {
         }
     }
 }
+
+#[test]
+fn commit_only_changes_cost_no_fdatasync() {
+    // etcd's MustSync rule: moving only the commit index writes nothing; a term or vote change
+    // is written and synced at once; a clean close keeps the newest commit.
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultyFs::default());
+    let options = StorageOptions {
+        log: LogOptions {
+            segment_bytes: 16 * 1024,
+            fs: Arc::new(FaultyHandle(faults.clone())),
+            ..LogOptions::default()
+        },
+        ..StorageOptions::default()
+    };
+    let (mut s, _) = DiskStorage::open(dir.path(), options.clone()).unwrap();
+    s.append(&ents(1, 10, 1)).unwrap();
+    s.set_hard_state(&HardState { term: 1, vote: 1, commit: 0 }).unwrap();
+    let before = faults.syncs.load(Ordering::SeqCst);
+    for commit in 1..=10 {
+        s.set_hard_state(&HardState { term: 1, vote: 1, commit }).unwrap();
+    }
+    assert_eq!(faults.syncs.load(Ordering::SeqCst), before, "a commit-only change was synced");
+    assert_eq!(s.initial_state().unwrap().hard_state.commit, 10);
+    s.set_hard_state(&HardState { term: 2, vote: 0, commit: 10 }).unwrap();
+    assert_eq!(faults.syncs.load(Ordering::SeqCst), before + 1, "a term change must be synced");
+    s.set_hard_state(&HardState { term: 2, vote: 0, commit: 11 }).unwrap();
+    drop(s);
+    let (s, _) = DiskStorage::open(dir.path(), options).unwrap();
+    assert_eq!(s.initial_state().unwrap().hard_state, HardState { term: 2, vote: 0, commit: 11 });
+}

@@ -95,6 +95,9 @@ pub struct DiskStorage {
     _lock: Box<dyn Any + Send + Sync>,
     log: Log,
     hard_state: HardStateFile,
+    /// A commit index newer than the HardState file's, from a commit-only change: not written
+    /// (etcd's MustSync rule); written with the next term, vote or ConfState change, or at drop.
+    commit_unsynced: Option<u64>,
     /// Oldest to newest.
     snapshots: Vec<Arc<SnapshotFile>>,
     snapshots_kept: usize,
@@ -227,6 +230,7 @@ impl DiskStorage {
             _lock: lock,
             log,
             hard_state,
+            commit_unsynced: None,
             snapshots,
             snapshots_kept: options.snapshots_kept,
             in_progress: Arc::new(AtomicUsize::new(0)),
@@ -255,6 +259,22 @@ impl DiskStorage {
             self.failed.get_or_insert_with(|| e.to_string());
         }
         r
+    }
+
+    /// The HardState as Raft last set it (the file's, with any unwritten commit).
+    fn current_hard_state(&self) -> HardState {
+        let mut hs = self.hard_state.current().hard_state;
+        hs.commit = hs.commit.max(self.commit_unsynced.unwrap_or(0));
+        hs
+    }
+
+    /// Writes a HardState slot (fdatasync), folding in any unwritten commit.
+    fn write_hard_state(&mut self, hard_state: HardState, conf_state: ConfState) -> Result<()> {
+        let r = self.hard_state.write(hard_state, conf_state);
+        if r.is_ok() {
+            self.commit_unsynced = None;
+        }
+        self.latch(r)
     }
 
     fn newest_snapshot_index(&self) -> u64 {
@@ -309,10 +329,22 @@ impl DiskStorage {
     }
 }
 
+impl Drop for DiskStorage {
+    fn drop(&mut self) {
+        // A clean close keeps the newest commit index; a crash may lose it, which Raft allows.
+        if self.commit_unsynced.is_some() && self.failed.is_none() {
+            let (hs, cs) = (self.current_hard_state(), self.hard_state.current().conf_state.clone());
+            let _ = self.write_hard_state(hs, cs);
+        }
+    }
+}
+
 impl Storage for DiskStorage {
     fn initial_state(&self) -> Result<RaftState> {
-        let slot = self.hard_state.current();
-        Ok(RaftState { hard_state: slot.hard_state, conf_state: slot.conf_state.clone() })
+        Ok(RaftState {
+            hard_state: self.current_hard_state(),
+            conf_state: self.hard_state.current().conf_state.clone(),
+        })
     }
 
     fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>> {
@@ -381,18 +413,23 @@ impl StorageMut for DiskStorage {
 
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<()> {
         self.check_writable()?;
-        super::check_hard_state(&self.hard_state.current().hard_state, hard_state)?;
+        let current = self.current_hard_state();
+        super::check_hard_state(&current, hard_state)?;
+        if hard_state.term == current.term && hard_state.vote == current.vote {
+            // Only the commit index moved: Raft can relearn it, so no write and no fdatasync
+            // (etcd's MustSync rule). It reaches the file with the next synced change.
+            self.commit_unsynced = Some(hard_state.commit);
+            return Ok(());
+        }
         let cs = self.hard_state.current().conf_state.clone();
-        let r = self.hard_state.write(*hard_state, cs);
-        self.latch(r)
+        self.write_hard_state(*hard_state, cs)
     }
 
     fn set_conf_state(&mut self, conf_state: &ConfState) -> Result<()> {
         self.check_writable()?;
         Self::check_conf_state(conf_state)?;
-        let hs = self.hard_state.current().hard_state;
-        let r = self.hard_state.write(hs, conf_state.clone());
-        self.latch(r)
+        let hs = self.current_hard_state();
+        self.write_hard_state(hs, conf_state.clone())
     }
 
     fn apply_snapshot(&mut self, metadata: &SnapshotMetadata, data: &mut dyn Read) -> Result<()> {
@@ -423,9 +460,8 @@ impl StorageMut for DiskStorage {
         let finished = w.finish();
         let path = self.latch(finished)?;
         // (2) HardState: commit and term at least the snapshot's; its ConfState.
-        let hs = super::hard_state_after_snapshot(self.hard_state.current().hard_state, metadata);
-        let written = self.hard_state.write(hs, metadata.conf_state.clone());
-        self.latch(written)?;
+        let hs = super::hard_state_after_snapshot(self.current_hard_state(), metadata);
+        self.write_hard_state(hs, metadata.conf_state.clone())?;
         // (3) The log restarts after the snapshot.
         let reset = self.log.reset(metadata.index + 1, metadata.term);
         self.latch(reset)?;

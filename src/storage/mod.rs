@@ -52,8 +52,10 @@ pub trait StorageMut: Storage {
 
     /// Appends entries (contiguous), truncating a conflicting suffix first; durable on return.
     fn append(&mut self, entries: &[Entry]) -> Result<()>;
-    /// Persists the HardState (keeping the ConfState). A term or commit below the persisted one,
-    /// or a changed vote within the same term, is refused with `InvalidArgument`.
+    /// Persists the HardState (keeping the ConfState). A term or commit below the current one,
+    /// or a changed vote within the same term, is refused with `InvalidArgument`. A change of
+    /// the commit index alone may be kept in memory until the next term, vote or ConfState
+    /// change (etcd's MustSync rule): after a crash the commit index can be lower, never higher.
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<()>;
     /// Persists the ConfState (keeping the HardState).
     fn set_conf_state(&mut self, conf_state: &ConfState) -> Result<()>;
