@@ -113,5 +113,25 @@ fn open_1gib(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, appends, reads, open_1gib);
+/// The shared workload definitions W1-W4 (as run by `keel bench`), timed by criterion: each
+/// iteration is one synced append call of the workload's shape, in a fresh log per sample.
+fn workloads(c: &mut Criterion) {
+    use keel::bench::workload::{Keel, Scale, Workload, run_appends};
+    let mut g = c.benchmark_group("workload");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    for w in [Workload::W1, Workload::W2, Workload::W3, Workload::W4] {
+        let (entry_bytes, per_append) = w.shape().unwrap();
+        g.throughput(Throughput::Bytes((entry_bytes * per_append) as u64));
+        g.bench_function(format!("{w:?}"), |b| {
+            b.iter_custom(|iters| {
+                let dir = tempfile::tempdir().unwrap();
+                let scale = Scale { appends: iters as usize, ..Scale::default() };
+                run_appends::<Keel>(w, dir.path(), scale, &mut || {}).unwrap().samples.elapsed
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, appends, reads, open_1gib, workloads);
 criterion_main!(benches);

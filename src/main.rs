@@ -2,8 +2,12 @@
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use keel::bench::workload::{
+    BoxError, Engine, Keel, KeelFallocate, Scale, Workload, micros, run_appends, run_compact, run_open, run_reads,
+    write_dataset,
+};
 use keel::bench::{self, RawSpace, SyncedAppends};
-use keel::wal::SegmentPreparation;
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,34 +21,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Synced appends through the log beside a raw pwrite+fdatasync loop of the same write shape,
-    /// in alternating rounds; prints rates, latencies and the ratio.
+    /// Runs the benchmark workloads (W1-W4 appends, R1 open, R2 reads, C1 compaction), each in
+    /// alternating rounds beside raw pwrite+fdatasync loops of the same write shape, and prints
+    /// rates, latencies and ratios.
     Bench {
         /// Directory to run in (default: a fresh temporary directory on the same disk as /tmp).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Payload bytes per entry.
-        #[arg(long, default_value_t = 4096)]
-        entry_bytes: usize,
-        /// Entries per append call (each call is one fdatasync).
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        /// Append calls per round, for each of the log and the raw loop.
-        #[arg(long, default_value_t = 5000)]
-        appends: usize,
-        /// Alternating rounds (raw loop, then log).
+        /// Workloads to run: all, or a comma-separated list of W1,W2,W3,W4,R1,R2,C1.
+        #[arg(long, default_value = "all")]
+        workload: String,
+        /// Rounds of each workload (alternating with the raw loops).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Segment size in bytes.
-        #[arg(long, default_value_t = keel::limits::SEGMENT_BYTES_DEFAULT)]
-        segment_bytes: u64,
-        /// How segments are made ready: zero-filled ahead of time, or only fallocated.
+        /// Append calls per round of W1-W4.
+        #[arg(long, default_value_t = 4000)]
+        appends: usize,
+        /// Size of the R1/R2/C1 data set, in MiB of 4 KiB entries.
+        #[arg(long, default_value_t = 1024)]
+        dataset_mib: u64,
+        /// Reads of R2.
+        #[arg(long, default_value_t = 100_000)]
+        reads: usize,
+        /// How keel prepares segments: zero-filled ahead of time, or only fallocated.
         #[arg(long, value_enum, default_value_t = Preparation::Zero)]
         prepare: Preparation,
     },
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Preparation {
     /// Written with zeros ahead of time (the default): appends sync over written blocks.
     Zero,
@@ -62,19 +67,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
-        Command::Bench { dir, entry_bytes, batch, appends, rounds, segment_bytes, prepare } => {
-            let preparation = match prepare {
-                Preparation::Zero => SegmentPreparation::ZeroFill,
-                Preparation::Fallocate => SegmentPreparation::Fallocate,
-            };
-            let w = SyncedAppends {
-                entry_bytes,
-                entries_per_append: batch.max(1),
-                appends: appends.max(1),
-                segment_bytes,
-                preparation,
+        Command::Bench { dir, workload, rounds, appends, dataset_mib, reads, prepare } => {
+            let workloads: Vec<Workload> = if workload.eq_ignore_ascii_case("all") {
+                Workload::ALL.to_vec()
+            } else {
+                workload
+                    .split(',')
+                    .map(|w| Workload::parse(w.trim()).ok_or_else(|| format!("unknown workload {w:?}")))
+                    .collect::<Result<_, _>>()?
             };
             let tmp;
             let dir = match dir {
@@ -87,88 +89,146 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     tmp.path().to_path_buf()
                 }
             };
-            run_bench(&dir, &w, rounds.max(1))
+            let scale = Scale { appends: appends.max(1), dataset_bytes: dataset_mib.max(1) << 20, reads: reads.max(1) };
+            match prepare {
+                Preparation::Zero => bench_all::<Keel>(&dir, &workloads, rounds.max(1), scale),
+                Preparation::Fallocate => bench_all::<KeelFallocate>(&dir, &workloads, rounds.max(1), scale),
+            }
         }
     }
 }
 
-fn run_bench(dir: &std::path::Path, w: &SyncedAppends, rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
-    println!(
-        "keel bench: synced appends of {} x {} B entries ({} B written per fdatasync), segments {:?}, \
-         {} rounds x {} appends, in {}",
-        w.entries_per_append,
-        w.entry_bytes,
-        w.write_bytes(),
-        w.preparation,
-        rounds,
-        w.appends,
-        dir.display()
-    );
-    let bar = ProgressBar::new((3 * rounds * w.appends) as u64);
+fn progress(len: u64, what: &str) -> Result<ProgressBar, BoxError> {
+    let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} {msg} ({eta})")?.progress_chars("=> "),
     );
-    let (mut fresh, mut over, mut log) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        bar.set_message(format!("round {round}: raw loop, fresh space"));
-        fresh.push(bench::raw_fdatasync_loop(dir, w, RawSpace::Fresh, || bar.inc(1))?);
-        bar.set_message(format!("round {round}: raw loop, overwrite"));
-        over.push(bench::raw_fdatasync_loop(dir, w, RawSpace::Overwrite, || bar.inc(1))?);
-        bar.set_message(format!("round {round}: keel log"));
-        log.push(bench::log_synced_appends(dir, w, || bar.inc(1))?);
+    bar.set_message(what.to_string());
+    Ok(bar)
+}
+
+fn bench_all<E: Engine>(dir: &Path, workloads: &[Workload], rounds: usize, scale: Scale) -> Result<(), BoxError> {
+    println!(
+        "keel bench ({}): {} rounds; {} appends per round; data set {} MiB; {} reads; in {}",
+        E::name(),
+        rounds,
+        scale.appends,
+        scale.dataset_bytes >> 20,
+        scale.reads,
+        dir.display()
+    );
+    for &w in workloads.iter().filter(|w| w.shape().is_some()) {
+        bench_appends::<E>(dir, w, rounds, scale)?;
+    }
+    let reads: Vec<Workload> = workloads.iter().copied().filter(|w| w.shape().is_none()).collect();
+    if !reads.is_empty() {
+        bench_dataset::<E>(dir, &reads, rounds, scale)?;
+    }
+    Ok(())
+}
+
+fn bench_appends<E: Engine>(dir: &Path, w: Workload, rounds: usize, scale: Scale) -> Result<(), BoxError> {
+    let (entry_bytes, per_append) = w.shape().expect("an append workload");
+    let shape =
+        SyncedAppends { entry_bytes, entries_per_append: per_append, appends: scale.appends, ..Default::default() };
+    let bar = progress((3 * rounds * scale.appends) as u64, &format!("{w:?}"))?;
+    let (mut fresh, mut over, mut runs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        fresh.push(bench::raw_fdatasync_loop(dir, &shape, RawSpace::Fresh, || bar.inc(1))?);
+        over.push(bench::raw_fdatasync_loop(dir, &shape, RawSpace::Overwrite, || bar.inc(1))?);
+        runs.push(run_appends::<E>(w, dir, scale, &mut || bar.inc(1))?);
     }
     bar.finish_and_clear();
-
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    println!(
-        "{:>5}  {:>11}  {:>11}  {:>10}  {:>8}  {:>8}  {:>9}  {:>9}",
-        "round", "raw fresh/s", "raw over/s", "keel/s", "vs fresh", "vs over", "keel p50", "keel p99"
-    );
-    let (mut vs_fresh, mut vs_over) = (Vec::new(), Vec::new());
-    for (i, ((f, o), l)) in fresh.iter().zip(&over).zip(&log).enumerate() {
-        vs_fresh.push(l.rate() / f.rate());
-        vs_over.push(l.rate() / o.rate());
-        println!(
-            "{:>5}  {:>11.0}  {:>11.0}  {:>10.0}  {:>8.3}  {:>8.3}  {:>7.0}us  {:>7.0}us",
-            i + 1,
-            f.rate(),
-            o.rate(),
-            l.rate(),
-            vs_fresh[i],
-            vs_over[i],
-            us(l.quantile(0.5)),
-            us(l.quantile(0.99))
-        );
-    }
-    let rates = |v: &[bench::Samples]| bench::median_spread(&v.iter().map(|s| s.rate()).collect::<Vec<_>>());
-    let (fresh_med, fresh_lo, fresh_hi) = rates(&fresh);
-    let (over_med, over_lo, over_hi) = rates(&over);
-    let (log_med, log_lo, log_hi) = rates(&log);
-    let entries_per_s = log_med * w.entries_per_append as f64;
-    let mib_per_s = entries_per_s * w.entry_bytes as f64 / (1 << 20) as f64;
-    let all = |v: &[bench::Samples]| bench::Samples {
-        latencies: v.iter().flat_map(|s| s.latencies.clone()).collect(),
+    let rate = |v: &[bench::Samples]| bench::median_spread(&v.iter().map(|s| s.rate()).collect::<Vec<_>>());
+    let (f, _, _) = rate(&fresh);
+    let (o, o_lo, o_hi) = rate(&over);
+    let appends: Vec<f64> = runs.iter().map(|r| r.samples.rate()).collect();
+    let (a, a_lo, a_hi) = bench::median_spread(&appends);
+    let vs_over: Vec<f64> = runs.iter().zip(&over).map(|(r, o)| r.samples.rate() / o.rate()).collect();
+    let vs_fresh: Vec<f64> = runs.iter().zip(&fresh).map(|(r, f)| r.samples.rate() / f.rate()).collect();
+    let (ro, ro_lo, ro_hi) = bench::median_spread(&vs_over);
+    let (rf, _, _) = bench::median_spread(&vs_fresh);
+    let all = bench::Samples {
+        latencies: runs.iter().flat_map(|r| r.samples.latencies.clone()).collect(),
         elapsed: Duration::ZERO,
     };
-    let (all_log, all_over) = (all(&log), all(&over));
-    println!();
+    let entries = a * per_append as f64;
     println!(
-        "keel:  {entries_per_s:.0} entries/s, {mib_per_s:.1} MiB/s of payload, {log_med:.0} appends/s \
-         (median; range {log_lo:.0}-{log_hi:.0}); latency p50 {:.0} us, p99 {:.0} us",
-        us(all_log.quantile(0.5)),
-        us(all_log.quantile(0.99))
+        "{w:?} {}x{} B synced{}: {:.0} entries/s, {:.1} MiB/s, {:.0} appends/s (range {:.0}-{:.0}), p50 {:.0} us, p99 {:.0} us",
+        per_append,
+        entry_bytes,
+        if w == Workload::W3 { ", 4 outstanding" } else { "" },
+        entries,
+        entries * entry_bytes as f64 / (1 << 20) as f64,
+        a,
+        a_lo,
+        a_hi,
+        micros(all.quantile(0.5)),
+        micros(all.quantile(0.99)),
     );
     println!(
-        "raw:   {} B pwrite+fdatasync: fresh space {fresh_med:.0}/s (range {fresh_lo:.0}-{fresh_hi:.0}); \
-         overwrite {over_med:.0}/s (range {over_lo:.0}-{over_hi:.0}), p50 {:.0} us, p99 {:.0} us",
-        w.write_bytes(),
-        us(all_over.quantile(0.5)),
-        us(all_over.quantile(0.99))
+        "   raw pwrite+fdatasync of {} B: fresh {:.0}/s, overwrite {:.0}/s (range {:.0}-{:.0}); \
+         ratio to overwrite {:.3} (range {:.3}-{:.3}), to fresh {:.3}",
+        shape.write_bytes(),
+        f,
+        o,
+        o_lo,
+        o_hi,
+        ro,
+        ro_lo,
+        ro_hi,
+        rf
     );
-    let (f_med, f_lo, f_hi) = bench::median_spread(&vs_fresh);
-    let (o_med, o_lo, o_hi) = bench::median_spread(&vs_over);
-    println!(
-        "ratio: keel / raw fresh = {f_med:.3} (range {f_lo:.3}-{f_hi:.3}); keel / raw overwrite = {o_med:.3} (range {o_lo:.3}-{o_hi:.3})"
-    );
+    Ok(())
+}
+
+fn bench_dataset<E: Engine>(dir: &Path, workloads: &[Workload], rounds: usize, scale: Scale) -> Result<(), BoxError> {
+    for round in 0..rounds {
+        let data = dir.join(format!("{}-dataset", E::name()));
+        let n = scale.dataset_bytes / 4096;
+        let bar = progress(
+            n / 256 + 1,
+            &format!("writing the {} MiB data set (round {})", scale.dataset_bytes >> 20, round + 1),
+        )?;
+        let entries = write_dataset::<E>(&data, scale, &mut || bar.inc(1))?;
+        bar.finish_and_clear();
+        for &w in workloads {
+            let o = match w {
+                Workload::R1 => run_open::<E>(&data, entries)?,
+                Workload::R2 => {
+                    let bar = progress(scale.reads as u64 / 1000 + 1, "R2 reads")?;
+                    let o = run_reads::<E>(&data, entries, scale, &mut || bar.inc(1))?;
+                    bar.finish_and_clear();
+                    o
+                }
+                Workload::C1 => run_compact::<E>(&data, entries)?,
+                _ => unreachable!("append workloads run elsewhere"),
+            };
+            match w {
+                Workload::R1 => println!(
+                    "R1 round {}: opened {} entries ({} MiB) in {:.1} ms",
+                    round + 1,
+                    entries,
+                    scale.dataset_bytes >> 20,
+                    o.samples.elapsed.as_secs_f64() * 1e3
+                ),
+                Workload::R2 => println!(
+                    "R2 round {}: {:.0} reads/s, p50 {:.2} us, p99 {:.2} us",
+                    round + 1,
+                    o.entries_per_s(),
+                    micros(o.samples.quantile(0.5)),
+                    micros(o.samples.quantile(0.99))
+                ),
+                _ => println!(
+                    "C1 round {}: compacted {} entries in {:.1} ms, freed {:.0} MiB of disk",
+                    round + 1,
+                    o.entries,
+                    o.samples.elapsed.as_secs_f64() * 1e3,
+                    o.freed_bytes as f64 / (1 << 20) as f64
+                ),
+            }
+        }
+        std::fs::remove_dir_all(&data)?;
+    }
     Ok(())
 }

@@ -1,5 +1,8 @@
-//! Workloads shared by `keel bench` and the criterion benches, and the disk's own limit for each
-//! write shape: a raw `pwrite` + `fdatasync` loop into freshly allocated space, as the log does.
+//! Benchmark support shared by `keel bench`, the criterion benches and the comparison with
+//! raft-engine: the workloads (`workload.rs`), and the disk's own limits for each shape (raw
+//! `pwrite` + `fdatasync` loops into fresh or already written space, a raw sequential write).
+
+pub mod workload;
 
 use crate::Result;
 use crate::wal::{Log, LogOptions, NewEntry, SegmentPreparation};
