@@ -3,8 +3,8 @@
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel::bench::workload::{
-    BoxError, Engine, Keel, KeelFallocate, Scale, Workload, micros, run_appends, run_compact, run_open, run_reads,
-    write_dataset,
+    BoxError, Engine, Keel, KeelFallocate, KeelZeroFill, Scale, Workload, micros, run_appends, run_compact, run_open,
+    run_reads, write_dataset,
 };
 use keel::bench::{self, RawSpace, SyncedAppends};
 use std::path::Path;
@@ -43,15 +43,18 @@ enum Command {
         /// Reads of R2.
         #[arg(long, default_value_t = 100_000)]
         reads: usize,
-        /// How keel prepares segments: zero-filled ahead of time, or only fallocated.
-        #[arg(long, value_enum, default_value_t = Preparation::Zero)]
+        /// How keel prepares segments: chosen from the write sizes (auto), zero-filled ahead of
+        /// time, or only fallocated.
+        #[arg(long, value_enum, default_value_t = Preparation::Auto)]
         prepare: Preparation,
     },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Preparation {
-    /// Written with zeros ahead of time (the default): appends sync over written blocks.
+    /// Zero-filled while syncs are small, fallocated while they are large (the default).
+    Auto,
+    /// Written with zeros ahead of time: appends sync over written blocks.
     Zero,
     /// Only fallocated: each sync also commits the file system journal.
     Fallocate,
@@ -91,7 +94,8 @@ fn run(cli: Cli) -> Result<(), BoxError> {
             };
             let scale = Scale { appends: appends.max(1), dataset_bytes: dataset_mib.max(1) << 20, reads: reads.max(1) };
             match prepare {
-                Preparation::Zero => bench_all::<Keel>(&dir, &workloads, rounds.max(1), scale),
+                Preparation::Auto => bench_all::<Keel>(&dir, &workloads, rounds.max(1), scale),
+                Preparation::Zero => bench_all::<KeelZeroFill>(&dir, &workloads, rounds.max(1), scale),
                 Preparation::Fallocate => bench_all::<KeelFallocate>(&dir, &workloads, rounds.max(1), scale),
             }
         }

@@ -243,27 +243,38 @@ pub fn disk_usage(dir: &Path) -> Result<u64, BoxError> {
     Ok(total)
 }
 
-/// keel's log as a workload engine; `ZERO_FILL` picks how segments are prepared.
+/// keel's log as a workload engine; `PREP` picks how segments are prepared (0 auto, 1 zero-fill,
+/// 2 fallocate).
 #[derive(Debug)]
-pub struct KeelWith<const ZERO_FILL: bool>(Log);
+pub struct KeelWith<const PREP: u8>(Log);
 
-/// keel with its defaults (segments zero-filled ahead of time).
-pub type Keel = KeelWith<true>;
+/// keel with its defaults (segment preparation chosen automatically).
+pub type Keel = KeelWith<0>;
+/// keel with segments always zero-filled ahead of time.
+pub type KeelZeroFill = KeelWith<1>;
 /// keel with fallocate-only segments.
-pub type KeelFallocate = KeelWith<false>;
+pub type KeelFallocate = KeelWith<2>;
 
-fn keel_options<const ZERO_FILL: bool>() -> LogOptions {
-    let preparation = if ZERO_FILL { SegmentPreparation::ZeroFill } else { SegmentPreparation::Fallocate };
+fn keel_options<const PREP: u8>() -> LogOptions {
+    let preparation = match PREP {
+        1 => SegmentPreparation::ZeroFill,
+        2 => SegmentPreparation::Fallocate,
+        _ => SegmentPreparation::Auto,
+    };
     LogOptions { preparation, ..LogOptions::default() }
 }
 
-impl<const ZERO_FILL: bool> Engine for KeelWith<ZERO_FILL> {
+impl<const PREP: u8> Engine for KeelWith<PREP> {
     fn name() -> &'static str {
-        if ZERO_FILL { "keel" } else { "keel-fallocate" }
+        match PREP {
+            1 => "keel-zero-fill",
+            2 => "keel-fallocate",
+            _ => "keel",
+        }
     }
 
     fn open(dir: &Path) -> Result<Self, BoxError> {
-        Ok(KeelWith(Log::open(dir, keel_options::<ZERO_FILL>())?.0))
+        Ok(KeelWith(Log::open(dir, keel_options::<PREP>())?.0))
     }
 
     fn append(&mut self, first_index: u64, payloads: &[&[u8]], sync: bool) -> Result<(), BoxError> {
@@ -294,7 +305,7 @@ impl<const ZERO_FILL: bool> Engine for KeelWith<ZERO_FILL> {
         outstanding: usize,
         tick: &mut dyn FnMut(),
     ) -> Result<Samples, BoxError> {
-        let (log, _) = Log::open(dir, keel_options::<ZERO_FILL>())?;
+        let (log, _) = Log::open(dir, keel_options::<PREP>())?;
         let shared = SharedLog::new(log, GroupCommitOptions::default())?;
         let mut in_flight: VecDeque<(Instant, Ticket)> = VecDeque::with_capacity(outstanding);
         let mut samples = Samples { latencies: Vec::with_capacity(total), ..Samples::default() };

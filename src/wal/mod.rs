@@ -119,6 +119,8 @@ struct Active {
     synced_offset: u64,
     /// Every record of the active segment, in file order: the footer it will be sealed with.
     records: Vec<FooterEntry>,
+    /// Successful syncs of the active segment (steers segment preparation).
+    syncs: u64,
 }
 
 /// The write-ahead log. See the module documentation for the calling order.
@@ -397,6 +399,7 @@ impl Log {
         let active = self.segments.back().expect("an active segment");
         // A rotation in between synced the job's segment itself; only the active one moves.
         if Arc::ptr_eq(active, &job.segment) {
+            self.active.syncs += 1;
             self.active.synced_offset = self.active.synced_offset.max(job.upto);
             if job.upto == self.active.write_offset {
                 self.unsynced = false;
@@ -479,7 +482,9 @@ impl Log {
     fn prepare_when_half_full(&mut self) {
         let active = self.segments.back().expect("an active segment");
         if !self.preparer.started() && self.active.write_offset >= active.segment_bytes / 2 {
-            self.preparer.start();
+            let written = self.active.write_offset - SEGMENT_HEADER_BYTES;
+            let per_sync = (self.active.syncs > 0).then(|| written / self.active.syncs);
+            self.preparer.start(per_sync);
         }
     }
 
@@ -508,8 +513,12 @@ impl Log {
             };
 
         self.segments.push_back(Arc::new(next));
-        self.active =
-            Active { write_offset: SEGMENT_HEADER_BYTES, synced_offset: SEGMENT_HEADER_BYTES, records: Vec::new() };
+        self.active = Active {
+            write_offset: SEGMENT_HEADER_BYTES,
+            synced_offset: SEGMENT_HEADER_BYTES,
+            records: Vec::new(),
+            syncs: 0,
+        };
         self.unsynced = false;
         Ok(())
     }

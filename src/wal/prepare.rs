@@ -9,6 +9,8 @@
 //!
 //! Preparation starts when the active segment is half full, so opening a log (or a log that
 //! never fills a segment) writes nothing extra, and half a segment of appends leaves ample time.
+//! Zero-filling doubles the bytes written, which large synced batches notice more than the
+//! journal commits it saves; `Auto` (the default) picks per segment from the bytes per sync.
 //!
 //! Invariants: at most one `next.prep` exists and only the preparer writes it; a rotation takes
 //! it only after the thread that wrote it has finished (joined); a leftover `next.prep` after a
@@ -26,13 +28,35 @@ pub(crate) const PREPARED_NAME: &str = "next.prep";
 /// How a new segment file's space is made ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SegmentPreparation {
+    /// Chosen per segment from how the log is being written: `ZeroFill` while syncs cover less
+    /// than [`AUTO_ZERO_FILL_BELOW`] bytes on average (sync-bound: the journal commit of an
+    /// unwritten extent is a large part of each sync), `Fallocate` above (bandwidth-bound: a
+    /// second write of every segment costs more than the journal commits it saves).
+    #[default]
+    Auto,
     /// Written full of zeros and synced, ahead of time on a background thread: appends then sync
     /// at the disk's overwrite speed. Costs one sequential write of each segment.
-    #[default]
     ZeroFill,
     /// Only `fallocate`d: no extra write, but each append's `fdatasync` also commits the file
     /// system journal.
     Fallocate,
+}
+
+/// `Auto` zero-fills the next segment while the average bytes per sync stay below this.
+pub const AUTO_ZERO_FILL_BELOW: u64 = 64 << 10;
+
+impl SegmentPreparation {
+    /// The concrete method for the next segment, given the average bytes per sync of the
+    /// active one (unknown for the first segment of a log: small writes are assumed).
+    pub(crate) fn resolve(self, bytes_per_sync: Option<u64>) -> SegmentPreparation {
+        match self {
+            SegmentPreparation::Auto if bytes_per_sync.is_some_and(|b| b >= AUTO_ZERO_FILL_BELOW) => {
+                SegmentPreparation::Fallocate
+            }
+            SegmentPreparation::Auto => SegmentPreparation::ZeroFill,
+            other => other,
+        }
+    }
 }
 
 /// Makes `path` a file of `size` bytes ready to become a segment, durably.
@@ -42,9 +66,9 @@ pub(crate) fn prepare_file(fs: &dyn FileSystem, path: &Path, size: u64, how: Seg
         _ => {}
     }
     let file = fs.create(path)?;
-    match how {
+    match how.resolve(None) {
         SegmentPreparation::Fallocate => file.allocate(size)?,
-        SegmentPreparation::ZeroFill => {
+        SegmentPreparation::ZeroFill | SegmentPreparation::Auto => {
             let zeros = vec![0u8; (1 << 20).min(size as usize)];
             let mut at = 0;
             while at < size {
@@ -77,10 +101,12 @@ impl Preparer {
         self.running.is_some()
     }
 
-    /// Starts preparing the next file in the background.
-    pub(crate) fn start(&mut self) {
+    /// Starts preparing the next file in the background; `bytes_per_sync` of the active segment
+    /// steers [`SegmentPreparation::Auto`].
+    pub(crate) fn start(&mut self, bytes_per_sync: Option<u64>) {
         assert!(self.running.is_none(), "one preparation at a time");
-        let (fs, path, size, how) = (Arc::clone(&self.fs), self.path.clone(), self.size, self.how);
+        let how = self.how.resolve(bytes_per_sync);
+        let (fs, path, size) = (Arc::clone(&self.fs), self.path.clone(), self.size);
         let spawned = std::thread::Builder::new()
             .name("keel-prepare".into())
             .spawn(move || prepare_file(fs.as_ref(), &path, size, how));
@@ -104,5 +130,20 @@ impl Drop for Preparer {
         if let Some(handle) = self.running.take() {
             let _ = handle.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_picks_by_bytes_per_sync() {
+        use SegmentPreparation::*;
+        assert_eq!(Auto.resolve(None), ZeroFill);
+        assert_eq!(Auto.resolve(Some(4136)), ZeroFill);
+        assert_eq!(Auto.resolve(Some(AUTO_ZERO_FILL_BELOW)), Fallocate);
+        assert_eq!(ZeroFill.resolve(Some(1 << 30)), ZeroFill);
+        assert_eq!(Fallocate.resolve(None), Fallocate);
     }
 }

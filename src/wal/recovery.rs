@@ -487,6 +487,7 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
             write_offset: last.end,
             synced_offset: last.end,
             records: std::mem::take(&mut last.records),
+            syncs: 0,
         });
     }
     let mut segments: VecDeque<Arc<Segment>> = kept.into_iter().map(|k| Arc::new(k.segment)).collect();
@@ -508,7 +509,12 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
                 id,
                 segment_bytes,
             )?));
-            Active { write_offset: SEGMENT_HEADER_BYTES, synced_offset: SEGMENT_HEADER_BYTES, records: Vec::new() }
+            Active {
+                write_offset: SEGMENT_HEADER_BYTES,
+                synced_offset: SEGMENT_HEADER_BYTES,
+                records: Vec::new(),
+                syncs: 0,
+            }
         }
     };
 
