@@ -10,7 +10,6 @@ use keel::bench::{self, RawSpace, SyncedAppends};
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "keel", version, about = "keel: a write-ahead log and Raft storage engine")]
@@ -154,7 +153,7 @@ fn bench_appends<E: Engine>(dir: &Path, w: Workload, rounds: usize, scale: Scale
     let (rf, _, _) = bench::median_spread(&vs_fresh);
     let all = bench::Samples {
         latencies: runs.iter().flat_map(|r| r.samples.latencies.clone()).collect(),
-        elapsed: Duration::ZERO,
+        ..bench::Samples::default()
     };
     let entries = a * per_append as f64;
     println!(
@@ -183,6 +182,11 @@ fn bench_appends<E: Engine>(dir: &Path, w: Workload, rounds: usize, scale: Scale
         ro_hi,
         rf
     );
+    let syncs: u64 = runs.iter().filter_map(|r| r.samples.syncs).sum();
+    if syncs > 0 {
+        let appends: usize = runs.iter().map(|r| r.samples.latencies.len()).sum();
+        println!("   {:.2} appends per fdatasync ({appends} appends, {syncs} syncs)", appends as f64 / syncs as f64);
+    }
     Ok(())
 }
 

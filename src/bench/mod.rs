@@ -43,6 +43,8 @@ impl SyncedAppends {
 pub struct Samples {
     pub latencies: Vec<Duration>,
     pub elapsed: Duration,
+    /// fdatasyncs run, where the engine reports them.
+    pub syncs: Option<u64>,
 }
 
 impl Samples {

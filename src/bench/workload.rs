@@ -181,7 +181,7 @@ pub fn run_open<E: Engine>(dir: &Path, entries: u64) -> Result<Outcome, BoxError
     let elapsed = t.elapsed();
     engine.read(entries)?; // the last entry is there
     Ok(Outcome {
-        samples: Samples { latencies: vec![elapsed], elapsed },
+        samples: Samples { latencies: vec![elapsed], elapsed, syncs: None },
         entries,
         bytes: entries * 4096,
         freed_bytes: 0,
@@ -224,7 +224,7 @@ pub fn run_compact<E: Engine>(dir: &Path, entries: u64) -> Result<Outcome, BoxEr
     let elapsed = t.elapsed();
     let after = disk_usage(dir)?;
     Ok(Outcome {
-        samples: Samples { latencies: vec![elapsed], elapsed },
+        samples: Samples { latencies: vec![elapsed], elapsed, syncs: None },
         entries: entries / 2,
         bytes: entries / 2 * 4096,
         freed_bytes: before.saturating_sub(after),
@@ -326,6 +326,7 @@ impl<const PREP: u8> Engine for KeelWith<PREP> {
             tick();
         }
         samples.elapsed = start.elapsed();
+        samples.syncs = Some(shared.stats().syncs);
         Ok(samples)
     }
 }

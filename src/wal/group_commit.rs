@@ -134,7 +134,19 @@ struct Queue {
     closed: bool,
 }
 
+/// Counters of a [`SharedLog`] since it was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommitStats {
+    /// Requests written (appends, compactions, syncs).
+    pub requests: u64,
+    /// Batches written.
+    pub batches: u64,
+    /// fdatasyncs run by the writer.
+    pub syncs: u64,
+}
+
 struct Shared {
+    stats: Mutex<GroupCommitStats>,
     log: RwLock<Log>,
     queue: Mutex<Queue>,
     work_ready: Condvar,
@@ -158,6 +170,7 @@ impl SharedLog {
     /// Takes ownership of `log` and starts its writer thread.
     pub fn new(log: Log, options: GroupCommitOptions) -> Result<SharedLog> {
         let shared = Arc::new(Shared {
+            stats: Mutex::new(GroupCommitStats::default()),
             log: RwLock::new(log),
             queue: Mutex::new(Queue::default()),
             work_ready: Condvar::new(),
@@ -207,6 +220,11 @@ impl SharedLog {
         self.submit(Work::Sync, 0).wait()
     }
 
+    /// Counters since the log was shared: requests per fdatasync shows how well batches form.
+    pub fn stats(&self) -> GroupCommitStats {
+        *self.shared.stats.lock()
+    }
+
     /// Read access to the log (entries, terms, indexes). Holding it delays the writer's next
     /// write, never its sync.
     pub fn read(&self) -> RwLockReadGuard<'_, Log> {
@@ -250,6 +268,11 @@ fn writer_loop(shared: &Shared) {
             None => break,
         };
         // 1. Write everything in the batch, in order, under the write lock.
+        {
+            let mut stats = shared.stats.lock();
+            stats.requests += batch.len() as u64;
+            stats.batches += u64::from(!batch.is_empty());
+        }
         let mut written = Vec::with_capacity(batch.len());
         {
             let mut log = shared.log.write();
@@ -305,6 +328,7 @@ fn sync(shared: &Shared) -> Result<()> {
         log.sync_job()
     };
     let Some(job) = job else { return Ok(()) };
+    shared.stats.lock().syncs += 1;
     let result = job.run();
     shared.log.write().finish_sync(job, result)
 }

@@ -38,7 +38,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use group_commit::{GroupCommitOptions, OwnedEntry, SharedLog, SyncPolicy, Ticket};
+pub use group_commit::{GroupCommitOptions, GroupCommitStats, OwnedEntry, SharedLog, SyncPolicy, Ticket};
 pub use prepare::SegmentPreparation;
 pub use recovery::{RecoveryReport, RemovedSegment, Truncation};
 pub use segment::FORMAT_VERSION;
