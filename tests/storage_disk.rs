@@ -19,6 +19,13 @@ fn opts() -> StorageOptions {
     }
 }
 
+/// Storage options over a file system whose failures a test can inject.
+fn faulty_options() -> (Arc<FaultyFs>, StorageOptions) {
+    let faults = Arc::new(FaultyFs::default());
+    let log = LogOptions { fs: Arc::new(FaultyHandle(faults.clone())), ..opts().log };
+    (faults, StorageOptions { log, ..opts() })
+}
+
 fn open(dir: &Path) -> (DiskStorage, keel::storage::StorageReport) {
     DiskStorage::open(dir, opts()).unwrap()
 }
@@ -183,15 +190,7 @@ fn missing_hard_state_beside_a_log_is_corruption() {
 #[test]
 fn failed_hard_state_sync_latches_the_whole_storage() {
     let dir = tempfile::tempdir().unwrap();
-    let faults = Arc::new(FaultyFs::default());
-    let options = StorageOptions {
-        log: LogOptions {
-            segment_bytes: 16 * 1024,
-            fs: Arc::new(FaultyHandle(faults.clone())),
-            ..LogOptions::default()
-        },
-        ..StorageOptions::default()
-    };
+    let (faults, options) = faulty_options();
     let (mut s, _) = DiskStorage::open(dir.path(), options.clone()).unwrap();
     s.append(&ents(1, 5, 1)).unwrap();
     faults.fail_sync.store(true, Ordering::SeqCst);
@@ -314,15 +313,7 @@ fn commit_only_changes_cost_no_fdatasync() {
     // etcd's MustSync rule: moving only the commit index writes nothing; a term or vote change
     // is written and synced at once; a clean close keeps the newest commit.
     let dir = tempfile::tempdir().unwrap();
-    let faults = Arc::new(FaultyFs::default());
-    let options = StorageOptions {
-        log: LogOptions {
-            segment_bytes: 16 * 1024,
-            fs: Arc::new(FaultyHandle(faults.clone())),
-            ..LogOptions::default()
-        },
-        ..StorageOptions::default()
-    };
+    let (faults, options) = faulty_options();
     let (mut s, _) = DiskStorage::open(dir.path(), options.clone()).unwrap();
     s.append(&ents(1, 10, 1)).unwrap();
     s.set_hard_state(&HardState { term: 1, vote: 1, commit: 0 }).unwrap();
