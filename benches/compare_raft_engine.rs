@@ -5,7 +5,8 @@
 //! `cargo bench --features compare-raft-engine --bench compare_raft_engine`
 //!
 //! Environment: `KEEL_COMPARE_ROUNDS` (default 3), `KEEL_COMPARE_APPENDS` (default 4000),
-//! `KEEL_COMPARE_DATASET_MIB` (default 1024), `KEEL_COMPARE_DIR` (default: a temporary directory).
+//! `KEEL_COMPARE_DATASET_MIB` (default 1024), `KEEL_COMPARE_DIR` (default: a temporary directory),
+//! `KEEL_COMPARE_WORKLOADS` (default all; e.g. `W2,W4,R1`).
 
 use keel::bench::Samples;
 use keel::bench::median_spread;
@@ -123,25 +124,34 @@ fn main() -> Result<(), BoxError> {
     std::fs::create_dir_all(&dir)?;
     eprintln!("comparing keel and raft-engine in {}: {rounds} alternating rounds, {scale:?}", dir.display());
 
+    let selected: Vec<Workload> = match std::env::var("KEEL_COMPARE_WORKLOADS") {
+        Ok(list) => list
+            .split(',')
+            .map(|w| Workload::parse(w.trim()).ok_or(format!("unknown workload {w}")))
+            .collect::<Result<_, _>>()?,
+        Err(_) => Workload::ALL.to_vec(),
+    };
     let mut keel: Vec<(Workload, Outcome)> = Vec::new();
     let mut other: Vec<(Workload, Outcome)> = Vec::new();
     let mut freed: Vec<(u64, u64)> = Vec::new();
     for round in 0..rounds {
-        for w in [Workload::W1, Workload::W2, Workload::W3, Workload::W4] {
+        for w in [Workload::W1, Workload::W2, Workload::W3, Workload::W4].into_iter().filter(|w| selected.contains(w)) {
             eprintln!("round {} {w:?}", round + 1);
             keel.push((w, run_appends::<Keel>(w, &dir, scale, &mut || {})?));
             other.push((w, run_appends::<RaftEngine>(w, &dir, scale, &mut || {})?));
         }
-        eprintln!("round {} R1 R2 C1", round + 1);
-        let (k, r) = (dataset::<Keel>(&dir, scale)?, dataset::<RaftEngine>(&dir, scale)?);
-        freed.push((k[2].freed_bytes, r[2].freed_bytes));
-        keel.extend([Workload::R1, Workload::R2, Workload::C1].into_iter().zip(k));
-        other.extend([Workload::R1, Workload::R2, Workload::C1].into_iter().zip(r));
+        if [Workload::R1, Workload::R2, Workload::C1].iter().any(|w| selected.contains(w)) {
+            eprintln!("round {} R1 R2 C1", round + 1);
+            let (k, r) = (dataset::<Keel>(&dir, scale)?, dataset::<RaftEngine>(&dir, scale)?);
+            freed.push((k[2].freed_bytes, r[2].freed_bytes));
+            keel.extend([Workload::R1, Workload::R2, Workload::C1].into_iter().zip(k));
+            other.extend([Workload::R1, Workload::R2, Workload::C1].into_iter().zip(r));
+        }
     }
 
     println!("| workload | keel | raft-engine 0.4.2 | keel / raft-engine |");
     println!("|---|---|---|---|");
-    for w in Workload::ALL {
+    for w in Workload::ALL.into_iter().filter(|w| selected.contains(w)) {
         let k: Vec<f64> = keel.iter().filter(|(x, _)| *x == w).map(|(_, o)| figure(w, o)).collect();
         let r: Vec<f64> = other.iter().filter(|(x, _)| *x == w).map(|(_, o)| figure(w, o)).collect();
         let ratios: Vec<f64> = k
@@ -161,6 +171,9 @@ fn main() -> Result<(), BoxError> {
         println!(
             "| {w:?} | {km:.3} {unit} ({klo:.3}-{khi:.3}) | {rm:.3} {unit} ({rlo:.3}-{rhi:.3}) | {speed} {qm:.2} ({qlo:.2}-{qhi:.2}) |"
         );
+    }
+    if freed.is_empty() {
+        return Ok(());
     }
     let (kf, rf): (Vec<f64>, Vec<f64>) =
         freed.iter().map(|&(k, r)| (k as f64 / (1 << 20) as f64, r as f64 / (1 << 20) as f64)).unzip();
