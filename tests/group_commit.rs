@@ -74,8 +74,9 @@ fn invalid_requests_fail_alone() {
     let gap = shared.append_async(vec![owned(9, 1)]);
     let b = shared.append_async(vec![owned(3, 1)]);
     let truncate = shared.append_async(vec![owned(2, 2)]);
-    settle(&a).unwrap();
     assert!(matches!(settle(&gap), Err(Error::InvalidArgument(_))));
+    assert!(a.is_done(), "a refused request completed before an earlier one");
+    settle(&a).unwrap();
     settle(&b).unwrap();
     settle(&truncate).unwrap();
     shared.compact_async(2).wait().unwrap();

@@ -11,8 +11,9 @@
 //! that outlives the call anyway.
 //!
 //! Invariants:
-//! - tickets complete in submission order, each exactly once (dropping an uncompleted request,
-//!   even while the writer unwinds from a panic, completes it with an error);
+//! - tickets complete in submission order, each exactly once, refused requests included
+//!   (dropping an uncompleted request, even while the writer unwinds from a panic, completes it
+//!   with an error);
 //! - once the log latches, every queued and later request fails with the original cause;
 //! - after the writer stops, submissions fail at once; nothing waits forever.
 
@@ -261,7 +262,9 @@ impl Drop for CloseOnExit<'_> {
 fn writer_loop(shared: &Shared) {
     let _close = CloseOnExit(shared);
     let mut last_sync = Instant::now();
-    let mut unsynced: Vec<Request> = Vec::new(); // written, waiting for an interval sync
+    // Requests written (or refused) and not yet completed, in queue order; a refused one carries
+    // its error and completes in its turn, so tickets always complete in submission order.
+    let mut unsynced: Vec<(Request, Option<Error>)> = Vec::new();
     loop {
         let batch = match take_batch(shared, &unsynced) {
             Some(b) => b,
@@ -273,7 +276,6 @@ fn writer_loop(shared: &Shared) {
             stats.requests += batch.len() as u64;
             stats.batches += u64::from(!batch.is_empty());
         }
-        let mut written = Vec::with_capacity(batch.len());
         {
             let mut log = shared.log.write();
             for request in batch {
@@ -288,13 +290,9 @@ fn writer_loop(shared: &Shared) {
                     Work::Compact(index) => log.compact(*index),
                     Work::Sync => Ok(()),
                 };
-                match result {
-                    Ok(()) => written.push(request),
-                    Err(e) => request.done.complete(Err(e)),
-                }
+                unsynced.push((request, result.err()));
             }
         }
-        unsynced.extend(written);
         // 2. Sync, with no lock held, and complete in order.
         let due = match shared.options.sync {
             SyncPolicy::EveryBatch | SyncPolicy::Never => true,
@@ -303,18 +301,25 @@ fn writer_loop(shared: &Shared) {
         if !due || unsynced.is_empty() {
             continue;
         }
-        let outcome = if shared.options.sync == SyncPolicy::Never { Ok(()) } else { sync(shared) };
         last_sync = Instant::now();
-        for request in unsynced.drain(..) {
-            request.done.complete(outcome.clone());
-        }
+        complete(shared, &mut unsynced);
     }
     // Closed: anything written but not yet synced gets its final sync.
-    if !unsynced.is_empty() {
-        let outcome = if shared.options.sync == SyncPolicy::Never { Ok(()) } else { sync(shared) };
-        for request in unsynced.drain(..) {
-            request.done.complete(outcome.clone());
-        }
+    complete(shared, &mut unsynced);
+}
+
+/// Syncs (unless nothing succeeded) and completes `pending` in order.
+fn complete(shared: &Shared, pending: &mut Vec<(Request, Option<Error>)>) {
+    if pending.is_empty() {
+        return;
+    }
+    let any_written = pending.iter().any(|(_, refused)| refused.is_none());
+    let outcome = if shared.options.sync == SyncPolicy::Never || !any_written { Ok(()) } else { sync(shared) };
+    for (request, refused) in pending.drain(..) {
+        request.done.complete(match refused {
+            Some(e) => Err(e),
+            None => outcome.clone(),
+        });
     }
 }
 
@@ -334,7 +339,7 @@ fn sync(shared: &Shared) -> Result<()> {
 }
 
 /// Waits for work and takes a batch; `None` when closed and drained.
-fn take_batch(shared: &Shared, unsynced: &[Request]) -> Option<Vec<Request>> {
+fn take_batch(shared: &Shared, unsynced: &[(Request, Option<Error>)]) -> Option<Vec<Request>> {
     let mut q = shared.queue.lock();
     loop {
         if !q.requests.is_empty() {
