@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use keel::wal::Log;
+use keel::wal::{Log, NewEntry};
 use keel::{CorruptionKind, Error};
 use std::path::{Path, PathBuf};
 
@@ -315,4 +315,32 @@ fn arbitrary_bytes_in_sealed_segments_never_panic() {
             let _ = log.verify();
         }
     }
+}
+
+#[test]
+fn requests_batched_into_one_write_stay_atomic_each() {
+    // append_many writes several requests with one pwrite; each request is still its own atomic
+    // write: tearing the last request keeps the earlier ones of the same pwrite.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), options(SEGMENT_BYTES)).unwrap();
+    append(&mut log, 1, 10, 1);
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let before = std::fs::read(&seg).unwrap();
+    let payloads: Vec<Vec<u8>> = (11..=16).map(|i| payload(i, 1)).collect();
+    let e = |i: u64| NewEntry { index: i, term: 1, payload: &payloads[(i - 11) as usize] };
+    let gap = [NewEntry { index: 40, term: 1, payload: b"x" }];
+    let (a, b, c) = ([e(11), e(12)], [e(13), e(14)], [e(15), e(16)]);
+    let results = log.append_many(&[&a, &gap, &b, &c]);
+    assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok() && results[3].is_ok(), "{results:?}");
+    log.sync().unwrap();
+    drop(log);
+    let after = std::fs::read(&seg).unwrap();
+    let end = after.len() - after.iter().rev().zip(before.iter().rev()).position(|(x, y)| x != y).unwrap();
+    let mut torn = after.clone();
+    torn[end - 8..end].fill(0); // inside the last record of the last request
+    let copy = copy_dir(dir.path());
+    std::fs::write(copy.path().join(seg.file_name().unwrap()), &torn).unwrap();
+    let (log, report) = Log::open(copy.path(), options(SEGMENT_BYTES)).unwrap();
+    assert_eq!(report.truncations.len(), 1, "{report}");
+    check(&log, 1, 14, |_| 1);
 }

@@ -278,20 +278,21 @@ fn writer_loop(shared: &Shared) {
         }
         {
             let mut log = shared.log.write();
+            // Consecutive appends go to the log together: one pwrite for the run.
+            let mut run: Vec<Request> = Vec::new();
             for request in batch {
+                if matches!(request.work, Work::Append(_)) {
+                    run.push(request);
+                    continue;
+                }
+                append_run(&mut log, &mut run, &mut unsynced);
                 let result = match &request.work {
-                    Work::Append(entries) => {
-                        let new: Vec<NewEntry<'_>> = entries
-                            .iter()
-                            .map(|e| NewEntry { index: e.index, term: e.term, payload: &e.payload })
-                            .collect();
-                        log.append(&new)
-                    }
                     Work::Compact(index) => log.compact(*index),
-                    Work::Sync => Ok(()),
+                    Work::Sync | Work::Append(_) => Ok(()),
                 };
                 unsynced.push((request, result.err()));
             }
+            append_run(&mut log, &mut run, &mut unsynced);
         }
         // 2. Sync, with no lock held, and complete in order.
         let due = match shared.options.sync {
@@ -306,6 +307,27 @@ fn writer_loop(shared: &Shared) {
     }
     // Closed: anything written but not yet synced gets its final sync.
     complete(shared, &mut unsynced);
+}
+
+/// Writes a run of queued appends with one `Log::append_many` and records each outcome.
+fn append_run(log: &mut Log, run: &mut Vec<Request>, pending: &mut Vec<(Request, Option<Error>)>) {
+    if run.is_empty() {
+        return;
+    }
+    let owned: Vec<Vec<NewEntry<'_>>> = run
+        .iter()
+        .map(|r| match &r.work {
+            Work::Append(entries) => {
+                entries.iter().map(|e| NewEntry { index: e.index, term: e.term, payload: &e.payload }).collect()
+            }
+            _ => unreachable!("a run holds appends only"),
+        })
+        .collect();
+    let requests: Vec<&[NewEntry<'_>]> = owned.iter().map(Vec::as_slice).collect();
+    let results = log.append_many(&requests);
+    drop(requests);
+    drop(owned);
+    pending.extend(run.drain(..).zip(results).map(|(request, result)| (request, result.err())));
 }
 
 /// Syncs (unless nothing succeeded) and completes `pending` in order.

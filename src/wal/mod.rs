@@ -175,6 +175,8 @@ struct Rec<'a> {
     index: u64,
     term: u64,
     payload: &'a [u8],
+    /// The last record of its append call: the write it belongs to ends here.
+    write_end: bool,
 }
 
 impl Log {
@@ -316,7 +318,73 @@ impl Log {
     /// index, the conflicting suffix is truncated first; the truncation becomes durable together
     /// with the new entries. Not durable until [`Log::sync`].
     pub fn append(&mut self, entries: &[NewEntry<'_>]) -> Result<()> {
-        self.check_writable()?;
+        self.append_many(&[entries]).pop().expect("one result per request")
+    }
+
+    /// Appends several requests in order, each as [`Log::append`] would (validated against the
+    /// log as the earlier ones leave it, and recovered whole or not at all), with one `pwrite`
+    /// for all of them where they fit one segment. Returns one result per request; a refused
+    /// request changes nothing and does not stop the others. Used by group commit.
+    pub fn append_many(&mut self, requests: &[&[NewEntry<'_>]]) -> Vec<Result<()>> {
+        if let Err(e) = self.check_writable() {
+            return requests.iter().map(|_| Err(e.clone())).collect();
+        }
+        // Validate each request against the last index the earlier accepted ones leave.
+        let mut last_index = self.last_index();
+        let mut results = Vec::with_capacity(requests.len());
+        let mut recs: Vec<Rec<'_>> = Vec::new();
+        let mut accepted: Vec<usize> = Vec::new();
+        for (k, entries) in requests.iter().enumerate() {
+            match self.check_append(entries, last_index) {
+                Ok(()) if entries.is_empty() => results.push(Ok(())),
+                Ok(()) => {
+                    last_index = entries.last().expect("non-empty").index;
+                    let n = entries.len();
+                    recs.extend(entries.iter().enumerate().map(|(i, e)| Rec {
+                        kind: Kind::Entry,
+                        index: e.index,
+                        term: e.term,
+                        payload: e.payload,
+                        write_end: i + 1 == n,
+                    }));
+                    accepted.push(k);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if recs.is_empty() {
+            return results;
+        }
+        let positions = match self.write(&recs) {
+            Ok(p) => p,
+            Err(e) => {
+                for &k in &accepted {
+                    results[k] = Err(e.clone());
+                }
+                return results;
+            }
+        };
+        // Apply the accepted requests to the index in order: truncate, then extend.
+        let mut at = 0;
+        for &k in &accepted {
+            let entries = requests[k];
+            let first = entries[0].index;
+            self.locs.truncate((first - self.first_index) as usize);
+            self.locs.extend(
+                entries.iter().zip(&positions[at..at + entries.len()]).map(|(e, &(segment_id, offset))| Loc {
+                    term: e.term,
+                    segment_id,
+                    offset,
+                }),
+            );
+            at += entries.len();
+        }
+        results
+    }
+
+    /// Checks one append request against the log's first index and `last_index`.
+    fn check_append(&self, entries: &[NewEntry<'_>], last_index: u64) -> Result<()> {
         let Some(first) = entries.first() else { return Ok(()) };
         for pair in entries.windows(2) {
             if pair[1].index != pair[0].index + 1 {
@@ -337,11 +405,10 @@ impl Log {
                 limits::INDEX_MAX
             )));
         }
-        if first.index > self.last_index() + 1 {
+        if first.index > last_index + 1 {
             return Err(Error::InvalidArgument(format!(
-                "append: first index {} leaves a gap after the last index {}",
-                first.index,
-                self.last_index()
+                "append: first index {} leaves a gap after the last index {last_index}",
+                first.index
             )));
         }
         let max = limits::payload_bytes_max(self.segment_bytes);
@@ -353,17 +420,6 @@ impl Log {
                 self.segment_bytes
             )));
         }
-        let recs: Vec<Rec<'_>> = entries
-            .iter()
-            .map(|e| Rec { kind: Kind::Entry, index: e.index, term: e.term, payload: e.payload })
-            .collect();
-        let positions = self.write(&recs)?;
-        self.locs.truncate((first.index - self.first_index) as usize);
-        self.locs.extend(entries.iter().zip(positions).map(|(e, (segment_id, offset))| Loc {
-            term: e.term,
-            segment_id,
-            offset,
-        }));
         Ok(())
     }
 
@@ -410,8 +466,8 @@ impl Log {
 
     /// Writes records, rotating segments as they fill; returns each record's (segment, offset).
     ///
-    /// The records of one call form one write, recovered whole or not at all (`FLAG_CONTINUES`
-    /// on all but the last). A write that does not fit the space left but fits an empty segment
+    /// The records of one append call form one write, recovered whole or not at all
+    /// (`FLAG_CONTINUES` on all but its last record, `write_end`). A write that does not fit the space left but fits an empty segment
     /// rotates first, so it is never split; only a write larger than a segment is split, into
     /// one atomic piece per segment.
     fn write(&mut self, recs: &[Rec<'_>]) -> Result<Vec<(u64, u32)>> {
@@ -431,9 +487,11 @@ impl Log {
             let seg = Arc::clone(self.segments.back().expect("an active segment"));
             let start = self.active.write_offset;
             let synced_offset = u32::try_from(self.active.synced_offset).expect("segment offsets fit u32");
-            // How many of the remaining records fit in this segment.
+            // How many of the remaining records fit in this segment, ending where a write ends
+            // so that no write that could fit a segment is split (`whole`).
             let mut offset = start;
             let mut fit = 0;
+            let mut whole = 0;
             for r in rest {
                 let footer = segment::footer_bytes((self.active.records.len() + fit + 1) as u64);
                 if offset + limits::record_bytes(r.payload.len() as u64) + footer > seg.segment_bytes {
@@ -441,6 +499,14 @@ impl Log {
                 }
                 offset += limits::record_bytes(r.payload.len() as u64);
                 fit += 1;
+                if r.write_end {
+                    whole = fit;
+                }
+            }
+            if fit < rest.len() && (whole > 0 || !self.active.records.is_empty()) {
+                // Stop at the last whole write; if none fits, rotate and retry in an empty
+                // segment. Only a write larger than an empty segment is split.
+                fit = whole;
             }
             self.buf.clear();
             let mut offset = start;
@@ -452,7 +518,7 @@ impl Log {
                     payload_len: r.payload.len() as u32,
                     synced_offset,
                     kind: r.kind,
-                    continues: k + 1 < fit,
+                    continues: !r.write_end && k + 1 < fit,
                 };
                 record::encode(&mut self.buf, seg.id, &h, r.payload);
                 batch.push(FooterEntry { index: r.index, term: r.term, offset: offset as u32, kind: r.kind });
@@ -564,7 +630,7 @@ impl Log {
 
     fn write_marker(&mut self, kind: Kind, index: u64, term: u64, boundary: u64) -> Result<()> {
         let payload = boundary.to_le_bytes();
-        self.write(&[Rec { kind, index, term, payload: &payload }])?;
+        self.write(&[Rec { kind, index, term, payload: &payload, write_end: true }])?;
         self.sync()
     }
 
