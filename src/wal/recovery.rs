@@ -244,8 +244,34 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
 }
 
 /// One past the last non-zero byte in `bytes[from..]`, or `from` if all are zero.
+///
+/// Opening a log reads the unused rest of the active segment (up to a whole segment) to prove
+/// it is zero; that read is memory-bound and most of R1's time, so a large range is split in
+/// two halves checked on two threads.
 fn last_nonzero_end(bytes: &[u8], from: u64) -> u64 {
+    const PARALLEL_ABOVE: usize = 8 << 20;
     let tail = &bytes[from as usize..];
+    if tail.len() < PARALLEL_ABOVE {
+        return from + last_nonzero_in(tail) as u64;
+    }
+    let mid = tail.len() / 2;
+    let (low, high) = tail.split_at(mid);
+    let (low_end, high_end) = std::thread::scope(|s| {
+        // Without a second thread (spawn refused), check both halves here.
+        let checker = std::thread::Builder::new().spawn_scoped(s, || last_nonzero_in(high)).ok();
+        let low_end = last_nonzero_in(low);
+        let high_end = match checker {
+            // A checker that cannot report counts as "non-zero to the end": never silently clean.
+            Some(c) => c.join().unwrap_or(high.len()),
+            None => last_nonzero_in(high),
+        };
+        (low_end, high_end)
+    });
+    from + if high_end > 0 { (mid + high_end) as u64 } else { low_end as u64 }
+}
+
+/// One past the last non-zero byte of `tail`, or 0.
+fn last_nonzero_in(tail: &[u8]) -> usize {
     // Whole-block OR folds vectorize; only the last non-zero block is searched byte by byte.
     const BLOCK: usize = 4096;
     let mut end = tail.len();
@@ -254,11 +280,11 @@ fn last_nonzero_end(bytes: &[u8], from: u64) -> u64 {
         let block = &tail[start..end];
         if block.iter().fold(0u8, |a, &b| a | b) != 0 {
             let last = block.iter().rposition(|&b| b != 0).expect("block is non-zero");
-            return from + (start + last + 1) as u64;
+            return start + last + 1;
         }
         end = start;
     }
-    from
+    0
 }
 
 /// The records of a kept segment, and how recovery found them.
@@ -713,6 +739,19 @@ mod tests {
         let damage = other.damage.expect("stale bytes are damage");
         assert_eq!(damage.later_indexes, None);
         assert_eq!(damage.proof, None);
+    }
+
+    #[test]
+    fn last_nonzero_end_splits_large_ranges_correctly() {
+        let mut b = vec![0u8; 20 << 20];
+        assert_eq!(last_nonzero_end(&b, 64), 64);
+        b[100] = 1;
+        assert_eq!(last_nonzero_end(&b, 64), 101);
+        b[15 << 20] = 1;
+        assert_eq!(last_nonzero_end(&b, 64), (15 << 20) + 1);
+        let n = b.len();
+        b[n - 1] = 1;
+        assert_eq!(last_nonzero_end(&b, 64), n as u64);
     }
 
     #[test]
