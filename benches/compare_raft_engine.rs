@@ -137,8 +137,12 @@ fn main() -> Result<(), BoxError> {
     for round in 0..rounds {
         for w in [Workload::W1, Workload::W2, Workload::W3, Workload::W4].into_iter().filter(|w| selected.contains(w)) {
             eprintln!("round {} {w:?}", round + 1);
-            keel.push((w, run_appends::<Keel>(w, &dir, scale, &mut || {})?));
-            other.push((w, run_appends::<RaftEngine>(w, &dir, scale, &mut || {})?));
+            let k = run_appends::<Keel>(w, &dir, scale, &mut || {})?;
+            let r = run_appends::<RaftEngine>(w, &dir, scale, &mut || {})?;
+            // Per-round figures, for diagnosing spreads (stderr; the table goes to stdout).
+            eprintln!("  keel {:.0} entries/s, raft-engine {:.0} entries/s", k.entries_per_s(), r.entries_per_s());
+            keel.push((w, k));
+            other.push((w, r));
         }
         if [Workload::R1, Workload::R2, Workload::C1].iter().any(|w| selected.contains(w)) {
             eprintln!("round {} R1 R2 C1", round + 1);
