@@ -37,7 +37,7 @@ fn appends(c: &mut Criterion) {
                 })
             });
             if synced {
-                let w = SyncedAppends { entry_bytes: size, entries_per_append: 1, appends: 2000, ..Default::default() };
+                let w = SyncedAppends { entry_bytes: size, entries_per_append: 1, appends: 2000 };
                 for space in [RawSpace::Fresh, RawSpace::Overwrite] {
                     let raw = raw_fdatasync_loop(dir.path(), &w, space, || {}).unwrap();
                     println!(

@@ -132,8 +132,7 @@ fn bench_all<E: Engine>(dir: &Path, workloads: &[Workload], rounds: usize, scale
 
 fn bench_appends<E: Engine>(dir: &Path, w: Workload, rounds: usize, scale: Scale) -> Result<(), BoxError> {
     let (entry_bytes, per_append) = w.shape().expect("an append workload");
-    let shape =
-        SyncedAppends { entry_bytes, entries_per_append: per_append, appends: scale.appends, ..Default::default() };
+    let shape = SyncedAppends { entry_bytes, entries_per_append: per_append, appends: scale.appends };
     let bar = progress((3 * rounds * scale.appends) as u64, &format!("{w:?}"))?;
     let (mut fresh, mut over, mut runs) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {

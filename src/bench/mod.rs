@@ -5,20 +5,18 @@
 pub mod workload;
 
 use crate::Result;
-use crate::wal::{Log, LogOptions, NewEntry, SegmentPreparation};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// A synced-append workload: `appends` calls of `entries_per_append` entries of `entry_bytes`.
+/// The write shape of a synced-append workload, for the raw loops: `appends` calls of
+/// `entries_per_append` entries of `entry_bytes` each.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SyncedAppends {
     pub entry_bytes: usize,
     pub entries_per_append: usize,
     pub appends: usize,
-    pub segment_bytes: u64,
-    pub preparation: SegmentPreparation,
 }
 
 /// Where the raw loop writes: space only allocated, or blocks already written.
@@ -102,32 +100,6 @@ pub fn raw_fdatasync_loop(dir: &Path, w: &SyncedAppends, space: RawSpace, mut ti
     samples.elapsed = start.elapsed();
     drop(file);
     std::fs::remove_file(&path).map_err(io)?;
-    Ok(samples)
-}
-
-/// The same shape through the log: `append_and_sync` of `entries_per_append` entries per call,
-/// in a new log directory under `dir`. Calls `tick` after each append.
-pub fn log_synced_appends(dir: &Path, w: &SyncedAppends, mut tick: impl FnMut()) -> Result<Samples> {
-    let log_dir = dir.join("log");
-    let options = LogOptions { segment_bytes: w.segment_bytes, preparation: w.preparation, ..LogOptions::default() };
-    let (mut log, _) = Log::open(&log_dir, options)?;
-    let payload = vec![0x5Au8; w.entry_bytes];
-    let mut samples = Samples { latencies: Vec::with_capacity(w.appends), ..Samples::default() };
-    let mut index = 1;
-    let start = Instant::now();
-    for _ in 0..w.appends {
-        let entries: Vec<NewEntry<'_>> = (0..w.entries_per_append as u64)
-            .map(|k| NewEntry { index: index + k, term: 1, payload: &payload })
-            .collect();
-        let t = Instant::now();
-        log.append_and_sync(&entries)?;
-        samples.latencies.push(t.elapsed());
-        index += w.entries_per_append as u64;
-        tick();
-    }
-    samples.elapsed = start.elapsed();
-    drop(log);
-    std::fs::remove_dir_all(&log_dir).map_err(|e| crate::Error::io("remove", &log_dir, e))?;
     Ok(samples)
 }
 

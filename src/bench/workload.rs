@@ -311,8 +311,9 @@ impl<const PREP: u8> Engine for KeelWith<PREP> {
         let mut samples = Samples { latencies: Vec::with_capacity(total), ..Samples::default() };
         let start = Instant::now();
         for i in 1..=total as u64 {
-            if in_flight.len() == outstanding {
-                let (t, ticket) = in_flight.pop_front().expect("full");
+            if in_flight.len() == outstanding
+                && let Some((t, ticket)) = in_flight.pop_front()
+            {
                 ticket.wait()?;
                 samples.latencies.push(t.elapsed());
                 tick();
@@ -329,11 +330,6 @@ impl<const PREP: u8> Engine for KeelWith<PREP> {
         samples.syncs = Some(shared.stats().syncs);
         Ok(samples)
     }
-}
-
-/// Runs `f` `rounds` times, returning each outcome (for medians and spreads).
-pub fn rounds<T>(n: usize, mut f: impl FnMut(usize) -> Result<T, BoxError>) -> Result<Vec<T>, BoxError> {
-    (0..n).map(&mut f).collect()
 }
 
 /// A latency in microseconds, for reports.

@@ -26,7 +26,7 @@ mod recovery;
 pub mod recovery_table;
 pub(crate) mod segment;
 
-use crate::error::{Corruption, CorruptionKind, Error, Result};
+use crate::error::{CorruptionKind, Error, Result};
 use crate::io::{FileSystem, StdFileSystem};
 use crate::limits::{self, SEGMENT_HEADER_BYTES};
 pub use crate::payload::Payload;
@@ -273,18 +273,8 @@ impl Log {
         let seg = self.segment(loc.segment_id);
         let offset = u64::from(loc.offset);
         let bytes = &seg.bytes()[offset as usize..];
-        let refuse = |kind: CorruptionKind| {
-            let mut c = seg.corruption(offset, kind);
-            c.affected_indexes = Some((index, index));
-            c.rule = Some(recovery_table::READ_RECORD_REFUSE);
-            c.into_error()
-        };
-        let damage = |d: record::Damage| match d {
-            record::Damage::Header(kind) => refuse(kind),
-            record::Damage::Payload { expected, actual, .. } => {
-                refuse(CorruptionKind::Checksum { what: "record", expected, actual })
-            }
-        };
+        let refuse = |kind| seg.read_refusal(offset, index, kind);
+        let damage = |d: record::Damage| refuse(d.into_kind());
         let h = record::decode_header(bytes, seg.id, offset, seg.segment_bytes).map_err(damage)?;
         if h.index != index || h.term != loc.term || h.kind != Kind::Entry {
             return Err(refuse(CorruptionKind::Malformed(format!(
@@ -467,20 +457,10 @@ impl Log {
     /// Writes records, rotating segments as they fill; returns each record's (segment, offset).
     ///
     /// The records of one append call form one write, recovered whole or not at all
-    /// (`FLAG_CONTINUES` on all but its last record, `write_end`). A write that does not fit the space left but fits an empty segment
-    /// rotates first, so it is never split; only a write larger than a segment is split, into
-    /// one atomic piece per segment.
+    /// (`FLAG_CONTINUES` on all but its last record, `write_end`). A segment piece ends where a
+    /// write ends; a write that does not fit the space left goes to the next segment whole, and
+    /// only a write larger than a segment is split, into one atomic piece per segment.
     fn write(&mut self, recs: &[Rec<'_>]) -> Result<Vec<(u64, u32)>> {
-        let total: u64 = recs.iter().map(|r| limits::record_bytes(r.payload.len() as u64)).sum();
-        let seg_bytes = self.segments.back().expect("an active segment").segment_bytes;
-        let footer_now = segment::footer_bytes((self.active.records.len() + recs.len()) as u64);
-        let footer_empty = segment::footer_bytes(recs.len() as u64);
-        if self.active.write_offset + total + footer_now > seg_bytes
-            && SEGMENT_HEADER_BYTES + total + footer_empty <= self.segment_bytes
-            && !self.active.records.is_empty()
-        {
-            self.rotate()?;
-        }
         let mut positions = Vec::with_capacity(recs.len());
         let mut rest = recs;
         while !rest.is_empty() {
@@ -678,12 +658,7 @@ impl Log {
             };
             for r in records {
                 let offset = u64::from(r.offset);
-                let refuse = |kind| {
-                    let mut c: Corruption = seg.corruption(offset, kind);
-                    c.rule = Some(recovery_table::READ_RECORD_REFUSE);
-                    c.affected_indexes = Some((r.index, r.index));
-                    c.into_error()
-                };
+                let refuse = |kind| seg.read_refusal(offset, r.index, kind);
                 match record::decode(&seg.bytes()[offset as usize..], seg.id, offset, seg.segment_bytes) {
                     Ok((h, _)) if h.index == r.index && h.term == r.term && h.kind == r.kind => checked += 1,
                     Ok((h, _)) => {
@@ -692,10 +667,7 @@ impl Log {
                             h.index, h.term, r.index, r.term
                         ))));
                     }
-                    Err(record::Damage::Header(kind)) => return Err(refuse(kind)),
-                    Err(record::Damage::Payload { expected, actual, .. }) => {
-                        return Err(refuse(CorruptionKind::Checksum { what: "record", expected, actual }));
-                    }
+                    Err(d) => return Err(refuse(d.into_kind())),
                 }
             }
         }

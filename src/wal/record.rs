@@ -98,6 +98,18 @@ pub(crate) enum Damage {
     Payload { index: u64, expected: u32, actual: u32 },
 }
 
+impl Damage {
+    /// The evidence, as reported in a corruption error.
+    pub(crate) fn into_kind(self) -> crate::error::CorruptionKind {
+        match self {
+            Damage::Header(kind) => kind,
+            Damage::Payload { expected, actual, .. } => {
+                crate::error::CorruptionKind::Checksum { what: "record", expected, actual }
+            }
+        }
+    }
+}
+
 /// Appends the encoded record (header, payload, zero padding) to `out`.
 pub(crate) fn encode(out: &mut Vec<u8>, segment_id: u64, h: &Header, payload: &[u8]) {
     assert_eq!(payload.len(), h.payload_len as usize);

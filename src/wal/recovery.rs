@@ -189,10 +189,10 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
     // Where the damage itself is: the first position that is not a valid record.
     let damage_offset = torn_write.unwrap_or(end);
     let (damaged, kind) = match found {
-        Some(record::Damage::Header(kind)) => (Damaged::RecordHeader, kind),
-        Some(record::Damage::Payload { index, expected, actual }) => {
+        Some(d @ record::Damage::Header(_)) => (Damaged::RecordHeader, d.into_kind()),
+        Some(d @ record::Damage::Payload { index, .. }) => {
             damaged_index = Some(index);
-            (Damaged::RecordPayload, CorruptionKind::Checksum { what: "record", expected, actual })
+            (Damaged::RecordPayload, d.into_kind())
         }
         None if torn_write.is_some() => (
             Damaged::RecordHeader,
@@ -569,16 +569,8 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
 /// The segment boundary a compaction or reset marker names (its payload).
 fn marker_boundary(seg: &Segment, r: &FooterEntry) -> Result<u64> {
     let offset = u64::from(r.offset);
-    let (h, payload) =
-        record::decode(&seg.bytes()[offset as usize..], seg.id, offset, seg.segment_bytes).map_err(|d| {
-            let kind = match d {
-                record::Damage::Header(k) => k,
-                record::Damage::Payload { expected, actual, .. } => {
-                    CorruptionKind::Checksum { what: "record", expected, actual }
-                }
-            };
-            refuse(&seg.path, offset, kind, table::READ_RECORD_REFUSE, None)
-        })?;
+    let (h, payload) = record::decode(&seg.bytes()[offset as usize..], seg.id, offset, seg.segment_bytes)
+        .map_err(|d| refuse(&seg.path, offset, d.into_kind(), table::READ_RECORD_REFUSE, None))?;
     if payload.len() != 8 || h.index != r.index || h.kind != r.kind {
         return Err(refuse(
             &seg.path,

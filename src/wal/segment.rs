@@ -292,6 +292,14 @@ impl Segment {
         Corruption::new(&self.path, offset, kind)
     }
 
+    /// The error for a damaged record found by a read after open (rule `READ_RECORD_REFUSE`).
+    pub(crate) fn read_refusal(&self, offset: u64, index: u64, kind: CorruptionKind) -> crate::Error {
+        let mut c = self.corruption(offset, kind);
+        c.affected_indexes = Some((index, index));
+        c.rule = Some(crate::wal::recovery_table::READ_RECORD_REFUSE);
+        c.into_error()
+    }
+
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.map
     }
