@@ -174,6 +174,37 @@ fn damage_before_synced_records_is_middle_corruption() {
 }
 
 #[test]
+fn a_record_written_over_earlier_synced_records_is_corruption_not_a_tail() {
+    // A misdirected write: the last write (entry 7, which states that the segment was synced up
+    // to its own offset) lands instead where entry 6 was. Without a rule for it, entries 6 and 7
+    // would vanish as a "tail"; the record's synced_offset lying past where it sits proves that
+    // the bytes it covers were synced, so recovery refuses in both modes.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), options(SEGMENT_BYTES)).unwrap();
+    append(&mut log, 1, 5, 1);
+    let seg = last_segment(dir.path());
+    let five = std::fs::read(&seg).unwrap();
+    append(&mut log, 6, 6, 1);
+    let six = std::fs::read(&seg).unwrap();
+    append(&mut log, 7, 7, 1);
+    drop(log);
+    let seven = std::fs::read(&seg).unwrap();
+    let at6 = five.iter().zip(&six).position(|(a, b)| a != b).unwrap();
+    let at7 = six.iter().zip(&seven).position(|(a, b)| a != b).unwrap();
+    let len7 = seven.len() - seven.iter().rev().zip(six.iter().rev()).position(|(a, b)| a != b).unwrap() - at7;
+    let mut bytes = six.clone(); // entry 7's own place never written
+    bytes[at6..at6 + len7].copy_from_slice(&seven[at7..at7 + len7]);
+    for opts in [options(SEGMENT_BYTES), absolute(SEGMENT_BYTES)] {
+        let copy = copy_dir(dir.path());
+        std::fs::write(copy.path().join(seg.file_name().unwrap()), &bytes).unwrap();
+        let err = Log::open(copy.path(), opts).unwrap_err();
+        let c = err.corruption().unwrap_or_else(|| panic!("{err}"));
+        assert_eq!(c.offset, at6 as u64, "{err}");
+        assert!(err.to_string().contains("misdirected"), "{err}");
+    }
+}
+
+#[test]
 fn damaged_sealed_record_is_an_error_on_read_and_verify() {
     // Sealed segments are opened from their footers; a damaged record in one is caught by the
     // checksum on every read and by verify, never returned.

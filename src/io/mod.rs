@@ -5,9 +5,11 @@
 //! the real one in tests. [`StdFileSystem`] is the real implementation over `std` and `rustix`.
 //!
 //! Memory maps are made by [`Map`] in the `mmap` module, the only place with `unsafe` code.
+//! [`sim::SimFileSystem`] is the simulated disk the crash tests run on.
 
 #[allow(unsafe_code)]
 mod mmap;
+pub mod sim;
 mod std_fs;
 
 pub use mmap::Map;
@@ -38,6 +40,11 @@ pub trait FileSystem: Send + Sync + Debug {
     /// Takes an exclusive lock on `dir`, held until the returned guard drops.
     /// Fails with [`io::ErrorKind::WouldBlock`] if any other holder (any process) has it.
     fn lock(&self, dir: &Path) -> io::Result<Box<dyn Any + Send + Sync>>;
+    /// Whether keel may do I/O on background threads (preparing the next segment). A simulated
+    /// disk says no, so that every operation happens on the caller's thread in a replayable order.
+    fn background_threads(&self) -> bool {
+        true
+    }
 }
 
 /// A file opened for positional reads and writes.

@@ -88,7 +88,7 @@ pub(crate) struct Preparer {
     path: PathBuf,
     size: u64,
     how: SegmentPreparation,
-    running: Option<JoinHandle<io::Result<()>>>,
+    running: Option<Running>,
 }
 
 impl Preparer {
@@ -106,28 +106,43 @@ impl Preparer {
     pub(crate) fn start(&mut self, bytes_per_sync: Option<u64>) {
         assert!(self.running.is_none(), "one preparation at a time");
         let how = self.how.resolve(bytes_per_sync);
+        if !self.fs.background_threads() {
+            // A simulated disk wants one replayable order of operations: prepare right here.
+            self.running = Some(Running::Done(prepare_file(self.fs.as_ref(), &self.path, self.size, how)));
+            return;
+        }
         let (fs, path, size) = (Arc::clone(&self.fs), self.path.clone(), self.size);
         let spawned = std::thread::Builder::new()
             .name("keel-prepare".into())
             .spawn(move || prepare_file(fs.as_ref(), &path, size, how));
         // If no thread can be made, `take` prepares in the foreground instead.
-        self.running = spawned.ok();
+        self.running = spawned.ok().map(Running::Thread);
     }
 
     /// Waits for the prepared file (preparing it now if nothing was started) and returns its path.
     pub(crate) fn take(&mut self) -> io::Result<&Path> {
         match self.running.take() {
-            Some(handle) => handle.join().map_err(|_| io::Error::other("the segment preparer thread panicked"))??,
+            Some(Running::Thread(handle)) => {
+                handle.join().map_err(|_| io::Error::other("the segment preparer thread panicked"))??
+            }
+            Some(Running::Done(result)) => result?,
             None => prepare_file(self.fs.as_ref(), &self.path, self.size, self.how)?,
         }
         Ok(&self.path)
     }
 }
 
+/// A preparation under way on a thread, or done in the foreground.
+#[derive(Debug)]
+enum Running {
+    Thread(JoinHandle<io::Result<()>>),
+    Done(io::Result<()>),
+}
+
 impl Drop for Preparer {
     fn drop(&mut self) {
         // Finish writing before the log (and perhaps its directory) goes away.
-        if let Some(handle) = self.running.take() {
+        if let Some(Running::Thread(handle)) = self.running.take() {
             let _ = handle.join();
         }
     }

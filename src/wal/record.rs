@@ -96,6 +96,10 @@ pub(crate) enum Damage {
     Header(crate::error::CorruptionKind),
     /// The header is valid (so `index` is trustworthy) but the whole-record checksum failed.
     Payload { index: u64, expected: u32, actual: u32 },
+    /// The header is valid but states that the segment was synced past the record's own
+    /// offset: it was written for a later position (a misdirected write) over bytes that were
+    /// synced, which makes it proof of corruption in the middle.
+    Misplaced { offset: u64, synced_offset: u64 },
 }
 
 impl Damage {
@@ -106,6 +110,10 @@ impl Damage {
             Damage::Payload { expected, actual, .. } => {
                 crate::error::CorruptionKind::Checksum { what: "record", expected, actual }
             }
+            Damage::Misplaced { offset, synced_offset } => crate::error::CorruptionKind::Malformed(format!(
+                "the record at offset {offset} has a valid header stating that the segment was synced up to \
+                 offset {synced_offset}: it was written for a later position (a misdirected write) over synced bytes"
+            )),
         }
     }
 }
@@ -182,10 +190,7 @@ pub(crate) fn decode_header(bytes: &[u8], segment_id: u64, offset: u64, limit: u
         ))));
     }
     if u64::from(h.synced_offset) > offset {
-        return Err(Damage::Header(Malformed(format!(
-            "record claims {} synced bytes but starts at offset {offset}",
-            h.synced_offset
-        ))));
+        return Err(Damage::Misplaced { offset, synced_offset: u64::from(h.synced_offset) });
     }
     if h.index == 0 || h.index > crate::limits::INDEX_MAX || h.term > crate::limits::INDEX_MAX {
         return Err(Damage::Header(Malformed(format!("record index {} or term {} is out of range", h.index, h.term))));
@@ -260,8 +265,8 @@ mod tests {
         let (_, buf) = sample(Kind::Entry, &[1; 100]);
         // Runs past the end of a small segment.
         assert!(matches!(decode(&buf, 42, 4000, 4096), Err(Damage::Header(_))));
-        // Claims more synced bytes than its own offset.
-        assert!(matches!(decode(&buf, 42, 8, 4096), Err(Damage::Header(_))));
+        // Claims more synced bytes than its own offset: a valid header in the wrong place.
+        assert!(matches!(decode(&buf, 42, 8, 4096), Err(Damage::Misplaced { offset: 8, synced_offset: 64 })));
         assert!(matches!(decode(&buf[..20], 42, 64, 4096), Err(Damage::Header(_))));
     }
 }

@@ -155,6 +155,9 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
     let mut found = None;
     // (offset, records.len()) where the current write began, while its last record is missing.
     let mut open_write: Option<(u64, usize)> = None;
+    // A record with a valid header whose `synced_offset` lies past its own offset: no writer
+    // puts one there, so the bytes it covers were synced (corruption in the middle).
+    let mut misplaced = None;
     while offset + RECORD_HEADER_BYTES <= size {
         let at = &bytes[offset as usize..];
         if record::is_zero_header(at) {
@@ -171,6 +174,7 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
                 offset += h.record_bytes();
             }
             Err(d) => {
+                misplaced = if let record::Damage::Misplaced { offset, .. } = d { Some(offset) } else { None };
                 found = Some(d);
                 break;
             }
@@ -189,7 +193,7 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
     // Where the damage itself is: the first position that is not a valid record.
     let damage_offset = torn_write.unwrap_or(end);
     let (damaged, kind) = match found {
-        Some(d @ record::Damage::Header(_)) => (Damaged::RecordHeader, d.into_kind()),
+        Some(d @ (record::Damage::Header(_) | record::Damage::Misplaced { .. })) => (Damaged::RecordHeader, d.into_kind()),
         Some(d @ record::Damage::Payload { index, .. }) => {
             damaged_index = Some(index);
             (Damaged::RecordPayload, d.into_kind())
@@ -209,7 +213,7 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
         ),
     };
     // Look for valid records after the damage, at every aligned offset.
-    let mut proof = None;
+    let mut proof = misplaced;
     let mut later_indexes: Option<(u64, u64)> = None;
     let mut p = end + RECORD_ALIGN_BYTES;
     while p + RECORD_HEADER_BYTES <= garbage_end {
