@@ -98,13 +98,15 @@ fn check_against(got: &State, want: &Expected) -> Result<(), String> {
         return Err(format!("log {}..={}, want {}..={}", got.first, got.last, w.first, w.last));
     }
     for e in &got.entries {
-        let expected = if e.index < w.first {
-            want.compacted.get(&e.index)
-        } else {
-            w.entries.get((e.index - w.first) as usize)
-        };
+        let expected =
+            if e.index < w.first { want.compacted.get(&e.index) } else { w.entries.get((e.index - w.first) as usize) };
         if Some(e) != expected {
-            return Err(format!("entry {} (term {}) differs from the model's {:?}", e.index, e.term, expected.map(|x| x.term)));
+            return Err(format!(
+                "entry {} (term {}) differs from the model's {:?}",
+                e.index,
+                e.term,
+                expected.map(|x| x.term)
+            ));
         }
     }
     Ok(())
@@ -229,7 +231,7 @@ impl Case {
             13 | 14 => {
                 let lo = first.max(newest_snapshot + 1);
                 let index = lo + self.rng.below((last + 1).saturating_sub(lo).max(1));
-                let data: Vec<u8> = (0..self.rng.below(3000)).map(|i| (i as u64 ^ index) as u8).collect();
+                let data: Vec<u8> = (0..self.rng.below(3000)).map(|i| (i ^ index) as u8).collect();
                 let cs = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
                 let d = self.disk().create_snapshot(index, &cs, &mut &data[..]);
                 (d, self.model.create_snapshot(index, &cs, &mut &data[..]), false)
@@ -239,7 +241,7 @@ impl Case {
                 let index = last + 1 + self.rng.below(20);
                 let conf_state = ConfState { voters: vec![1, 4], ..ConfState::default() };
                 let meta = SnapshotMetadata { index, term: self.term, conf_state };
-                let data: Vec<u8> = (0..self.rng.below(3000)).map(|i| (i as u64 * 7 ^ index) as u8).collect();
+                let data: Vec<u8> = (0..self.rng.below(3000)).map(|i| ((i * 7) ^ index) as u8).collect();
                 let d = self.disk().apply_snapshot(&meta, &mut &data[..]);
                 let m = self.model.apply_snapshot(&meta, &mut &data[..]);
                 if m.is_ok() {
@@ -323,7 +325,11 @@ fn check_image_misdirected(case: &Case, tag: u64, image: &CrashImage, crash_seed
             Ok(got) => {
                 let written = history.iter().any(|want| {
                     let w = &want.state;
-                    let at = if index < w.first { want.compacted.get(&index) } else { w.entries.get((index - w.first) as usize) };
+                    let at = if index < w.first {
+                        want.compacted.get(&index)
+                    } else {
+                        w.entries.get((index - w.first) as usize)
+                    };
                     at == got.first()
                 });
                 if !written {

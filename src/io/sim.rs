@@ -665,8 +665,10 @@ mod tests {
         (fs, PathBuf::from("/d/f"))
     }
 
-    const KEEP_ALL: FaultModel = FaultModel { keep_percent: 100, torn_percent: 0, misdirect_percent: 0, lose_dir_ops: false };
-    const DROP_ALL: FaultModel = FaultModel { keep_percent: 0, torn_percent: 0, misdirect_percent: 0, lose_dir_ops: true };
+    const KEEP_ALL: FaultModel =
+        FaultModel { keep_percent: 100, torn_percent: 0, misdirect_percent: 0, lose_dir_ops: false };
+    const DROP_ALL: FaultModel =
+        FaultModel { keep_percent: 0, torn_percent: 0, misdirect_percent: 0, lose_dir_ops: true };
 
     #[test]
     fn synced_data_survives_and_unsynced_data_may_not() {

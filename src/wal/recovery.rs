@@ -193,7 +193,9 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
     // Where the damage itself is: the first position that is not a valid record.
     let damage_offset = torn_write.unwrap_or(end);
     let (damaged, kind) = match found {
-        Some(d @ (record::Damage::Header(_) | record::Damage::Misplaced { .. })) => (Damaged::RecordHeader, d.into_kind()),
+        Some(d @ (record::Damage::Header(_) | record::Damage::Misplaced { .. })) => {
+            (Damaged::RecordHeader, d.into_kind())
+        }
         Some(d @ record::Damage::Payload { index, .. }) => {
             damaged_index = Some(index);
             (Damaged::RecordPayload, d.into_kind())
