@@ -35,6 +35,8 @@ pub mod bench;
 pub mod error;
 #[cfg(test)]
 mod format_spec;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod limits;
 pub mod payload;

@@ -206,9 +206,12 @@ pub struct CrashImage {
     dirs: BTreeSet<PathBuf>,
     durable_names: BTreeMap<PathBuf, u64>,
     pending_dir_ops: Vec<DirOp>,
-    /// ino → (durable bytes, lost writes then pending writes, in order)
-    files: HashMap<u64, (Arc<Vec<u8>>, Vec<Pending>)>,
+    files: HashMap<u64, ImageFile>,
 }
+
+/// One file of a [`CrashImage`]: durable bytes, then writes whose sync failed, then unsynced
+/// writes, each list in order.
+type ImageFile = (Arc<Vec<u8>>, Vec<Pending>, Vec<Pending>);
 
 fn eio(what: &str) -> io::Error {
     io::Error::other(format!("simulated EIO: {what}"))
@@ -315,10 +318,7 @@ impl State {
         let files = self
             .inodes
             .iter()
-            .map(|(ino, node)| {
-                let writes = node.lost.iter().chain(&node.pending).cloned().collect();
-                (*ino, (Arc::clone(&node.durable), writes))
-            })
+            .map(|(ino, node)| (*ino, (Arc::clone(&node.durable), node.lost.clone(), node.pending.clone())))
             .collect();
         CrashImage {
             dirs: self.dirs.clone(),
@@ -374,6 +374,41 @@ impl State {
 }
 
 impl CrashImage {
+    /// The disk as a process started after this one was killed at this moment finds it: the
+    /// page cache survives, so every write and directory operation shows, but what was not
+    /// durable still is not (a later [`SimFileSystem::crash`] may lose it).
+    pub fn restart(&self) -> io::Result<SimFileSystem> {
+        let mut live_names = self.durable_names.clone();
+        for op in &self.pending_dir_ops {
+            op.apply(&mut live_names);
+        }
+        let mut inodes = HashMap::new();
+        for (&ino, (durable, lost, pending)) in &self.files {
+            let mut content = Vec::clone(durable);
+            for w in lost.iter().chain(pending) {
+                match w {
+                    Pending::Write { offset, data } => apply_write(&mut content, *offset, data),
+                    Pending::Len(len) => content.resize(*len as usize, 0),
+                }
+            }
+            let live = memfd(&content)?;
+            inodes.insert(
+                ino,
+                Inode { live, durable: Arc::clone(durable), pending: pending.clone(), lost: lost.clone() },
+            );
+        }
+        let state = State {
+            next_ino: self.files.keys().max().map_or(0, |m| m + 1),
+            inodes,
+            dirs: self.dirs.clone(),
+            live_names,
+            durable_names: self.durable_names.clone(),
+            pending_dir_ops: self.pending_dir_ops.clone(),
+            ..State::default()
+        };
+        Ok(SimFileSystem { state: Arc::new(Mutex::new(state)) })
+    }
+
     /// The disk after a power loss at this image's moment: unsynced state kept, dropped, torn
     /// (and misdirected, if asked) as [`FaultModel`] says, chosen by `seed`.
     pub fn materialize(&self, seed: u64, model: &FaultModel) -> io::Result<SimFileSystem> {
@@ -386,9 +421,9 @@ impl CrashImage {
         }
         let mut inodes = HashMap::new();
         for ino in names.values().copied().collect::<BTreeSet<_>>() {
-            let (durable, writes) = &self.files[&ino];
+            let (durable, lost, pending) = &self.files[&ino];
             let mut content = Vec::clone(durable);
-            for w in writes {
+            for w in lost.iter().chain(pending) {
                 let fate = rng.below(100) as u32;
                 let kept = fate < model.keep_percent;
                 let torn = !kept && fate < model.keep_percent + model.torn_percent;
@@ -732,6 +767,18 @@ mod tests {
         f.sync_data().unwrap(); // "succeeds", as Linux does after reporting the error once
         let after = fs.image().materialize(3, &DROP_ALL).unwrap();
         assert_eq!(read_all(&after, &path), b"");
+    }
+
+    #[test]
+    fn a_restart_shows_unsynced_state_that_a_later_crash_may_lose() {
+        let (fs, path) = setup();
+        let f = fs.create(&path).unwrap();
+        f.write_at(b"cached", 0).unwrap();
+        let restarted = fs.image().restart().unwrap();
+        assert_eq!(read_all(&restarted, &path), b"cached");
+        restarted.crash(0, &DROP_ALL).unwrap();
+        let gone = restarted.open(&path).map(|_| read_all(&restarted, &path));
+        assert!(gone.as_deref().map_or(true, |b| b.is_empty()), "neither the name nor the bytes were durable");
     }
 
     #[test]

@@ -210,18 +210,19 @@ impl DiskStorage {
         }
 
         // Complete a snapshot install that a crash interrupted: its file is the newest snapshot,
-        // but the HardState (step 2) or the log reset (step 3) did not happen.
-        if let Some(sf) = snapshots.last().filter(|s| s.installed) {
+        // but the log reset (step 3) did not happen, so the HardState (step 2) may not have
+        // either. (Once the reset is durable, step 2 was; later calls may have moved the
+        // HardState on, so it is not compared.) The file is made durable first: the process may
+        // have died between its rename and the directory fsync, and the page cache shows what
+        // the disk may not hold; nothing may come to depend on it before it is durable.
+        if let Some(sf) = snapshots.last().filter(|s| s.installed && log.first_index() <= s.metadata.index) {
             let m = &sf.metadata;
+            fs.open(&sf.path).and_then(|f| f.sync_data()).map_err(Error::at("fdatasync", &sf.path))?;
+            fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
             let slot = hard_state.current().clone();
-            if slot.hard_state.commit < m.index {
-                hard_state.write(super::hard_state_after_snapshot(slot.hard_state, m), m.conf_state.clone())?;
-                report.snapshot_install_completed = true;
-            }
-            if log.first_index() <= m.index {
-                log.reset(m.index + 1, m.term)?;
-                report.snapshot_install_completed = true;
-            }
+            hard_state.write(super::hard_state_after_snapshot(slot.hard_state, m), m.conf_state.clone())?;
+            log.reset(m.index + 1, m.term)?;
+            report.snapshot_install_completed = true;
         }
 
         let mut storage = DiskStorage {

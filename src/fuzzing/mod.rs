@@ -1,0 +1,171 @@
+//! Entry points of the fuzz targets (`fuzz/`), public so that the same functions run every
+//! stored corpus input as an ordinary test (`tests/fuzz_corpus.rs`) on the stable toolchain.
+//! Each takes arbitrary bytes and panics only on a real bug: bytes read from disk must come back
+//! as data that was written or as a typed error, never as a panic.
+//!
+//! - [`record`]: one record decoded at a position of a segment; a record that decodes must
+//!   re-encode to the same bytes.
+//! - [`log_dir`]: a log directory of segment files made from the input, opened in both recovery
+//!   modes, then every entry read and the log verified.
+//! - [`hard_state`], [`snapshot`]: a storage directory whose HardState file or snapshot file is
+//!   the input, opened (snapshot checksums verified) and read.
+//! - [`storage_model`]: the input chooses a workload of storage calls, injected I/O failures
+//!   and crash points on the simulated disk; every recovered state is compared with the model
+//!   ([`torture`]).
+//!
+//! Directory inputs are framed as a sequence of files: a name byte, a little-endian `u16`
+//! length, then that many bytes (cut short at the end of the input).
+
+pub mod torture;
+
+use crate::io::FileSystem;
+use crate::io::sim::SimFileSystem;
+use crate::storage::{DiskStorage, Storage, StorageOptions};
+use crate::wal::{Log, LogOptions, RecoveryMode, record};
+use crate::{Error, limits};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Where the simulated directories live.
+const DIR: &str = "/fuzz";
+
+/// Splits framed input into (name byte, contents) pairs.
+pub fn frames(mut data: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut files = Vec::new();
+    while data.len() >= 3 {
+        let (name, len) = (data[0], u16::from_le_bytes([data[1], data[2]]) as usize);
+        let body = &data[3..];
+        let take = len.min(body.len());
+        files.push((name, &body[..take]));
+        data = &body[take..];
+    }
+    files
+}
+
+/// Frames files as [`frames`] reads them (for building seed inputs).
+pub fn frame(files: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, body) in files {
+        let body = &body[..body.len().min(u16::MAX as usize)];
+        out.push(*name);
+        out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+fn sim_with(files: &[(String, &[u8])]) -> SimFileSystem {
+    let fs = SimFileSystem::new();
+    for (name, body) in files {
+        let path = Path::new(DIR).join(name);
+        fs.create_dir_all(path.parent().expect("files live in a directory")).expect("sim mkdir");
+        let _ = fs.remove(&path);
+        let f = fs.create(&path).expect("sim create");
+        f.write_at(body, 0).expect("sim write");
+    }
+    fs
+}
+
+/// Record decoding: the first 8 input bytes choose the segment id (small, so valid records are
+/// reachable) and the rest is a record position at offset 64 of a segment that ends with them.
+pub fn record(data: &[u8]) {
+    if data.len() < 8 {
+        return;
+    }
+    let id = u64::from_le_bytes(data[..8].try_into().expect("8 bytes")) % 8;
+    let bytes = &data[8..];
+    let offset = limits::SEGMENT_HEADER_BYTES;
+    let limit = offset + bytes.len() as u64;
+    if let Ok((h, payload)) = record::decode(bytes, id, offset, limit) {
+        let mut again = Vec::new();
+        record::encode(&mut again, id, &h, payload);
+        let covered = limits::RECORD_HEADER_BYTES as usize + payload.len();
+        assert_eq!(&again[..covered], &bytes[..covered], "a decoded record re-encodes to the same bytes");
+    }
+}
+
+/// Recovery of a log directory: each frame is a segment file named by its byte (the segment id;
+/// 0 makes `next.prep`).
+pub fn log_dir(data: &[u8]) {
+    let files: Vec<(String, &[u8])> = frames(data)
+        .into_iter()
+        .map(|(name, body)| {
+            let file = if name == 0 { "next.prep".to_string() } else { format!("{:020}.seg", name) };
+            (file, body)
+        })
+        .collect();
+    for mode in [RecoveryMode::TolerateTailCorruption, RecoveryMode::AbsoluteConsistency] {
+        let fs = sim_with(&files);
+        let options =
+            LogOptions { segment_bytes: 4096, recovery_mode: mode, fs: Arc::new(fs), ..LogOptions::default() };
+        let log = match Log::open(DIR, options) {
+            Ok((log, _)) => log,
+            Err(e) => {
+                assert_typed(&e);
+                continue;
+            }
+        };
+        for index in log.first_index()..=log.last_index() {
+            match log.entries(index, index + 1, u64::MAX) {
+                Ok(entries) => assert_eq!(entries.len(), 1, "one entry per index"),
+                Err(e) => assert_typed(&e),
+            }
+        }
+        if let Err(e) = log.verify() {
+            assert_typed(&e);
+        }
+    }
+}
+
+/// A storage directory whose HardState file is the input.
+pub fn hard_state(data: &[u8]) {
+    open_storage(&[("hardstate".to_string(), data)]);
+}
+
+/// A storage directory whose snapshot file is the input; the first frame byte picks its name's
+/// index (term 2), so names and headers can disagree.
+pub fn snapshot(data: &[u8]) {
+    let Some((&index, body)) = data.split_first() else { return };
+    let name = format!("snap-{:016}-{:016}.snap", 2, u64::from(index));
+    open_storage(&[(name, body)]);
+}
+
+fn open_storage(files: &[(String, &[u8])]) {
+    let fs = sim_with(files);
+    let log = LogOptions { segment_bytes: 4096, fs: Arc::new(fs), ..LogOptions::default() };
+    match DiskStorage::open(DIR, StorageOptions { log, ..StorageOptions::default() }) {
+        Ok((storage, _)) => {
+            let state = storage.initial_state();
+            if let Err(e) = &state {
+                assert_typed(e);
+            }
+            match storage.snapshot(0) {
+                Ok(s) => {
+                    if let Err(e) = s.read_to_vec() {
+                        assert_typed(&e);
+                    }
+                }
+                Err(e) => assert_typed(&e),
+            }
+        }
+        Err(e) => assert_typed(&e),
+    }
+}
+
+/// The model-based target: see [`torture::model_case`].
+pub fn storage_model(data: &[u8]) {
+    torture::model_case(data);
+}
+
+/// Bad bytes must surface as one of the errors a caller can act on, naming where they were.
+fn assert_typed(e: &Error) {
+    match e {
+        Error::Corruption(c) => assert!(!c.path.as_os_str().is_empty(), "corruption names its file: {e}"),
+        Error::IncompatibleVersion { .. }
+        | Error::Compacted { .. }
+        | Error::Unavailable { .. }
+        | Error::SnapshotTemporarilyUnavailable
+        | Error::Io { .. } => {}
+        other => panic!("unexpected error kind for damaged input: {other:?}"),
+    }
+}
