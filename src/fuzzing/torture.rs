@@ -301,7 +301,9 @@ impl<'a> Case<'a> {
                 (self.disk().compact(index), self.model.compact(index), false)
             }
             _ => {
-                drop(self.disk.take());
+                if let Err(e) = self.disk.take().expect("storage is open").close() {
+                    return Some(e); // only with an injected fault; the case ends here
+                }
                 match DiskStorage::open(DIR, options(&self.fs)) {
                     Ok((disk, _)) => self.disk = Some(disk),
                     Err(e) => return Some(e), // only with an injected fault; the case ends here
@@ -309,6 +311,14 @@ impl<'a> Case<'a> {
                 (Ok(()), Ok(()), true) // the close wrote any unsynced commit
             }
         };
+        if std::env::var_os("KEEL_TORTURE_TRACE").is_some() {
+            let hs = self.model.initial_state().map(|s| s.hard_state);
+            let disk_hs = self.disk.as_ref().map(|d| d.initial_state().map(|s| s.hard_state));
+            eprintln!(
+                "call {pick}: disk {d:?}, model {m:?}; model now {hs:?}, disk {disk_hs:?}, floor {}",
+                self.commit_floor
+            );
+        }
         let result = match (d, m) {
             (Ok(()), Ok(())) => None,
             (Err(d), Err(m)) if std::mem::discriminant(&d) == std::mem::discriminant(&m) => None,
@@ -431,12 +441,11 @@ fn crash_run(mut case: Case<'_>, steps: u64, misdirect: bool, per_image: u64) ->
     case.fs.capture_crash_points(true, 10, case.seed ^ 0xC0FFEE);
     let mut done = 0;
     for step in 1..=steps {
-        case.fs.set_tag(step);
-        let failed = case.step();
         if case.rng.exhausted() {
-            break; // (a fuzz input ran out mid-step: the step's calls may be half made)
+            break; // a fuzz input ran out (its last step ran with zeros for the missing choices)
         }
-        if let Some(e) = failed {
+        case.fs.set_tag(step);
+        if let Some(e) = case.step() {
             case.fail(step, &format!("a call failed with no fault injected: {e}"));
         }
         case.record();
@@ -485,11 +494,10 @@ fn fault_run(mut case: Case<'_>, fault: Fault, steps: u64) {
                 Fault::NoSpace => case.fs.set_space_budget(Some(case.rng.below(20_000))),
             }
         }
-        let failed = case.step();
         if case.rng.exhausted() {
             return; // a fuzz input ran out before its fault was reached
         }
-        if let Some(e) = failed {
+        if let Some(e) = case.step() {
             let typed = match fault {
                 Fault::NoSpace => matches!(&e, Error::Io { source, path, .. }
                     if source.kind() == std::io::ErrorKind::StorageFull && !path.as_os_str().is_empty()),

@@ -242,6 +242,21 @@ impl DiskStorage {
         Ok((storage, report))
     }
 
+    /// Closes the storage, writing a commit index that only moved since the last synced change
+    /// (see `set_hard_state`) and reporting a failure, which dropping it cannot.
+    pub fn close(mut self) -> Result<()> {
+        self.flush_commit()
+    }
+
+    /// Writes an unsynced commit index, if any.
+    fn flush_commit(&mut self) -> Result<()> {
+        if self.commit_unsynced.is_none() || self.failed.is_some() {
+            return Ok(());
+        }
+        let (hs, cs) = (self.current_hard_state(), self.hard_state.current().conf_state.clone());
+        self.write_hard_state(hs, cs)
+    }
+
     /// The underlying log (read-only).
     pub fn log(&self) -> &Log {
         &self.log
@@ -333,10 +348,8 @@ impl DiskStorage {
 impl Drop for DiskStorage {
     fn drop(&mut self) {
         // A clean close keeps the newest commit index; a crash may lose it, which Raft allows.
-        if self.commit_unsynced.is_some() && self.failed.is_none() {
-            let (hs, cs) = (self.current_hard_state(), self.hard_state.current().conf_state.clone());
-            let _ = self.write_hard_state(hs, cs);
-        }
+        // A failure here cannot be reported: `close` reports it.
+        let _ = self.flush_commit();
     }
 }
 

@@ -1,0 +1,102 @@
+//! Every stored fuzz input, run as an ordinary test on the stable toolchain: the corpus of each
+//! target (`fuzz/corpus/<target>/`, seeded from `segments/golden/` and minimized after fuzzing)
+//! and every input that once crashed a target (`fuzz/regressions/<target>/`).
+//!
+//! `KEEL_WRITE_CORPUS=1 cargo test --test fuzz_corpus -- --ignored` writes the seed inputs.
+
+use std::path::{Path, PathBuf};
+
+type Target = fn(&[u8]);
+
+const TARGETS: [(&str, Target); 5] = [
+    ("record", keel::fuzzing::record),
+    ("log_dir", keel::fuzzing::log_dir),
+    ("hard_state", keel::fuzzing::hard_state),
+    ("snapshot", keel::fuzzing::snapshot),
+    ("storage_model", keel::fuzzing::storage_model),
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn inputs(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    files
+}
+
+#[test]
+fn every_corpus_and_regression_input_runs_clean() {
+    for (name, target) in TARGETS {
+        let corpus = inputs(&root().join("fuzz/corpus").join(name));
+        assert!(!corpus.is_empty(), "fuzz/corpus/{name} holds no inputs");
+        for path in corpus.iter().chain(&inputs(&root().join("fuzz/regressions").join(name))) {
+            let data = std::fs::read(path).unwrap();
+            let outcome = std::panic::catch_unwind(|| target(&data));
+            assert!(outcome.is_ok(), "fuzz target {name} fails on {}", path.display());
+        }
+    }
+}
+
+/// Seed inputs built from the golden directories, so fuzzing starts from valid files.
+#[test]
+#[ignore = "writes fuzz/corpus; run with KEEL_WRITE_CORPUS=1"]
+fn write_seed_corpus() {
+    if std::env::var("KEEL_WRITE_CORPUS").is_err() {
+        return;
+    }
+    let golden = root().join("segments/golden");
+    let mut seeds: Vec<(&str, String, Vec<u8>)> = Vec::new();
+    for dir in inputs_dirs(&golden) {
+        let tag = dir.file_name().unwrap().to_string_lossy().to_string();
+        let log = if dir.join("log").is_dir() { dir.join("log") } else { dir.clone() };
+        let segments: Vec<(u8, Vec<u8>)> = inputs(&log)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .map(|p| {
+                let id: u64 = p.file_stem().unwrap().to_string_lossy().parse().unwrap();
+                (id as u8, std::fs::read(&p).unwrap())
+            })
+            .collect();
+        let framed: Vec<(u8, &[u8])> = segments.iter().map(|(id, b)| (*id, &b[..])).collect();
+        seeds.push(("log_dir", tag.clone(), keel::fuzzing::frame(&framed)));
+        for (id, bytes) in &segments {
+            let mut record = (u64::from(*id) % 8).to_le_bytes().to_vec();
+            if u64::from(*id) < 8 {
+                record.extend_from_slice(&bytes[64..bytes.len().min(64 + 1024)]);
+                seeds.push(("record", format!("{tag}-{id}"), record));
+            }
+        }
+        let hard_state = dir.join("hardstate");
+        if hard_state.exists() {
+            seeds.push(("hard_state", tag.clone(), std::fs::read(hard_state).unwrap()));
+        }
+        for snap in inputs(&dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "snap")) {
+            let name = snap.file_name().unwrap().to_string_lossy().to_string();
+            let index: u64 = name.trim_end_matches(".snap").rsplit('-').next().unwrap().parse().unwrap();
+            let mut input = vec![index as u8];
+            input.extend(std::fs::read(&snap).unwrap());
+            seeds.push(("snapshot", tag.clone(), input));
+        }
+    }
+    for mode in 0u8..6 {
+        let input: Vec<u8> = std::iter::once(mode).chain((0..200u32).map(|i| (i * 37 % 251) as u8)).collect();
+        seeds.push(("storage_model", format!("mode-{mode}"), input));
+    }
+    for (target, name, bytes) in seeds {
+        let dir = root().join("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+    }
+}
+
+fn inputs_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    dirs
+}
