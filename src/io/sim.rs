@@ -566,17 +566,8 @@ impl FileSystem for SimFileSystem {
             op.apply(&mut s.durable_names);
         }
         s.pending_dir_ops = later;
-        // Inodes no name refers to, live or durable, are gone for good.
-        let referenced: BTreeSet<u64> = s.live_names.values().chain(s.durable_names.values()).copied().collect();
-        let pending_links: BTreeSet<u64> = s
-            .pending_dir_ops
-            .iter()
-            .filter_map(|op| match op {
-                DirOp::Link { ino, .. } => Some(*ino),
-                _ => None,
-            })
-            .collect();
-        s.inodes.retain(|ino, _| referenced.contains(ino) || pending_links.contains(ino));
+        // Inodes no name refers to stay: open handles may still use them, as on a real file
+        // system; a crash image leaves them out.
         Ok(())
     }
 
