@@ -40,6 +40,7 @@ pub mod fuzzing;
 pub mod io;
 pub mod limits;
 pub mod payload;
+pub mod raft;
 pub mod storage;
 pub mod wal;
 

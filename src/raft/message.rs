@@ -1,0 +1,317 @@
+//! Raft messages and their compact binary encoding.
+//!
+//! Encoding (little-endian): a version byte (1), the message type, `to`, `from`, `term`,
+//! `log_term`, `index`, `commit`, `reject` (one byte), `reject_hint`, `hint_term`, the entry
+//! count (`u32`) and each entry (index, term, type byte, data length `u32`, data), then a
+//! snapshot flag byte and, if set, the snapshot (index, term, the four ConfState id lists each as
+//! a `u32` count and ids, `auto_leave`, data length `u64`, data). Framing and checksums belong to
+//! the transport.
+
+use crate::storage::{ConfState, Entry, EntryType, SnapshotMetadata};
+use byteorder::{ByteOrder, LE};
+use std::sync::Arc;
+
+/// The kinds of message nodes exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MessageType {
+    /// Leader → follower: entries after (`index`, `log_term`), and the leader's commit.
+    Append = 1,
+    /// Follower → leader: accepted up to `index`, or rejected with a hint.
+    AppendResponse = 2,
+    /// Candidate → all: vote for me in `term`; my last entry is (`index`, `log_term`).
+    RequestVote = 3,
+    RequestVoteResponse = 4,
+    /// Pre-candidate → all: would you vote for me in `term` (not yet entered)?
+    RequestPreVote = 5,
+    RequestPreVoteResponse = 6,
+    /// Leader → follower: I am alive; commit up to `commit` (bounded by what you matched).
+    Heartbeat = 7,
+    HeartbeatResponse = 8,
+    /// Leader → follower: install this snapshot.
+    Snapshot = 9,
+    /// Follower → leader: a forwarded proposal (its `entries`).
+    Propose = 10,
+}
+
+impl MessageType {
+    fn from_u8(b: u8) -> Option<MessageType> {
+        use MessageType::*;
+        Some(match b {
+            1 => Append,
+            2 => AppendResponse,
+            3 => RequestVote,
+            4 => RequestVoteResponse,
+            5 => RequestPreVote,
+            6 => RequestPreVoteResponse,
+            7 => Heartbeat,
+            8 => HeartbeatResponse,
+            9 => Snapshot,
+            10 => Propose,
+            _ => return None,
+        })
+    }
+
+    /// Whether this is a response to a vote or pre-vote request.
+    pub fn is_vote_response(self) -> bool {
+        matches!(self, MessageType::RequestVoteResponse | MessageType::RequestPreVoteResponse)
+    }
+}
+
+/// A snapshot carried by a [`MessageType::Snapshot`] message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotMessage {
+    pub metadata: SnapshotMetadata,
+    pub data: Arc<[u8]>,
+}
+
+/// One Raft message. Fields a type does not use are zero.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub kind: MessageType,
+    pub to: u64,
+    pub from: u64,
+    pub term: u64,
+    /// Append: the term of the entry before `entries`; votes: the candidate's last term;
+    /// AppendResponse rejection: the term of the follower's entry at `reject_hint`.
+    pub log_term: u64,
+    /// Append: the index before `entries`; AppendResponse: the index accepted (or rejected);
+    /// votes: the candidate's last index.
+    pub index: u64,
+    pub entries: Vec<Entry>,
+    pub commit: u64,
+    pub reject: bool,
+    /// AppendResponse rejection: the follower's index to retry from (its last index or the
+    /// last index whose term is at most `log_term`).
+    pub reject_hint: u64,
+    pub snapshot: Option<SnapshotMessage>,
+}
+
+impl Message {
+    /// A message with every other field zero.
+    pub fn new(kind: MessageType, from: u64, to: u64, term: u64) -> Message {
+        Message {
+            kind,
+            to,
+            from,
+            term,
+            log_term: 0,
+            index: 0,
+            entries: Vec::new(),
+            commit: 0,
+            reject: false,
+            reject_hint: 0,
+            snapshot: None,
+        }
+    }
+
+    /// Bytes of entry data carried (what flow control counts).
+    pub fn entry_bytes(&self) -> u64 {
+        self.entries.iter().map(Entry::size_bytes).sum()
+    }
+
+    /// The encoding described in the module docs.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.entries.iter().map(|e| 21 + e.data.len()).sum::<usize>());
+        out.push(VERSION);
+        out.push(self.kind as u8);
+        for v in [self.to, self.from, self.term, self.log_term, self.index, self.commit] {
+            put_u64(&mut out, v);
+        }
+        out.push(u8::from(self.reject));
+        put_u64(&mut out, self.reject_hint);
+        put_u32(&mut out, self.entries.len() as u32);
+        for e in &self.entries {
+            put_u64(&mut out, e.index);
+            put_u64(&mut out, e.term);
+            out.push(e.entry_type as u8);
+            put_u32(&mut out, e.data.len() as u32);
+            out.extend_from_slice(&e.data);
+        }
+        match &self.snapshot {
+            None => out.push(0),
+            Some(s) => {
+                out.push(1);
+                put_u64(&mut out, s.metadata.index);
+                put_u64(&mut out, s.metadata.term);
+                let cs = &s.metadata.conf_state;
+                for ids in [&cs.voters, &cs.learners, &cs.voters_outgoing, &cs.learners_next] {
+                    put_u32(&mut out, ids.len() as u32);
+                    ids.iter().for_each(|&id| put_u64(&mut out, id));
+                }
+                out.push(u8::from(cs.auto_leave));
+                put_u64(&mut out, s.data.len() as u64);
+                out.extend_from_slice(&s.data);
+            }
+        }
+        out
+    }
+
+    /// Decodes [`Message::encode`]'s output; bad bytes give a [`DecodeError`], never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        let mut r = Reader { bytes, at: 0 };
+        let version = r.u8("version")?;
+        if version != VERSION {
+            return Err(r.error(format!("message version {version}, expected {VERSION}")));
+        }
+        let kind_byte = r.u8("type")?;
+        let kind =
+            MessageType::from_u8(kind_byte).ok_or_else(|| r.error(format!("unknown message type {kind_byte}")))?;
+        let (to, from, term, log_term, index, commit) =
+            (r.u64("to")?, r.u64("from")?, r.u64("term")?, r.u64("log_term")?, r.u64("index")?, r.u64("commit")?);
+        let reject = r.bool("reject")?;
+        let reject_hint = r.u64("reject_hint")?;
+        let count = r.u32("entry count")? as usize;
+        // Each entry takes at least 21 bytes: a count larger than that cannot be honest.
+        if count > r.remaining() / 21 {
+            return Err(r.error(format!("{count} entries cannot fit in {} bytes", r.remaining())));
+        }
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (index, term) = (r.u64("entry index")?, r.u64("entry term")?);
+            let type_byte = r.u8("entry type")?;
+            let entry_type =
+                EntryType::from_u8(type_byte).ok_or_else(|| r.error(format!("unknown entry type {type_byte}")))?;
+            let len = r.u32("entry length")? as usize;
+            let data = r.take(len, "entry data")?.to_vec();
+            entries.push(Entry { index, term, entry_type, data: data.into() });
+        }
+        let snapshot = match r.bool("snapshot flag")? {
+            false => None,
+            true => {
+                let (index, term) = (r.u64("snapshot index")?, r.u64("snapshot term")?);
+                let mut lists: [Vec<u64>; 4] = Default::default();
+                for list in &mut lists {
+                    let n = r.u32("id count")? as usize;
+                    if n > r.remaining() / 8 {
+                        return Err(r.error(format!("{n} node ids cannot fit in {} bytes", r.remaining())));
+                    }
+                    for _ in 0..n {
+                        list.push(r.u64("node id")?);
+                    }
+                }
+                let auto_leave = r.bool("auto_leave")?;
+                let len = r.u64("snapshot length")?;
+                let len = usize::try_from(len).map_err(|_| r.error(format!("snapshot length {len} too large")))?;
+                let data: Arc<[u8]> = r.take(len, "snapshot data")?.into();
+                let [voters, learners, voters_outgoing, learners_next] = lists;
+                let conf_state = ConfState { voters, learners, voters_outgoing, learners_next, auto_leave };
+                Some(SnapshotMessage { metadata: SnapshotMetadata { index, term, conf_state }, data })
+            }
+        };
+        if r.remaining() != 0 {
+            return Err(r.error(format!("{} bytes after the message", r.remaining())));
+        }
+        Ok(Message { kind, to, from, term, log_term, index, entries, commit, reject, reject_hint, snapshot })
+    }
+}
+
+const VERSION: u8 = 1;
+
+/// Why bytes are not a message: where and what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad message at byte {offset}: {what}")]
+pub struct DecodeError {
+    pub offset: usize,
+    pub what: String,
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn error(&self, what: String) -> DecodeError {
+        DecodeError { offset: self.at, what }
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], DecodeError> {
+        if self.remaining() < n {
+            return Err(self.error(format!("{what} needs {n} bytes, {} remain", self.remaining())));
+        }
+        let s = &self.bytes[self.at..self.at + n];
+        self.at += n;
+        Ok(s)
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, DecodeError> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn bool(&mut self, what: &str) -> Result<bool, DecodeError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(DecodeError { offset: self.at - 1, what: format!("{what} is {b}, not 0 or 1") }),
+        }
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, DecodeError> {
+        Ok(LE::read_u32(self.take(4, what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, DecodeError> {
+        Ok(LE::read_u64(self.take(8, what)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Message {
+        let mut m = Message::new(MessageType::Append, 1, 2, 7);
+        m.log_term = 6;
+        m.index = 41;
+        m.commit = 40;
+        m.entries = vec![Entry::new(42, 7, b"x".to_vec()), Entry::new(43, 7, Vec::new())];
+        m.snapshot = Some(SnapshotMessage {
+            metadata: SnapshotMetadata {
+                index: 9,
+                term: 2,
+                conf_state: ConfState { voters: vec![1, 2, 3], learners: vec![4], ..ConfState::default() },
+            },
+            data: Arc::from(&b"state"[..]),
+        });
+        m
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        let plain = Message::new(MessageType::HeartbeatResponse, 3, 1, 2);
+        assert_eq!(Message::decode(&plain.encode()).unwrap(), plain);
+    }
+
+    #[test]
+    fn every_truncation_and_bad_byte_is_a_typed_error() {
+        let bytes = sample().encode();
+        for n in 0..bytes.len() {
+            assert!(Message::decode(&bytes[..n]).is_err(), "prefix of {n} bytes decoded");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(Message::decode(&extra).unwrap_err().what.contains("after the message"));
+        let mut bad = bytes.clone();
+        bad[1] = 99;
+        assert_eq!(Message::decode(&bad).unwrap_err().offset, 2);
+        let mut huge = Message::new(MessageType::Append, 1, 2, 3).encode();
+        let count_at = huge.len() - 5;
+        huge[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Message::decode(&huge).is_err());
+    }
+}

@@ -1,0 +1,42 @@
+//! Raft consensus in etcd-raft's model: a deterministic state machine ([`RawNode`]) driven by
+//! ticks, messages and proposals; the application persists, sends and applies what each
+//! [`Ready`] hands it, through the [`crate::storage`] traits.
+//!
+//! - [`config`]: [`Config`] and its validation;
+//! - [`message`]: [`Message`] and its binary encoding;
+//! - `progress`: the leader's view of each follower and the flow-control window;
+//! - `log`: the persisted log plus the unstable tail;
+//! - `core`: the state machine (roles, PreVote, CheckQuorum, replication, commitment);
+//! - [`raw_node`]: [`RawNode`], [`Ready`], [`Status`].
+
+pub mod config;
+mod core;
+mod log;
+pub mod message;
+pub mod progress;
+pub mod raw_node;
+
+pub use config::{Config, ConfigError};
+pub use message::{DecodeError, Message, MessageType, SnapshotMessage};
+pub use progress::ProgressState;
+pub use raw_node::{NewNodeError, RawNode, Ready, SoftState, Status};
+
+/// A node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// Why a proposal was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("no leader is known; retry after an election")]
+    NoLeader,
+    #[error("this node is not the leader and proposal forwarding is disabled")]
+    ForwardingDisabled,
+    #[error("{uncommitted} bytes are uncommitted; the limit is {limit}")]
+    UncommittedSizeExceeded { uncommitted: u64, limit: u64 },
+}
