@@ -486,6 +486,22 @@ struct Totals {
 }
 
 fn run_schedule(seed: u64, steps: u64, totals: &mut Totals) {
+    // Any panic (a storage call refusing what the node asked, say) names its schedule too.
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_schedule_inner(seed, steps)));
+    match run {
+        Ok(sim) => {
+            totals.applied += sim.applied.len() as u64;
+            totals.leaders += sim.leaders.len() as u64;
+            totals.snapshots += sim.snapshots_installed;
+        }
+        Err(panic) => {
+            eprintln!("schedule failed: replay with KEEL_RAFT_SEED={seed}");
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+fn run_schedule_inner(seed: u64, steps: u64) -> Sim {
     let mut sim = Sim::new(seed);
     let chaos = steps * 4 / 5;
     while sim.step < chaos {
@@ -494,9 +510,7 @@ fn run_schedule(seed: u64, steps: u64, totals: &mut Totals) {
         sim.check();
     }
     sim.calm(steps - chaos);
-    totals.applied += sim.applied.len() as u64;
-    totals.leaders += sim.leaders.len() as u64;
-    totals.snapshots += sim.snapshots_installed;
+    sim
 }
 
 #[test]

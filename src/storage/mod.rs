@@ -187,7 +187,10 @@ pub(crate) fn check_hard_state(current: &HardState, new: &HardState) -> Result<(
     Ok(())
 }
 
-/// The HardState after installing a snapshot: commit and term never go backwards.
+/// The HardState after installing a snapshot: commit and term never go backwards, and a vote
+/// belongs to its term, so raising the term clears it (carried into a later term it would block
+/// the node's real vote there, or look like one it never cast).
 pub(crate) fn hard_state_after_snapshot(hs: HardState, metadata: &SnapshotMetadata) -> HardState {
-    HardState { term: hs.term.max(metadata.term), vote: hs.vote, commit: hs.commit.max(metadata.index) }
+    let vote = if metadata.term > hs.term { 0 } else { hs.vote };
+    HardState { term: hs.term.max(metadata.term), vote, commit: hs.commit.max(metadata.index) }
 }
