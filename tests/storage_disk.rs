@@ -152,7 +152,8 @@ fn interrupted_snapshot_install_is_completed_at_open() {
     assert!(report.snapshot_install_completed, "{report}");
     assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (101, 100));
     let st = s.initial_state().unwrap();
-    assert_eq!(st.hard_state, HardState { term: 4, vote: 1, commit: 100 });
+    // The vote was cast in term 1: it does not carry into term 4.
+    assert_eq!(st.hard_state, HardState { term: 4, vote: 0, commit: 100 });
     assert_eq!(st.conf_state, meta.conf_state);
     drop(s);
     let (s, report) = open(dir.path());
