@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 5] = [
+const TARGETS: [(&str, Target); 6] = [
     ("record", keel::fuzzing::record),
     ("log_dir", keel::fuzzing::log_dir),
     ("hard_state", keel::fuzzing::hard_state),
     ("snapshot", keel::fuzzing::snapshot),
     ("storage_model", keel::fuzzing::storage_model),
+    ("message", keel::fuzzing::message),
 ];
 
 fn root() -> PathBuf {
@@ -86,6 +87,21 @@ fn write_seed_corpus() {
     for mode in 0u8..6 {
         let input: Vec<u8> = std::iter::once(mode).chain((0..200u32).map(|i| (i * 37 % 251) as u8)).collect();
         seeds.push(("storage_model", format!("mode-{mode}"), input));
+    }
+    {
+        use keel::raft::{Message, MessageType};
+        use keel::storage::Entry;
+        let mut append = Message::new(MessageType::Append, 1, 2, 3);
+        append.index = 4;
+        append.log_term = 2;
+        append.commit = 4;
+        append.entries = vec![Entry::new(5, 3, b"put x=1".to_vec()), Entry::new(6, 3, Vec::new())];
+        let mut reject = Message::new(MessageType::AppendResponse, 2, 1, 3);
+        reject.reject = true;
+        reject.reject_hint = 3;
+        seeds.push(("message", "append".into(), append.encode()));
+        seeds.push(("message", "reject".into(), reject.encode()));
+        seeds.push(("message", "vote".into(), Message::new(MessageType::RequestVote, 1, 3, 9).encode()));
     }
     for (target, name, bytes) in seeds {
         let dir = root().join("fuzz/corpus").join(target);

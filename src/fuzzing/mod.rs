@@ -9,6 +9,7 @@
 //!   modes, then every entry read and the log verified.
 //! - [`hard_state`], [`snapshot`]: a storage directory whose HardState file or snapshot file is
 //!   the input, opened (snapshot checksums verified) and read.
+//! - [`message`]: a Raft message decoded from network bytes.
 //! - [`storage_model`]: the input chooses a workload of storage calls, injected I/O failures
 //!   and crash points on the simulated disk; every recovered state is compared with the model
 //!   ([`torture`]).
@@ -149,6 +150,14 @@ fn open_storage(files: &[(String, &[u8])]) {
             }
         }
         Err(e) => assert_typed(&e),
+    }
+}
+
+/// Raft message decoding (bytes from the network): a decoded message re-encodes to the same
+/// bytes (the encoding has no slack), and nothing panics.
+pub fn message(data: &[u8]) {
+    if let Ok(m) = crate::raft::Message::decode(data) {
+        assert_eq!(m.encode(), data, "a decoded message re-encodes to its bytes");
     }
 }
 
