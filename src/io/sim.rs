@@ -189,8 +189,6 @@ struct State {
     locks: BTreeSet<PathBuf>,
     faults: Faults,
     capture: Capture,
-    syncs: u64,
-    writes: u64,
 }
 
 /// The simulated disk. Cloning gives another handle to the same disk.
@@ -260,12 +258,6 @@ impl SimFileSystem {
     /// Disarms every injected failure and lifts the byte budget.
     pub fn clear_faults(&self) {
         self.state.lock().faults = Faults::default();
-    }
-
-    /// Counts of `sync_data`/`sync_dir` calls and `write_at` calls so far.
-    pub fn op_counts(&self) -> (u64, u64) {
-        let s = self.state.lock();
-        (s.syncs, s.writes)
     }
 
     /// Takes a [`CrashImage`] before every sync (`at_syncs`) and before `write_percent` percent
@@ -360,7 +352,6 @@ impl State {
     }
 
     fn sync_fault(&mut self) -> io::Result<()> {
-        self.syncs += 1;
         self.maybe_capture(true);
         if let Some(n) = self.faults.sync {
             if n <= 1 {
@@ -598,7 +589,6 @@ impl DataFile for SimFile {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut s = self.fs.check_generation(self.generation)?;
-        s.writes += 1;
         s.maybe_capture(false);
         let mut data = buf;
         let mut fault = None;

@@ -51,11 +51,6 @@ impl MessageType {
             _ => return None,
         })
     }
-
-    /// Whether this is a response to a vote or pre-vote request.
-    pub fn is_vote_response(self) -> bool {
-        matches!(self, MessageType::RequestVoteResponse | MessageType::RequestPreVoteResponse)
-    }
 }
 
 /// A snapshot carried by a [`MessageType::Snapshot`] message.
