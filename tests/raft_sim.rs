@@ -76,6 +76,9 @@ struct Sim {
     leaders: BTreeMap<u64, u64>,
     /// Every entry applied anywhere: index -> (term, data).
     applied: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// For each applied index, the highest term any node had when it was first applied: the
+    /// entry was committed in that term or earlier, so every leader of a later term holds it.
+    committed_by: BTreeMap<u64, u64>,
     proposals: u64,
     snapshots_installed: u64,
 }
@@ -114,6 +117,7 @@ impl Sim {
             cut: BTreeSet::new(),
             leaders: BTreeMap::new(),
             applied: BTreeMap::new(),
+            committed_by: BTreeMap::new(),
             proposals: 0,
             snapshots_installed: 0,
         }
@@ -226,8 +230,23 @@ impl Sim {
             Some(_) => {}
             None => {
                 self.applied.insert(index, (term, data.to_vec()));
+                let now = self.highest_term();
+                self.committed_by.insert(index, now);
             }
         }
+    }
+
+    /// The highest term of any node, running or down (from its persisted HardState).
+    fn highest_term(&self) -> u64 {
+        self.nodes
+            .values()
+            .map(|n| match (&n.raw, &n.down) {
+                (Some(raw), _) => raw.status().hard_state.term,
+                (None, Some(s)) => s.initial_state().unwrap().hard_state.term,
+                (None, None) => 0,
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     fn crash(&mut self, id: u64) {
@@ -298,9 +317,14 @@ impl Sim {
                     self.fail(format!("two leaders in term {term}: {other} and {id}"));
                 }
                 self.leaders.insert(term, id);
-                // Leader completeness: every applied entry is in the leader's log.
+                // Leader completeness: an entry committed in an earlier term is in the log of
+                // every leader of a later term. (A deposed leader that has not heard of a newer
+                // term yet may still lack it.)
                 let (first, last) = raw.log_bounds();
                 for (&i, (t, _)) in self.applied.range(first..) {
+                    if self.committed_by[&i] >= term {
+                        continue;
+                    }
                     if i > last || raw.log_term(i) != Some(*t) {
                         self.fail(format!("leader {id} of term {term} lacks applied entry ({i}, {t})"));
                     }
