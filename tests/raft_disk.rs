@@ -1,7 +1,7 @@
 //! Raft over the real storage engine through power loss: three `RawNode`s, each on a
 //! `DiskStorage` over its own simulated disk (`keel::io::sim`). Nodes lose power at random
-//! moments (no destructor runs; unsynced writes are kept, dropped or torn per the fault model),
-//! recover from what their disk holds, and rejoin. Checked throughout: no two nodes apply
+//! moments (nothing written after the moment survives; unsynced writes are kept, dropped or torn
+//! per the fault model), recover from what their disk holds, and rejoin. Checked throughout: no two nodes apply
 //! different entries at one index, no acknowledgement or vote leaves before the disk holds what
 //! it promises; and at the end, with the faults stopped, a new proposal is applied everywhere.
 //!
@@ -120,15 +120,15 @@ impl Cluster {
         self.nodes.get_mut(&id).unwrap().raw.as_mut().unwrap().advance(&rd);
     }
 
-    /// Power loss: no destructor runs (the storage is leaked, as a dead process's would be),
-    /// the disk keeps only what the fault model leaves, and the node recovers from it.
+    /// Power loss: the disk keeps only what the fault model leaves of this moment (whatever the
+    /// dropped node's destructor writes afterwards goes to the old disk and is discarded), and
+    /// the node recovers from it.
     fn power_loss(&mut self, id: u64) {
         let crash_seed = self.rng.next_u64();
         let node = self.nodes.get_mut(&id).unwrap();
-        if let Some(raw) = node.raw.take() {
-            std::mem::forget(raw);
-        }
-        node.fs.crash(crash_seed, &FaultModel::default()).unwrap();
+        let image = node.fs.image();
+        drop(node.raw.take());
+        node.fs = image.materialize(crash_seed, &FaultModel::default()).unwrap();
         match open(&node.fs, id, self.seed ^ crash_seed) {
             Ok(raw) => node.raw = Some(raw),
             Err(e) => self.fail(format!("node {id} does not recover from a power loss: {e}")),
