@@ -4,7 +4,8 @@
 //! Environment:
 //! - `KEEL_TORTURE_STATES`: crash states to check (default 2,500, what CI runs; the
 //!   misdirected-write test runs a fifth as many, the fault test one case per 40);
-//! - `KEEL_TORTURE_SEED`: replay one case (as printed by a failure) and nothing else.
+//! - `KEEL_TORTURE_SEED`: replay one case (as printed by a failure) and nothing else;
+//! - `KEEL_TORTURE_TRACE=1`: print every call of the workload with both results (for a replay).
 
 use keel::fuzzing::torture::{Fault, crash_case, fault_case};
 
