@@ -52,13 +52,7 @@ impl<S: StorageMut> Cluster<S> {
             }
             let rd = node.ready();
             self.queue.extend(rd.messages.iter().cloned());
-            let s = node.storage_mut();
-            if !rd.entries.is_empty() {
-                s.append(&rd.entries).unwrap();
-            }
-            if let Some(hs) = rd.hard_state {
-                s.set_hard_state(&hs).unwrap();
-            }
+            node.persist(&rd).unwrap();
             self.queue.extend(rd.persisted_messages.iter().cloned());
             if i == 0 {
                 rd.committed_entries.iter().filter(|e| !e.data.is_empty()).for_each(|e| applied(&e.data));

@@ -7,8 +7,10 @@
 //!
 //! `KEEL_RAFT_DISK_SCHEDULES` (default 200) and `KEEL_RAFT_DISK_SEED` (replay one).
 
+mod common;
+
 use keel::io::sim::{FaultModel, SimFileSystem, SimRng};
-use keel::raft::{Config, Message, MessageType, RawNode, Role};
+use keel::raft::{Config, Message, RawNode, Role};
 use keel::storage::{ConfState, DiskStorage, Storage, StorageMut, StorageOptions};
 use keel::wal::LogOptions;
 use std::collections::BTreeMap;
@@ -61,17 +63,8 @@ impl Cluster {
 
     fn check_send(&self, m: &Message) {
         let storage = self.nodes[&m.from].raw.as_ref().unwrap().storage();
-        match m.kind {
-            MessageType::AppendResponse if !m.reject && m.index > storage.last_index().unwrap() => {
-                self.fail(format!("node {} acknowledged {} before its disk held it", m.from, m.index));
-            }
-            MessageType::RequestVoteResponse if !m.reject => {
-                let hs = storage.initial_state().unwrap().hard_state;
-                if hs.term < m.term || (hs.term == m.term && hs.vote != m.to) {
-                    self.fail(format!("node {} granted a vote before its disk held it: {hs:?}", m.from));
-                }
-            }
-            _ => {}
+        if let Some(broken) = common::unkept_promise(storage, m) {
+            self.fail(broken);
         }
     }
 
@@ -85,17 +78,7 @@ impl Cluster {
             self.check_send(m);
         }
         self.net.extend(rd.messages.iter().cloned());
-        let raw = self.nodes.get_mut(&id).unwrap().raw.as_mut().unwrap();
-        let s = raw.storage_mut();
-        if let Some(snap) = &rd.snapshot {
-            s.apply_snapshot(&snap.metadata, &mut &snap.data[..]).unwrap();
-        }
-        if !rd.entries.is_empty() {
-            s.append(&rd.entries).unwrap();
-        }
-        if let Some(hs) = rd.hard_state {
-            s.set_hard_state(&hs).unwrap();
-        }
+        self.nodes.get_mut(&id).unwrap().raw.as_mut().unwrap().persist(&rd).unwrap();
         for m in &rd.persisted_messages {
             self.check_send(m);
         }

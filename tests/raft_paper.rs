@@ -3,7 +3,7 @@
 //! and CheckQuorum (§9.6 of Ongaro's thesis), flow control, batching, proposal errors, and the
 //! persistence split of `Ready` (thesis §10.2.1).
 
-use keel::raft::{Config, Message, MessageType, ProgressState, ProposeError, RawNode, Ready, Role};
+use keel::raft::{Config, Message, MessageType, ProgressState, ProposeError, RawNode, Role};
 use keel::storage::{ConfState, Entry, HardState, MemStorage, Storage, StorageMut};
 use std::collections::BTreeMap;
 
@@ -66,7 +66,7 @@ impl Cluster {
         while self.nodes[&id].has_ready() {
             let rd = self.node(id).ready();
             self.queue.extend(rd.messages.iter().cloned());
-            persist(self.node(id), &rd);
+            self.node(id).persist(&rd).unwrap();
             self.queue.extend(rd.persisted_messages.iter().cloned());
             self.node(id).advance(&rd);
         }
@@ -122,19 +122,6 @@ impl Cluster {
     fn log_terms(&self, id: u64) -> Vec<u64> {
         let (first, last) = self.nodes[&id].log_bounds();
         self.nodes[&id].log_entries(first, last + 1).unwrap().iter().map(|e| e.term).collect()
-    }
-}
-
-fn persist(node: &mut RawNode<MemStorage>, rd: &Ready) {
-    let s = node.storage_mut();
-    if let Some(snap) = &rd.snapshot {
-        s.apply_snapshot(&snap.metadata, &mut &snap.data[..]).unwrap();
-    }
-    if !rd.entries.is_empty() {
-        s.append(&rd.entries).unwrap();
-    }
-    if let Some(hs) = rd.hard_state {
-        s.set_hard_state(&hs).unwrap();
     }
 }
 
@@ -229,7 +216,7 @@ fn s5_2_each_node_votes_for_at_most_one_candidate_per_term() {
         c.node(1).step(m).unwrap();
         let rd = c.node(1).ready();
         let reply = rd.messages.iter().chain(&rd.persisted_messages).find(|m| m.to == candidate).unwrap().clone();
-        persist(c.node(1), &rd);
+        c.node(1).persist(&rd).unwrap();
         c.node(1).advance(&rd);
         assert_eq!(!reply.reject, granted, "vote for {candidate}");
     }
@@ -464,7 +451,7 @@ fn proposals_fail_with_typed_errors() {
     let mut solo_leader = RawNode::new(&cfg, storage(&[1, 2], &[], 0)).unwrap();
     solo_leader.campaign();
     let rd = solo_leader.ready();
-    persist(&mut solo_leader, &rd);
+    solo_leader.persist(&rd).unwrap();
     solo_leader.advance(&rd);
     let mut v = msg(MessageType::RequestVoteResponse, 2, 1, 1);
     v.reject = false;
@@ -489,7 +476,7 @@ fn leader_persists_in_parallel_and_counts_itself_only_once_persisted() {
     ack.index = index;
     c.node(1).step(ack).unwrap();
     assert!(c.commit(1) < index);
-    persist(c.node(1), &rd);
+    c.node(1).persist(&rd).unwrap();
     c.node(1).advance(&rd);
     assert_eq!(c.commit(1), index, "leader + one follower once the leader's copy is durable");
 }
@@ -505,7 +492,7 @@ fn acknowledgements_and_votes_wait_for_persistence() {
     assert!(rd.hard_state.is_some_and(|hs| hs.vote == 1 && hs.term == 1) && rd.must_sync);
     assert!(rd.messages.is_empty());
     assert!(rd.persisted_messages.iter().any(|m| m.kind == MessageType::RequestVoteResponse && !m.reject));
-    persist(&mut node, &rd);
+    node.persist(&rd).unwrap();
     node.advance(&rd);
     let mut a = msg(MessageType::Append, 1, 2, 1);
     a.entries = vec![Entry::new(1, 1, b"e".to_vec())];

@@ -19,8 +19,10 @@
 //! `KEEL_RAFT_SCHEDULES` (default 500) and `KEEL_RAFT_STEPS` (default 2,000) set the scale;
 //! `KEEL_RAFT_SEED` replays one schedule. A failure prints its seed and step.
 
+mod common;
+
 use keel::io::sim::SimRng;
-use keel::raft::{Config, Message, MessageType, RawNode, Ready, Role};
+use keel::raft::{Config, Message, RawNode, Ready, Role};
 use keel::storage::{ConfState, MemStorage, Storage, StorageMut};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -134,25 +136,8 @@ impl Sim {
     /// Checks a message as it leaves `from` against what `from` has persisted.
     fn check_send(&self, m: &Message) {
         let storage = self.nodes[&m.from].raw.as_ref().expect("sender is up").storage();
-        match m.kind {
-            MessageType::AppendResponse if !m.reject && m.index > 0 => {
-                let last = storage.last_index().unwrap();
-                if last < m.index {
-                    self.fail(format!("node {} acknowledged index {} with only {last} persisted", m.from, m.index));
-                }
-            }
-            MessageType::RequestVoteResponse if !m.reject => {
-                let hs = storage.initial_state().unwrap().hard_state;
-                // Either the vote itself is persisted, or a later term is (which rules out
-                // voting again in this one).
-                if hs.term < m.term || (hs.term == m.term && hs.vote != m.to) {
-                    self.fail(format!(
-                        "node {} granted a vote to {} in term {} with {hs:?} persisted",
-                        m.from, m.to, m.term
-                    ));
-                }
-            }
-            _ => {}
+        if let Some(broken) = common::unkept_promise(storage, m) {
+            self.fail(broken);
         }
     }
 

@@ -226,6 +226,14 @@ fn memfd(content: &[u8]) -> io::Result<Arc<File>> {
     Ok(Arc::new(file))
 }
 
+/// Applies one pending change, whole.
+fn apply(content: &mut Vec<u8>, change: &Pending) {
+    match change {
+        Pending::Write { offset, data } => apply_write(content, *offset, data),
+        Pending::Len(len) => content.resize(*len as usize, 0),
+    }
+}
+
 fn apply_write(content: &mut Vec<u8>, offset: u64, data: &[u8]) {
     let end = offset as usize + data.len();
     if content.len() < end {
@@ -377,10 +385,7 @@ impl CrashImage {
         for (&ino, (durable, lost, pending)) in &self.files {
             let mut content = Vec::clone(durable);
             for w in lost.iter().chain(pending) {
-                match w {
-                    Pending::Write { offset, data } => apply_write(&mut content, *offset, data),
-                    Pending::Len(len) => content.resize(*len as usize, 0),
-                }
+                apply(&mut content, w);
             }
             let live = memfd(&content)?;
             inodes.insert(
@@ -650,11 +655,8 @@ impl DataFile for SimFile {
             return Err(e);
         }
         let durable = Arc::make_mut(&mut node.durable);
-        for p in pending {
-            match p {
-                Pending::Write { offset, data } => apply_write(durable, offset, &data),
-                Pending::Len(len) => durable.resize(len as usize, 0),
-            }
+        for p in &pending {
+            apply(durable, p);
         }
         Ok(())
     }

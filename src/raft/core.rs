@@ -15,7 +15,7 @@ use super::config::Config;
 use super::log::RaftLog;
 use super::message::{Message, MessageType, SnapshotMessage};
 use super::progress::{Progress, ProgressState};
-use super::{ProposeError, Role};
+use super::{ProposeError, Role, data_bytes};
 use crate::io::sim::SimRng;
 use crate::storage::{Entry, HardState, Storage};
 use std::collections::{BTreeMap, BTreeSet};
@@ -317,7 +317,7 @@ impl<S: Storage> Raft<S> {
         m.index = next - 1;
         m.log_term = prev_term;
         m.commit = self.log.committed;
-        let (last, bytes, count) = (entries.last().map_or(next - 1, |e| e.index), m_bytes(&entries), entries.len());
+        let (last, bytes, count) = (entries.last().map_or(next - 1, |e| e.index), data_bytes(&entries), entries.len());
         m.entries = entries;
         self.progress.get_mut(&to).expect("checked above").sent_append(last, bytes, count);
         self.send(m);
@@ -370,7 +370,7 @@ impl<S: Storage> Raft<S> {
                 return Ok(());
             }
         }
-        let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+        let bytes = data_bytes(&entries);
         if self.uncommitted_bytes > 0 && self.uncommitted_bytes + bytes > self.config.max_uncommitted_size {
             return Err(ProposeError::UncommittedSizeExceeded {
                 uncommitted: self.uncommitted_bytes,
@@ -405,7 +405,7 @@ impl<S: Storage> Raft<S> {
 
     /// Committed entries handed out to apply no longer count against the uncommitted limit.
     pub(crate) fn reduce_uncommitted(&mut self, entries: &[Entry]) {
-        let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+        let bytes = data_bytes(entries);
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(bytes);
     }
 
@@ -664,8 +664,4 @@ impl<S: Storage> Raft<S> {
         }
         self.send(r);
     }
-}
-
-fn m_bytes(entries: &[Entry]) -> u64 {
-    entries.iter().map(Entry::size_bytes).sum()
 }

@@ -180,7 +180,7 @@ impl<S: Storage> RaftLog<S> {
         if hi <= self.offset {
             return Ok(out);
         }
-        let mut bytes: u64 = out.iter().map(Entry::size_bytes).sum();
+        let mut bytes = super::data_bytes(&out);
         for e in &self.unstable[(lo.max(self.offset) - self.offset) as usize..(hi - self.offset) as usize] {
             if !out.is_empty() && bytes + e.size_bytes() > max_bytes {
                 break;

@@ -102,7 +102,7 @@ impl Message {
 
     /// Bytes of entry data carried (what flow control counts).
     pub fn entry_bytes(&self) -> u64 {
-        self.entries.iter().map(Entry::size_bytes).sum()
+        super::data_bytes(&self.entries)
     }
 
     /// The encoding described in the module docs.

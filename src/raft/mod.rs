@@ -21,6 +21,11 @@ pub use message::{DecodeError, Message, MessageType, SnapshotMessage};
 pub use progress::ProgressState;
 pub use raw_node::{NewNodeError, RawNode, Ready, SoftState, Status};
 
+/// Bytes of entry data in `entries`: what size limits and flow control count.
+pub(crate) fn data_bytes(entries: &[crate::storage::Entry]) -> u64 {
+    entries.iter().map(crate::storage::Entry::size_bytes).sum()
+}
+
 /// A node's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {

@@ -5,7 +5,7 @@
 //! 2. if `has_ready()`, take `let rd = node.ready()`;
 //! 3. send `rd.messages` at once (a leader's appends go out before its own copy is durable);
 //! 4. persist, in this order: `rd.snapshot` (`apply_snapshot`), `rd.entries` (`append`),
-//!    `rd.hard_state` (`set_hard_state`), through `node.storage_mut()`;
+//!    `rd.hard_state` (`set_hard_state`): `node.persist(&rd)` does exactly that;
 //! 5. send `rd.persisted_messages` (votes and acknowledgements, which promise what is durable);
 //! 6. apply `rd.committed_entries` to the state machine;
 //! 7. `node.advance(&rd)`.
@@ -15,7 +15,7 @@ use super::core::Raft;
 use super::message::{Message, SnapshotMessage};
 use super::progress::ProgressState;
 use super::{ProposeError, Role};
-use crate::storage::{Entry, HardState, Storage};
+use crate::storage::{Entry, HardState, Storage, StorageMut};
 use std::collections::BTreeMap;
 
 /// Volatile state the application may want to observe.
@@ -45,6 +45,24 @@ pub struct Ready {
     /// Whether persisting needs an fdatasync: entries, a snapshot, or a term or vote change.
     /// (A commit-only HardState change does not: etcd's MustSync rule.)
     pub must_sync: bool,
+}
+
+impl<S: StorageMut> RawNode<S> {
+    /// Persists what `rd` hands out, in the order that keeps every step crash-safe: the
+    /// snapshot, then the entries, then the HardState (whose commit may point into them).
+    pub fn persist(&mut self, rd: &Ready) -> crate::Result<()> {
+        let s = self.storage_mut();
+        if let Some(snapshot) = &rd.snapshot {
+            s.apply_snapshot(&snapshot.metadata, &mut &snapshot.data[..])?;
+        }
+        if !rd.entries.is_empty() {
+            s.append(&rd.entries)?;
+        }
+        if let Some(hs) = rd.hard_state {
+            s.set_hard_state(&hs)?;
+        }
+        Ok(())
+    }
 }
 
 /// A snapshot of the node's state, for monitoring.

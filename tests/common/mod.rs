@@ -160,3 +160,23 @@ impl DataFile for FaultyFile {
         self.inner.map(len)
     }
 }
+
+/// What a message leaving `storage`'s node promises that the storage does not yet hold, if
+/// anything: an append acknowledgement past the persisted log, or a vote the persisted
+/// HardState does not record (or rule out repeating, by a later term).
+pub fn unkept_promise(storage: &impl keel::storage::Storage, m: &keel::raft::Message) -> Option<String> {
+    use keel::raft::MessageType;
+    match m.kind {
+        MessageType::AppendResponse if !m.reject => {
+            let last = storage.last_index().unwrap();
+            (m.index > last)
+                .then(|| format!("node {} acknowledged index {} with only {last} persisted", m.from, m.index))
+        }
+        MessageType::RequestVoteResponse if !m.reject => {
+            let hs = storage.initial_state().unwrap().hard_state;
+            (hs.term < m.term || (hs.term == m.term && hs.vote != m.to))
+                .then(|| format!("node {} granted a vote to {} in term {} with {hs:?} persisted", m.from, m.to, m.term))
+        }
+        _ => None,
+    }
+}
