@@ -8,13 +8,13 @@
 //! `KEEL_COMPARE_DATASET_MIB` (default 1024), `KEEL_COMPARE_DIR` (default: a temporary directory),
 //! `KEEL_COMPARE_WORKLOADS` (default all; e.g. `W2,W4,R1`).
 
-use keel::bench::Samples;
-use keel::bench::median_spread;
-use keel::bench::workload::{
+use keel_harness::bench::Samples;
+use keel_harness::bench::median_spread;
+use keel_harness::bench::workload::{
     BoxError, Engine, Keel, Outcome, Scale, Workload, run_appends, run_compact, run_open, run_reads, write_dataset,
 };
-use raft_engine::{Config, LogBatch, MessageExt};
-use raft_proto::eraftpb::Entry;
+use keel_harness::raft_engine::{self, Config, LogBatch, MessageExt};
+use keel_harness::raft_proto::eraftpb::Entry;
 use std::path::Path;
 use std::time::Instant;
 

@@ -5,8 +5,8 @@
 //! (measured in the same run) so the ratio can be read off; `keel bench` does this in rounds.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use keel::bench::{RawSpace, SyncedAppends, raw_fdatasync_loop};
 use keel::wal::{Log, LogOptions, NewEntry};
+use keel_harness::bench::{RawSpace, SyncedAppends, raw_fdatasync_loop};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -116,7 +116,7 @@ fn open_1gib(c: &mut Criterion) {
 /// The shared workload definitions W1-W4 (as run by `keel bench`), timed by criterion: each
 /// iteration is one synced append call of the workload's shape, in a fresh log per sample.
 fn workloads(c: &mut Criterion) {
-    use keel::bench::workload::{Keel, Scale, Workload, run_appends};
+    use keel_harness::bench::workload::{Keel, Scale, Workload, run_appends};
     let mut g = c.benchmark_group("workload");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     for w in [Workload::W1, Workload::W2, Workload::W3, Workload::W4] {

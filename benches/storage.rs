@@ -3,8 +3,8 @@
 //! measured in the same run, printed beside them.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use keel::bench::{GeneratedData, raw_sequential_write};
 use keel::storage::{ConfState, DiskStorage, Entry, HardState, Storage, StorageMut, StorageOptions};
+use keel_harness::bench::{GeneratedData, raw_sequential_write};
 use std::io::Read;
 use std::time::Duration;
 
@@ -67,7 +67,7 @@ fn snapshots(c: &mut Criterion) {
 /// Three runs of the raw sequential write of 256 MiB, printed with their median.
 fn raw_rates(dir: &std::path::Path, when: &str) {
     let rates: Vec<f64> = (0..3).map(|_| raw_sequential_write(dir, SNAPSHOT_BYTES).unwrap()).collect();
-    let (median, lo, hi) = keel::bench::median_spread(&rates);
+    let (median, lo, hi) = keel_harness::bench::median_spread(&rates);
     println!(
         "raw sequential write of 256 MiB (1 MiB pwrites + fdatasync), {when} the snapshot benches: \
          median {median:.0} MiB/s (range {lo:.0}-{hi:.0})"

@@ -31,16 +31,17 @@
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
-pub mod bench;
 pub mod error;
 #[cfg(test)]
 mod format_spec;
+#[cfg(feature = "internals")]
 #[doc(hidden)]
-pub mod fuzzing;
+pub mod internals;
 pub mod io;
 pub mod limits;
 pub mod payload;
 pub mod raft;
+mod rng;
 pub mod storage;
 pub mod wal;
 

@@ -1,7 +1,7 @@
 //! The benchmark workloads run end to end at a tiny scale, so `keel bench` and the comparison
 //! bench cannot rot between the occasions they are run at full length.
 
-use keel::bench::workload::{
+use keel_harness::bench::workload::{
     Keel, KeelFallocate, Scale, Workload, incompressible, run_appends, run_compact, run_open, run_reads, write_dataset,
 };
 

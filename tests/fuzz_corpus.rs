@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 type Target = fn(&[u8]);
 
 const TARGETS: [(&str, Target); 6] = [
-    ("record", keel::fuzzing::record),
-    ("log_dir", keel::fuzzing::log_dir),
-    ("hard_state", keel::fuzzing::hard_state),
-    ("snapshot", keel::fuzzing::snapshot),
-    ("storage_model", keel::fuzzing::storage_model),
-    ("message", keel::fuzzing::message),
+    ("record", keel_harness::fuzz::record),
+    ("log_dir", keel_harness::fuzz::log_dir),
+    ("hard_state", keel_harness::fuzz::hard_state),
+    ("snapshot", keel_harness::fuzz::snapshot),
+    ("storage_model", keel_harness::fuzz::storage_model),
+    ("message", keel_harness::fuzz::message),
 ];
 
 fn root() -> PathBuf {
@@ -64,7 +64,7 @@ fn write_seed_corpus() {
             })
             .collect();
         let framed: Vec<(u8, &[u8])> = segments.iter().map(|(id, b)| (*id, &b[..])).collect();
-        seeds.push(("log_dir", tag.clone(), keel::fuzzing::frame(&framed)));
+        seeds.push(("log_dir", tag.clone(), keel_harness::fuzz::frame(&framed)));
         for (id, bytes) in &segments {
             let mut record = (u64::from(*id) % 8).to_le_bytes().to_vec();
             if u64::from(*id) < 8 {

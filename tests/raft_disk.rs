@@ -1,5 +1,5 @@
 //! Raft over the real storage engine through power loss: three `RawNode`s, each on a
-//! `DiskStorage` over its own simulated disk (`keel::io::sim`). Nodes lose power at random
+//! `DiskStorage` over its own simulated disk (`keel_harness::sim`). Nodes lose power at random
 //! moments (nothing written after the moment survives; unsynced writes are kept, dropped or torn
 //! per the fault model), recover from what their disk holds, and rejoin. Checked throughout: no two nodes apply
 //! different entries at one index, no acknowledgement or vote leaves before the disk holds what
@@ -9,10 +9,11 @@
 
 mod common;
 
-use keel::io::sim::{FaultModel, SimFileSystem, SimRng};
 use keel::raft::{Config, Message, RawNode, Role};
 use keel::storage::{ConfState, DiskStorage, Storage, StorageMut, StorageOptions};
 use keel::wal::LogOptions;
+use keel_harness::Rng;
+use keel_harness::sim::{FaultModel, SimFileSystem};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ fn open(fs: &SimFileSystem, id: u64, seed: u64) -> keel::Result<RawNode<DiskStor
 
 struct Cluster {
     seed: u64,
-    rng: SimRng,
+    rng: Rng,
     nodes: BTreeMap<u64, Node>,
     net: Vec<Message>,
     applied: BTreeMap<u64, (u64, Vec<u8>)>,
@@ -54,7 +55,7 @@ impl Cluster {
                 (id, Node { fs, raw: Some(raw), last_applied: 0 })
             })
             .collect();
-        Cluster { seed, rng: SimRng::new(seed), nodes, net: Vec::new(), applied: BTreeMap::new(), crashes: 0 }
+        Cluster { seed, rng: Rng::new(seed), nodes, net: Vec::new(), applied: BTreeMap::new(), crashes: 0 }
     }
 
     fn fail(&self, what: String) -> ! {

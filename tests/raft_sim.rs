@@ -21,9 +21,9 @@
 
 mod common;
 
-use keel::io::sim::SimRng;
 use keel::raft::{Config, Message, RawNode, Ready, Role};
 use keel::storage::{ConfState, MemStorage, Storage, StorageMut};
+use keel_harness::Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -69,7 +69,7 @@ struct Node {
 struct Sim {
     seed: u64,
     step: u64,
-    rng: SimRng,
+    rng: Rng,
     ids: Vec<u64>,
     nodes: BTreeMap<u64, Node>,
     net: VecDeque<Message>,
@@ -96,7 +96,7 @@ fn config(id: u64, seed: u64, applied: u64) -> Config {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
-        let mut rng = SimRng::new(seed);
+        let mut rng = Rng::new(seed);
         let n = if rng.chance(70) { 3 } else { 5 };
         let ids: Vec<u64> = (1..=n).collect();
         let mut nodes = BTreeMap::new();
@@ -357,7 +357,7 @@ impl Sim {
     /// One chaotic step.
     fn chaos_step(&mut self) {
         let alive = self.alive();
-        let pick = |rng: &mut SimRng, ids: &[u64]| ids[rng.below(ids.len() as u64) as usize];
+        let pick = |rng: &mut Rng, ids: &[u64]| ids[rng.below(ids.len() as u64) as usize];
         match self.rng.below(100) {
             0..=29 => {
                 if let Some(m) = self.random_message() {

@@ -1,5 +1,5 @@
 //! Crash torture: seeded random workloads over `DiskStorage` on the simulated disk; the
-//! harness and what it checks are in `keel::fuzzing::torture`.
+//! harness and what it checks are in `keel_harness::torture`.
 //!
 //! Environment:
 //! - `KEEL_TORTURE_STATES`: crash states to check (default 2,500, what CI runs; the
@@ -7,7 +7,7 @@
 //! - `KEEL_TORTURE_SEED`: replay one case (as printed by a failure) and nothing else;
 //! - `KEEL_TORTURE_TRACE=1`: print every call of the workload with both results (for a replay).
 
-use keel::fuzzing::torture::{Fault, crash_case, fault_case};
+use keel_harness::torture::{Fault, crash_case, fault_case};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}")))

@@ -1,4 +1,4 @@
 #![no_main]
-//! See `keel::fuzzing::hard_state`.
+//! See `keel_harness::fuzz::hard_state`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| keel::fuzzing::hard_state(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| keel_harness::fuzz::hard_state(data));

@@ -1,4 +1,4 @@
 #![no_main]
-//! See `keel::fuzzing::log_dir`.
+//! See `keel_harness::fuzz::log_dir`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| keel::fuzzing::log_dir(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| keel_harness::fuzz::log_dir(data));

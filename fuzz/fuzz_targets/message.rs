@@ -1,4 +1,4 @@
 #![no_main]
-//! See `keel::fuzzing::message`.
+//! See `keel_harness::fuzz::message`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| keel::fuzzing::message(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| keel_harness::fuzz::message(data));

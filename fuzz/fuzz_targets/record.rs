@@ -1,4 +1,4 @@
 #![no_main]
-//! See `keel::fuzzing::record`.
+//! See `keel_harness::fuzz::record`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| keel::fuzzing::record(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| keel_harness::fuzz::record(data));

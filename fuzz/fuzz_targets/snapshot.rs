@@ -1,4 +1,4 @@
 #![no_main]
-//! See `keel::fuzzing::snapshot`.
+//! See `keel_harness::fuzz::snapshot`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| keel::fuzzing::snapshot(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| keel_harness::fuzz::snapshot(data));

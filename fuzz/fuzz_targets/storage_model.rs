@@ -1,4 +1,4 @@
 #![no_main]
-//! See `keel::fuzzing::storage_model`.
+//! See `keel_harness::fuzz::storage_model`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| keel::fuzzing::storage_model(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| keel_harness::fuzz::storage_model(data));

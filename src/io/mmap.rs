@@ -35,17 +35,37 @@ pub struct Map {
 
 impl Map {
     /// Maps `[0, len)` of `file` read-only and shared, so later writes through the file show.
-    pub fn new(file: &File, len: u64) -> io::Result<Map> {
+    ///
+    /// This is what a [`FileSystem`](super::FileSystem) implementation's
+    /// [`DataFile::map`](super::DataFile::map) returns; keel's own
+    /// [`StdFileSystem`](super::StdFileSystem) makes its maps the same way.
+    ///
+    /// # Safety
+    ///
+    /// The bytes of `[0, len)` must not be truncated away or changed while the map lives, except
+    /// by the `write_at` calls keel itself makes on the same file under the rules in this
+    /// module's documentation (keel writes only bytes no reader was handed and never truncates a
+    /// mapped file). In particular no other process and no other handle may write or truncate the
+    /// file: a file under keel's directory lock, or an anonymous file nobody else can open, meets
+    /// this.
+    pub unsafe fn new(file: &File, len: u64) -> io::Result<Map> {
         if len == 0 {
             return Ok(Map { inner: None });
         }
         let len = usize::try_from(len).map_err(|_| io::Error::other("map length exceeds the address space"))?;
-        // The module doc gives the argument: the directory lock excludes other writers, files are
-        // never truncated while mapped, and mapped bytes that were handed out are never rewritten.
         // SAFETY: memmap2 requires that the mapped file is not modified or truncated by others
-        // while the map lives, which those three rules guarantee.
+        // while the map lives; this function's own contract passes that requirement on to the
+        // caller.
         let map = unsafe { MmapOptions::new().len(len).map(file)? };
         Ok(Map { inner: Some(map) })
+    }
+
+    /// Maps a file of keel's data directory, for [`StdFileSystem`](super::StdFileSystem).
+    pub(crate) fn data_directory_file(file: &File, len: u64) -> io::Result<Map> {
+        // SAFETY: the module doc gives the argument: the directory lock excludes other writers,
+        // files are never truncated while mapped, and mapped bytes that were handed out are never
+        // rewritten. These are exactly `Map::new`'s conditions.
+        unsafe { Map::new(file, len) }
     }
 
     /// Mapped length in bytes.
@@ -76,12 +96,14 @@ mod tests {
     fn map_sees_later_writes_and_zero_length_is_empty() {
         let f = tempfile::tempfile().unwrap();
         f.set_len(8192).unwrap();
-        let m = Map::new(&f, 8192).unwrap();
+        // SAFETY: the temporary file is this test's alone, and only grows while mapped.
+        let m = unsafe { Map::new(&f, 8192) }.unwrap();
         assert_eq!(m.len(), 8192);
         assert!(m[..].iter().all(|&b| b == 0));
         f.write_all_at(b"written after mapping", 100).unwrap();
         assert_eq!(&m[100..121], b"written after mapping");
-        let empty = Map::new(&f, 0).unwrap();
+        // SAFETY: as above.
+        let empty = unsafe { Map::new(&f, 0) }.unwrap();
         assert!(empty.is_empty());
         assert_eq!(&empty[..], &[] as &[u8]);
     }

@@ -4,12 +4,12 @@
 //! [`DataFile`], so a simulated disk (crashing, tearing writes, failing fsync) can stand in for
 //! the real one in tests. [`StdFileSystem`] is the real implementation over `std` and `rustix`.
 //!
-//! Memory maps are made by [`Map`] in the `mmap` module, the only place with `unsafe` code.
-//! [`sim::SimFileSystem`] is the simulated disk the crash tests run on.
+//! Memory maps are made by [`Map`] in the `mmap` module, the only place in the library with
+//! `unsafe` code. The simulated disk the crash tests run on, `SimFileSystem`, implements these
+//! traits from outside the library, in the `keel-harness` crate.
 
 #[allow(unsafe_code)]
 mod mmap;
-pub mod sim;
 mod std_fs;
 
 pub use mmap::Map;

@@ -94,7 +94,7 @@ impl DataFile for StdFile {
     }
 
     fn map(&self, len: u64) -> io::Result<Map> {
-        Map::new(&self.0, len)
+        Map::data_directory_file(&self.0, len)
     }
 }
 

@@ -16,7 +16,7 @@ use super::log::RaftLog;
 use super::message::{Message, MessageType, SnapshotMessage};
 use super::progress::{Progress, ProgressState};
 use super::{ProposeError, Role, data_bytes};
-use crate::io::sim::SimRng;
+use crate::rng::Rng;
 use crate::storage::{Entry, HardState, Storage};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -48,7 +48,7 @@ pub(crate) struct Raft<S: Storage> {
     election_elapsed: usize,
     heartbeat_elapsed: usize,
     randomized_election_timeout: usize,
-    rng: SimRng,
+    rng: Rng,
     uncommitted_bytes: u64,
     /// Proposals were appended and not yet sent to followers.
     bcast_pending: bool,
@@ -76,7 +76,7 @@ impl<S: Storage> Raft<S> {
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_timeout: config.election_tick,
-            rng: SimRng::new(config.seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            rng: Rng::new(config.seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             uncommitted_bytes: 0,
             bcast_pending: false,
             config: config.clone(),

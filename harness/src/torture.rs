@@ -1,5 +1,5 @@
 //! The crash torture harness: workloads of storage calls run on `DiskStorage` over the
-//! simulated disk ([`crate::io::sim`]) and on `MemStorage` as the model, with every recovered
+//! simulated disk ([`crate::sim`]) and on `MemStorage` as the model, with every recovered
 //! state checked. Driven by `tests/torture.rs` (seeded) and the `storage_model` fuzz target
 //! (choices from the input).
 //!
@@ -17,13 +17,14 @@
 //! the failing call reports a typed error, that no later write is acknowledged, and that after
 //! reopening (with and without a crash) the state is one of those two again and appends work.
 
-use crate::Error;
-use crate::io::sim::{CrashImage, FaultModel, SimFileSystem, SimRng, WriteFault};
-use crate::storage::{
+use crate::Rng;
+use crate::sim::{CrashImage, FaultModel, SimFileSystem, WriteFault};
+use keel::Error;
+use keel::storage::{
     ConfState, DiskStorage, Entry, EntryType, HardState, MemStorage, SnapshotMetadata, Storage, StorageMut,
     StorageOptions,
 };
-use crate::wal::LogOptions;
+use keel::wal::LogOptions;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -147,7 +148,7 @@ pub enum Fault {
 /// below 256 takes one byte, a larger one two; the workload ends when the bytes do).
 #[derive(Debug)]
 enum Choices<'a> {
-    Rng(SimRng),
+    Rng(Rng),
     Bytes { data: &'a [u8], exhausted: bool },
 }
 
@@ -177,7 +178,7 @@ impl Choices<'_> {
     fn filler(&mut self, salt: u64) -> u64 {
         match self {
             Choices::Rng(r) => r.next_u64(),
-            Choices::Bytes { .. } => SimRng::new(salt).next_u64(),
+            Choices::Bytes { .. } => Rng::new(salt).next_u64(),
         }
     }
 
@@ -235,7 +236,7 @@ impl<'a> Case<'a> {
         let hs = self.model.initial_state().unwrap().hard_state;
         let newest_snapshot = self.model.snapshot(0).map(|s| s.metadata.index).unwrap_or(0);
         let pick = self.rng.below(20);
-        let (d, m, writes_hard_state): (crate::Result<()>, crate::Result<()>, bool) = match pick {
+        let (d, m, writes_hard_state): (keel::Result<()>, keel::Result<()>, bool) = match pick {
             0..=8 => {
                 let back = self.rng.below(4);
                 if back > 0 {
@@ -430,7 +431,7 @@ fn check_image_misdirected(case: &Case, tag: u64, image: &CrashImage, crash_seed
 
 /// A crash-point case: a seeded workload of 10-49 steps; returns the power-loss states checked.
 pub fn crash_case(seed: u64, misdirect: bool) -> u64 {
-    let mut case = Case::new(seed, Choices::Rng(SimRng::new(seed)));
+    let mut case = Case::new(seed, Choices::Rng(Rng::new(seed)));
     let steps = 10 + case.rng.below(40);
     crash_run(case, steps, misdirect, STATES_PER_IMAGE)
 }
@@ -475,7 +476,7 @@ fn crash_run(mut case: Case<'_>, steps: u64, misdirect: bool, per_image: u64) ->
 
 /// A fault case: a failure is injected during one step; the rest of the run must refuse writes.
 pub fn fault_case(seed: u64, fault: Fault) {
-    let mut case = Case::new(seed, Choices::Rng(SimRng::new(seed)));
+    let mut case = Case::new(seed, Choices::Rng(Rng::new(seed)));
     let steps = 5 + case.rng.below(30);
     fault_run(case, fault, steps);
 }

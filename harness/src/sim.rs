@@ -38,7 +38,8 @@
 //! [`FileSystem::background_threads`] is false here, so keel does all its I/O on the caller's
 //! thread and a run replays exactly from its seed.
 
-use super::{DataFile, FileSystem, Map};
+use keel::internals::Rng;
+use keel::io::{DataFile, FileSystem, Map};
 use parking_lot::Mutex;
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -51,36 +52,6 @@ use std::sync::Arc;
 
 /// The sector size: the unit a torn write keeps or loses.
 pub const SECTOR_BYTES: u64 = 512;
-
-/// A small, fast, seeded random number generator (SplitMix64), for simulations and tests.
-#[derive(Debug, Clone)]
-pub struct SimRng(u64);
-
-impl SimRng {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> SimRng {
-        SimRng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (0 if `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next_u64() % n }
-    }
-
-    /// True with probability `percent`/100.
-    pub fn chance(&mut self, percent: u32) -> bool {
-        self.below(100) < u64::from(percent)
-    }
-}
 
 /// What happens to unsynced state at a crash. Percentages of unsynced writes; the rest of 100 are
 /// dropped.
@@ -171,7 +142,7 @@ struct Faults {
 struct Capture {
     at_syncs: bool,
     write_percent: u32,
-    rng: Option<SimRng>,
+    rng: Option<Rng>,
     tag: u64,
     taken: Vec<(u64, CrashImage)>,
 }
@@ -274,7 +245,7 @@ impl SimFileSystem {
         let mut s = self.state.lock();
         s.capture.at_syncs = at_syncs;
         s.capture.write_percent = write_percent;
-        s.capture.rng = Some(SimRng::new(seed));
+        s.capture.rng = Some(Rng::new(seed));
     }
 
     /// Sets the tag of later captures (a test's step number, say).
@@ -408,7 +379,7 @@ impl CrashImage {
     /// The disk after a power loss at this image's moment: unsynced state kept, dropped, torn
     /// (and misdirected, if asked) as [`FaultModel`] says, chosen by `seed`.
     pub fn materialize(&self, seed: u64, model: &FaultModel) -> io::Result<SimFileSystem> {
-        let mut rng = SimRng::new(seed);
+        let mut rng = Rng::new(seed);
         let mut names = self.durable_names.clone();
         let ops = self.pending_dir_ops.len() as u64;
         let kept_ops = if model.lose_dir_ops { rng.below(ops + 1) } else { ops };
@@ -661,8 +632,14 @@ impl DataFile for SimFile {
         Ok(())
     }
 
+    #[allow(unsafe_code)]
     fn map(&self, len: u64) -> io::Result<Map> {
-        Map::new(&*self.live()?, len)
+        // SAFETY: the live image is an anonymous memory file that no other process or handle can
+        // open; it changes only through this file's `write_at` and `set_len`, which keel calls
+        // under `Map::new`'s rules (bytes handed to a reader are never rewritten, a mapped file is
+        // never truncated). A simulated crash gives the file system new memory files and leaves
+        // the old ones, and the maps into them, untouched.
+        unsafe { Map::new(&*self.live()?, len) }
     }
 }
 

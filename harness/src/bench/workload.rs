@@ -11,7 +11,7 @@
 //! - C1: compact half of that 1 GiB: seconds, and disk space freed.
 
 use super::Samples;
-use crate::wal::{GroupCommitOptions, Log, LogOptions, NewEntry, OwnedEntry, SegmentPreparation, SharedLog, Ticket};
+use keel::wal::{GroupCommitOptions, Log, LogOptions, NewEntry, OwnedEntry, SegmentPreparation, SharedLog, Ticket};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};

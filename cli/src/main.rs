@@ -2,11 +2,11 @@
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use keel::bench::workload::{
+use keel_harness::bench::workload::{
     BoxError, Engine, Keel, KeelFallocate, KeelZeroFill, Scale, Workload, micros, run_appends, run_compact, run_open,
     run_reads, write_dataset,
 };
-use keel::bench::{self, RawSpace, SyncedAppends};
+use keel_harness::bench::{self, RawSpace, SyncedAppends};
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,15 +46,6 @@ enum Command {
         /// time, or only fallocated.
         #[arg(long, value_enum, default_value_t = Preparation::Auto)]
         prepare: Preparation,
-    },
-    /// For the process-kill test (tests/kill.rs): appends synced entries to `dir` until killed,
-    /// printing `ack <index> <term> <crc32 of the payload>` after each append returns.
-    #[command(hide = true, name = "crash-child")]
-    CrashChild {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        seed: u64,
     },
 }
 
@@ -107,47 +98,7 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                 Preparation::Fallocate => bench_all::<KeelFallocate>(&dir, &workloads, rounds.max(1), scale),
             }
         }
-        Command::CrashChild { dir, seed } => crash_child(&dir, seed),
     }
-}
-
-/// Appends batches of 1-8 entries (random sizes up to 4 KiB, small segments so rotations are
-/// frequent, a compaction every 64 batches) under a new term, printing each acknowledgement.
-fn crash_child(dir: &Path, seed: u64) -> Result<(), BoxError> {
-    use keel::io::sim::SimRng;
-    use keel::storage::{DiskStorage, Entry, HardState, Storage, StorageMut, StorageOptions};
-    use std::io::Write;
-    let options = StorageOptions {
-        log: keel::wal::LogOptions { segment_bytes: 256 << 10, ..Default::default() },
-        ..Default::default()
-    };
-    let (mut storage, _) = DiskStorage::open(dir, options)?;
-    let mut rng = SimRng::new(seed);
-    let state = storage.initial_state()?;
-    let term = state.hard_state.term + 1;
-    storage.set_hard_state(&HardState { term, vote: 1, commit: state.hard_state.commit })?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "term {term}")?;
-    out.flush()?;
-    for batch in 0u64.. {
-        let next = storage.last_index()? + 1;
-        let entries: Vec<Entry> = (next..next + 1 + rng.below(8))
-            .map(|index| {
-                let data: Vec<u8> = (0..rng.below(4096)).map(|_| rng.next_u64() as u8).collect();
-                Entry::new(index, term, data)
-            })
-            .collect();
-        storage.append(&entries)?;
-        for e in &entries {
-            writeln!(out, "ack {} {} {}", e.index, e.term, crc32fast::hash(&e.data))?;
-        }
-        out.flush()?;
-        if batch % 64 == 63 {
-            let last = storage.last_index()?;
-            storage.compact(last.saturating_sub(256).max(storage.first_index()?))?;
-        }
-    }
-    Ok(())
 }
 
 fn progress(len: u64, what: &str) -> Result<ProgressBar, BoxError> {

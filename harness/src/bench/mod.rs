@@ -4,7 +4,7 @@
 
 pub mod workload;
 
-use crate::Result;
+use keel::Result;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -32,7 +32,7 @@ impl SyncedAppends {
     /// Bytes the log writes per append call (records with headers and padding): the write shape
     /// the raw loop reproduces.
     pub fn write_bytes(&self) -> u64 {
-        self.entries_per_append as u64 * crate::limits::record_bytes(self.entry_bytes as u64)
+        self.entries_per_append as u64 * keel::limits::record_bytes(self.entry_bytes as u64)
     }
 }
 
@@ -67,7 +67,7 @@ impl Samples {
 /// after each write.
 pub fn raw_fdatasync_loop(dir: &Path, w: &SyncedAppends, space: RawSpace, mut tick: impl FnMut()) -> Result<Samples> {
     let path = dir.join("raw-fdatasync-loop");
-    let io = |e| crate::Error::io("raw loop", &path, e);
+    let io = |source| keel::Error::Io { op: "raw loop", path: path.clone(), source };
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).map_err(io)?;
     let size = w.write_bytes() * w.appends as u64 + 4096;
     match space {
@@ -115,7 +115,7 @@ pub fn median_spread(values: &[f64]) -> (f64, f64, f64) {
 /// `fdatasync`, as a snapshot is written. Returns MiB/s.
 pub fn raw_sequential_write(dir: &Path, total: u64) -> Result<f64> {
     let path = dir.join("raw-sequential-write");
-    let io = |e| crate::Error::io("raw sequential write", &path, e);
+    let io = |source| keel::Error::Io { op: "raw sequential write", path: path.clone(), source };
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).map_err(io)?;
     let chunk = vec![0xC3u8; 1 << 20];
     let start = Instant::now();
