@@ -17,7 +17,11 @@ use std::path::PathBuf;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Every error keel returns.
+///
+/// Non-exhaustive: later versions may add kinds (a full disk, say), so a `match` needs a
+/// catch-all arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The requested index is below the first index: it was compacted away.
     #[error("index {index} was compacted (the first index is {first_index})")]
@@ -123,8 +127,9 @@ pub struct Corruption {
     pub rule: Option<&'static str>,
 }
 
-/// What exactly is wrong at a corrupt offset.
+/// What exactly is wrong at a corrupt offset. Non-exhaustive, like [`Error`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CorruptionKind {
     /// A checksum did not match; `what` names the structure ("record header", "footer", ...).
     Checksum { what: &'static str, expected: u32, actual: u32 },

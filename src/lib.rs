@@ -31,7 +31,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
-pub mod error;
+mod error;
 #[cfg(test)]
 mod format_spec;
 #[cfg(feature = "internals")]
@@ -39,13 +39,14 @@ mod format_spec;
 pub mod internals;
 pub mod io;
 pub mod limits;
-pub mod payload;
+mod payload;
 pub mod raft;
 mod rng;
 pub mod storage;
 pub mod wal;
 
 pub use error::{Corruption, CorruptionKind, Error, Result};
+pub use payload::Payload;
 
 /// The README's examples, compiled and run as doctests so they cannot go stale.
 #[cfg(doctest)]

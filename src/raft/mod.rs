@@ -2,19 +2,21 @@
 //! ticks, messages and proposals; the application persists, sends and applies what each
 //! [`Ready`] hands it, through the [`crate::storage`] traits.
 //!
-//! - [`config`]: [`Config`] and its validation;
-//! - [`message`]: [`Message`] and its binary encoding;
-//! - `progress`: the leader's view of each follower and the flow-control window;
+//! Inside (every public type is re-exported here):
+//! - `config`: [`Config`] and its validation;
+//! - `message`: [`Message`] and its binary encoding;
+//! - `progress`: the leader's view of each follower ([`ProgressState`]) and the flow-control
+//!   window;
 //! - `log`: the persisted log plus the unstable tail;
 //! - `core`: the state machine (roles, PreVote, CheckQuorum, replication, commitment);
-//! - [`raw_node`]: [`RawNode`], [`Ready`], [`Status`].
+//! - `raw_node`: [`RawNode`], [`Ready`], [`Status`].
 
-pub mod config;
+mod config;
 mod core;
 mod log;
-pub mod message;
-pub mod progress;
-pub mod raw_node;
+mod message;
+mod progress;
+mod raw_node;
 
 pub use config::{Config, ConfigError};
 pub use message::{DecodeError, Message, MessageType, SnapshotMessage};

@@ -97,7 +97,22 @@ pub struct RawNode<S: Storage> {
 }
 
 impl<S: Storage> RawNode<S> {
-    /// A node over `storage`, which must hold a ConfState listing this node.
+    /// A node over `storage`, which must hold a ConfState listing this node. It starts as a
+    /// follower at the term and vote the storage's HardState holds.
+    ///
+    /// ```
+    /// use keel::raft::{Config, RawNode, Role};
+    /// use keel::storage::{ConfState, MemStorage, StorageMut};
+    ///
+    /// let mut storage = MemStorage::new();
+    /// storage.set_conf_state(&ConfState { voters: vec![1, 2, 3], ..ConfState::default() })?;
+    /// let mut node = RawNode::new(&Config::new(1), storage)?;
+    /// assert_eq!(node.status().soft_state.role, Role::Follower);
+    /// node.campaign(); // a PreVote round first: the Ready holds the requests to send
+    /// let ready = node.ready();
+    /// assert_eq!(ready.messages.len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(config: &Config, storage: S) -> Result<RawNode<S>, NewNodeError> {
         config.validate()?;
         let raft = Raft::new(config, storage)?;

@@ -37,7 +37,20 @@ impl Default for MemStorage {
 }
 
 impl MemStorage {
-    /// An empty storage: first index 1, last index 0.
+    /// An empty storage: first index 1, last index 0. It follows the same rules as
+    /// [`DiskStorage`](super::DiskStorage) (one conformance suite runs on both), so a node
+    /// tested over it behaves the same over the disk.
+    ///
+    /// ```
+    /// use keel::storage::{Entry, MemStorage, Storage, StorageMut};
+    ///
+    /// let mut storage = MemStorage::new();
+    /// storage.append(&[Entry::new(1, 1, b"put x=1".to_vec()), Entry::new(2, 1, b"put y=2".to_vec())])?;
+    /// assert_eq!((storage.first_index()?, storage.last_index()?), (1, 2));
+    /// storage.compact(2)?; // entry 1 is gone; its term still answers for first_index - 1
+    /// assert_eq!((storage.first_index()?, storage.term(1)?), (2, 1));
+    /// # Ok::<(), keel::Error>(())
+    /// ```
     pub fn new() -> MemStorage {
         MemStorage::default()
     }

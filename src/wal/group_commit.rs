@@ -168,7 +168,23 @@ impl std::fmt::Debug for SharedLog {
 }
 
 impl SharedLog {
-    /// Takes ownership of `log` and starts its writer thread.
+    /// Takes ownership of `log` and starts its writer thread. Appends from any number of
+    /// threads queue up, and each batch the writer takes shares one `fdatasync`.
+    ///
+    /// ```
+    /// use keel::wal::{GroupCommitOptions, Log, LogOptions, OwnedEntry, SharedLog};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let (log, _) = Log::open(dir.path(), LogOptions::default())?;
+    /// let shared = SharedLog::new(log, GroupCommitOptions::default())?;
+    /// // Queue two appends without waiting, then wait for both: usually one fdatasync.
+    /// let first = shared.append_async(vec![OwnedEntry { index: 1, term: 1, payload: b"a".to_vec() }]);
+    /// let second = shared.append_async(vec![OwnedEntry { index: 2, term: 1, payload: b"b".to_vec() }]);
+    /// first.wait()?;
+    /// second.wait()?;
+    /// assert_eq!(shared.read().last_index(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(log: Log, options: GroupCommitOptions) -> Result<SharedLog> {
         let shared = Arc::new(Shared {
             stats: Mutex::new(GroupCommitStats::default()),

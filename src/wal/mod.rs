@@ -23,7 +23,7 @@ mod group_commit;
 mod prepare;
 pub(crate) mod record;
 mod recovery;
-pub mod recovery_table;
+pub(crate) mod recovery_table;
 pub(crate) mod segment;
 
 use crate::error::{CorruptionKind, Error, Result};
@@ -180,7 +180,20 @@ struct Rec<'a> {
 }
 
 impl Log {
-    /// Opens (creating if needed) the log in `dir`, locks it, and recovers it.
+    /// Opens (creating if needed) the log in `dir`, locks it, and recovers it. The report says
+    /// what recovery found: segments, entries, any torn tail dropped (with its decision-table
+    /// rule) and any segment removed.
+    ///
+    /// ```
+    /// use keel::wal::{Log, LogOptions, NewEntry};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let (mut log, report) = Log::open(dir.path(), LogOptions::default())?;
+    /// assert_eq!((report.first_index, report.last_index), (1, 0)); // a new log is empty
+    /// log.append_and_sync(&[NewEntry { index: 1, term: 1, payload: b"put x=1" }])?;
+    /// assert_eq!(log.term(1)?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<(Log, RecoveryReport)> {
         recovery::open(dir.as_ref(), options)
     }
