@@ -23,7 +23,7 @@
 
 use super::hard_state::{self, CONF_IDS_MAX, HardStateFile};
 use super::snapshot::{self, SnapshotFile, SnapshotWriter};
-use super::types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotData, SnapshotMetadata};
+use super::types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotMetadata};
 use super::{Storage, StorageMut};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::io::FileSystem;
@@ -391,7 +391,7 @@ impl Storage for DiskStorage {
     fn snapshot(&self, request_index: u64) -> Result<Snapshot> {
         match self.snapshots.last() {
             Some(s) if self.in_progress.load(Ordering::SeqCst) == 0 && s.metadata.index >= request_index => {
-                Ok(Snapshot { metadata: s.metadata.clone(), data: SnapshotData::File(Arc::clone(s)) })
+                Ok(Snapshot { metadata: s.metadata.clone(), data: Arc::clone(s) as Arc<dyn super::types::SnapshotSource> })
             }
             _ => Err(Error::SnapshotTemporarilyUnavailable),
         }

@@ -1,6 +1,6 @@
 //! [`MemStorage`]: the storage rules in memory, for tests and as the model of property tests.
 
-use super::types::{ConfState, Entry, HardState, RaftState, Snapshot, SnapshotData, SnapshotMetadata};
+use super::types::{ConfState, Entry, HardState, RaftState, Snapshot, MemorySnapshot, SnapshotMetadata};
 use super::{Storage, StorageMut};
 use crate::error::{Error, Result};
 use std::collections::VecDeque;
@@ -123,7 +123,7 @@ impl Storage for MemStorage {
     fn snapshot(&self, request_index: u64) -> Result<Snapshot> {
         match &self.snapshot {
             Some((m, d)) if self.in_progress.load(Ordering::SeqCst) == 0 && m.index >= request_index => {
-                Ok(Snapshot { metadata: m.clone(), data: SnapshotData::Memory(Arc::clone(d)) })
+                Ok(Snapshot { metadata: m.clone(), data: Arc::new(MemorySnapshot(Arc::clone(d))) })
             }
             _ => Err(Error::SnapshotTemporarilyUnavailable),
         }

@@ -3,7 +3,7 @@
 //! memory whole. Layout in `segments/FORMAT.md` ("Snapshot file").
 
 use super::hard_state::{decode_conf_state, encode_conf_state};
-use super::types::{ConfState, SnapshotMetadata};
+use super::types::{ConfState, SnapshotMetadata, SnapshotSource};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::io::{DataFile, FileSystem};
 use byteorder::{ByteOrder, LittleEndian as LE};
@@ -203,6 +203,20 @@ impl SnapshotFile {
                 Err(e) => return Err(r.error_to_corruption(e)),
             }
         }
+    }
+}
+
+impl SnapshotSource for SnapshotFile {
+    fn data_len(&self) -> u64 {
+        self.data_len
+    }
+
+    fn reader(&self) -> Result<Box<dyn Read + Send>> {
+        Ok(Box::new(SnapshotFile::reader(self)?))
+    }
+
+    fn describe(&self) -> PathBuf {
+        self.path.clone()
     }
 }
 

@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use crate::payload::Payload;
 use std::fmt;
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// The Raft state that must be durable before messages depending on it leave the node.
@@ -96,13 +97,36 @@ pub struct SnapshotMetadata {
 #[derive(Clone)]
 pub struct Snapshot {
     pub metadata: SnapshotMetadata,
-    pub(crate) data: SnapshotData,
+    pub(crate) data: Arc<dyn SnapshotSource>,
 }
 
-#[derive(Clone)]
-pub(crate) enum SnapshotData {
-    Memory(Arc<[u8]>),
-    File(Arc<crate::storage::snapshot::SnapshotFile>),
+/// Where a snapshot's data comes from: memory here; a storage implementation supplies its own
+/// (`DiskStorage`: the snapshot file, streamed and checksum-checked). Keeping the file handle
+/// behind this trait keeps the public types free of any disk format.
+pub(crate) trait SnapshotSource: Send + Sync {
+    /// Bytes of data.
+    fn data_len(&self) -> u64;
+    /// A reader of the data; see [`Snapshot::reader`].
+    fn reader(&self) -> Result<Box<dyn Read + Send>>;
+    /// Where the data lives, for error messages.
+    fn describe(&self) -> PathBuf;
+}
+
+/// Snapshot data held in memory (`MemStorage`).
+pub(crate) struct MemorySnapshot(pub(crate) Arc<[u8]>);
+
+impl SnapshotSource for MemorySnapshot {
+    fn data_len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn reader(&self) -> Result<Box<dyn Read + Send>> {
+        Ok(Box::new(std::io::Cursor::new(Arc::clone(&self.0))))
+    }
+
+    fn describe(&self) -> PathBuf {
+        "<memory snapshot>".into()
+    }
 }
 
 impl fmt::Debug for Snapshot {
@@ -114,33 +138,20 @@ impl fmt::Debug for Snapshot {
 impl Snapshot {
     /// Bytes of data.
     pub fn data_len(&self) -> u64 {
-        match &self.data {
-            SnapshotData::Memory(d) => d.len() as u64,
-            SnapshotData::File(f) => f.data_len,
-        }
+        self.data.data_len()
     }
 
     /// A reader of the data. For a snapshot file it streams from disk and checks the data
     /// checksum at the end: a damaged snapshot ends in an error, so a consumer must treat any
     /// read error as "discard what was read".
     pub fn reader(&self) -> Result<Box<dyn Read + Send>> {
-        match &self.data {
-            SnapshotData::Memory(d) => Ok(Box::new(std::io::Cursor::new(Arc::clone(d)))),
-            SnapshotData::File(f) => Ok(Box::new(f.reader()?)),
-        }
+        self.data.reader()
     }
 
     /// Reads all of the data into memory (for small snapshots and tests).
     pub fn read_to_vec(&self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        self.reader()?.read_to_end(&mut out).map_err(|e| Error::io("read snapshot", self.describe(), e))?;
+        self.reader()?.read_to_end(&mut out).map_err(|e| Error::io("read snapshot", self.data.describe(), e))?;
         Ok(out)
-    }
-
-    fn describe(&self) -> std::path::PathBuf {
-        match &self.data {
-            SnapshotData::Memory(_) => "<memory snapshot>".into(),
-            SnapshotData::File(f) => f.path.clone(),
-        }
     }
 }
