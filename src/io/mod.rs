@@ -9,6 +9,7 @@
 
 #[allow(unsafe_code)]
 mod mmap;
+pub(crate) mod ops;
 pub mod sim;
 mod std_fs;
 

@@ -26,7 +26,7 @@ use super::snapshot::{self, SnapshotFile, SnapshotWriter};
 use super::types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotData, SnapshotMetadata};
 use super::{Storage, StorageMut};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
-use crate::io::FileSystem;
+use crate::io::{FileSystem, ops};
 use crate::wal::{Log, LogOptions, NewEntry, RecoveryReport};
 use std::any::Any;
 use std::fmt;
@@ -124,11 +124,7 @@ impl DiskStorage {
         if options.snapshots_kept == 0 {
             return Err(Error::InvalidArgument("snapshots_kept must be at least 1".into()));
         }
-        fs.create_dir_all(dir).map_err(Error::at("create directory", dir))?;
-        let lock = fs.lock(dir).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.to_path_buf() },
-            _ => Error::io("lock", dir.join("LOCK"), e),
-        })?;
+        let lock = ops::lock_dir(fs.as_ref(), dir)?;
         let mut report = StorageReport::default();
 
         // Leftovers of interrupted writes.

@@ -16,7 +16,7 @@ use super::recovery_table::{self as table, Action, Damaged, Position};
 use super::segment::{self, FooterCheck, FooterEntry, HeaderCheck, Segment};
 use super::{Active, Loc, Log, LogOptions};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
-use crate::io::FileSystem;
+use crate::io::{FileSystem, ops};
 use crate::limits::{self, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use byteorder::{ByteOrder, LittleEndian as LE};
 use std::collections::VecDeque;
@@ -320,11 +320,7 @@ pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryRepo
             limits::SEGMENT_BYTES_MAX
         )));
     }
-    fs.create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-    let lock = fs.lock(dir).map_err(|e| match e.kind() {
-        std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.to_path_buf() },
-        _ => Error::io("lock", dir.join("LOCK"), e),
-    })?;
+    let lock = ops::lock_dir(fs.as_ref(), dir)?;
     let mut report = RecoveryReport { dir: dir.to_path_buf(), ..RecoveryReport::default() };
 
     // 1. Load every segment.
@@ -612,13 +608,7 @@ fn load(fs: &dyn FileSystem, dir: &Path, id: u64) -> Result<Loaded> {
 
 /// Zeroes `[from, to)` of a file and syncs it.
 fn zero(file: &dyn crate::io::DataFile, path: &Path, from: u64, to: u64) -> Result<()> {
-    let zeros = vec![0u8; 1 << 20];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(zeros.len() as u64);
-        file.write_at(&zeros[..n as usize], at).map_err(|e| Error::io("write", path, e))?;
-        at += n;
-    }
+    ops::zero_fill(file, from, to).map_err(|e| Error::io("write", path, e))?;
     file.sync_data().map_err(|e| Error::io("fdatasync", path, e))
 }
 
