@@ -10,6 +10,7 @@
 
 #[allow(unsafe_code)]
 mod mmap;
+pub(crate) mod ops;
 mod std_fs;
 
 pub use mmap::Map;

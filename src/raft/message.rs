@@ -129,12 +129,7 @@ impl Message {
                 out.push(1);
                 put_u64(&mut out, s.metadata.index);
                 put_u64(&mut out, s.metadata.term);
-                let cs = &s.metadata.conf_state;
-                for ids in [&cs.voters, &cs.learners, &cs.voters_outgoing, &cs.learners_next] {
-                    put_u32(&mut out, ids.len() as u32);
-                    ids.iter().for_each(|&id| put_u64(&mut out, id));
-                }
-                out.push(u8::from(cs.auto_leave));
+                put_conf_state(&mut out, &s.metadata.conf_state);
                 put_u64(&mut out, s.data.len() as u64);
                 out.extend_from_slice(&s.data);
             }
@@ -175,22 +170,10 @@ impl Message {
             false => None,
             true => {
                 let (index, term) = (r.u64("snapshot index")?, r.u64("snapshot term")?);
-                let mut lists: [Vec<u64>; 4] = Default::default();
-                for list in &mut lists {
-                    let n = r.u32("id count")? as usize;
-                    if n > r.remaining() / 8 {
-                        return Err(r.error(format!("{n} node ids cannot fit in {} bytes", r.remaining())));
-                    }
-                    for _ in 0..n {
-                        list.push(r.u64("node id")?);
-                    }
-                }
-                let auto_leave = r.bool("auto_leave")?;
+                let conf_state = r.conf_state()?;
                 let len = r.u64("snapshot length")?;
                 let len = usize::try_from(len).map_err(|_| r.error(format!("snapshot length {len} too large")))?;
                 let data: Arc<[u8]> = r.take(len, "snapshot data")?.into();
-                let [voters, learners, voters_outgoing, learners_next] = lists;
-                let conf_state = ConfState { voters, learners, voters_outgoing, learners_next, auto_leave };
                 Some(SnapshotMessage { metadata: SnapshotMetadata { index, term, conf_state }, data })
             }
         };
@@ -217,6 +200,17 @@ fn put_u64(out: &mut Vec<u8>, v: u64) {
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// The wire layout of a ConfState: each of the four id lists as a `u32` count and its ids, then
+/// `auto_leave`. It is not the disk layout (`storage::hard_state::encode_conf_state`): both
+/// formats are frozen, and each is written in one function.
+fn put_conf_state(out: &mut Vec<u8>, cs: &ConfState) {
+    for ids in [&cs.voters, &cs.learners, &cs.voters_outgoing, &cs.learners_next] {
+        put_u32(out, ids.len() as u32);
+        ids.iter().for_each(|&id| put_u64(out, id));
+    }
+    out.push(u8::from(cs.auto_leave));
 }
 
 struct Reader<'a> {
@@ -260,6 +254,23 @@ impl<'a> Reader<'a> {
 
     fn u64(&mut self, what: &str) -> Result<u64, DecodeError> {
         Ok(LE::read_u64(self.take(8, what)?))
+    }
+
+    /// A ConfState in the layout of [`put_conf_state`].
+    fn conf_state(&mut self) -> Result<ConfState, DecodeError> {
+        let mut lists: [Vec<u64>; 4] = Default::default();
+        for list in &mut lists {
+            let n = self.u32("id count")? as usize;
+            if n > self.remaining() / 8 {
+                return Err(self.error(format!("{n} node ids cannot fit in {} bytes", self.remaining())));
+            }
+            for _ in 0..n {
+                list.push(self.u64("node id")?);
+            }
+        }
+        let auto_leave = self.bool("auto_leave")?;
+        let [voters, learners, voters_outgoing, learners_next] = lists;
+        Ok(ConfState { voters, learners, voters_outgoing, learners_next, auto_leave })
     }
 }
 

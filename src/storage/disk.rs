@@ -26,7 +26,7 @@ use super::snapshot::{self, SnapshotFile, SnapshotWriter};
 use super::types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotMetadata};
 use super::{Storage, StorageMut};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
-use crate::io::FileSystem;
+use crate::io::{FileSystem, ops};
 use crate::wal::{Log, LogOptions, NewEntry, RecoveryReport};
 use std::any::Any;
 use std::fmt;
@@ -34,6 +34,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The log's directory inside the storage directory.
+const LOG_DIR: &str = "log";
 
 /// Options for [`DiskStorage::open`].
 #[derive(Debug, Clone)]
@@ -117,114 +120,28 @@ impl fmt::Debug for DiskStorage {
 }
 
 impl DiskStorage {
-    /// Opens (creating if needed) the storage in `dir` and recovers it.
+    /// Opens (creating if needed) the storage in `dir` and recovers it: leftovers of interrupted
+    /// writes are removed, the log recovers ([`Log::open`]), a damaged newest snapshot is set
+    /// aside for an older one if the log still covers what follows it, and a snapshot install
+    /// that a crash interrupted is completed. The report says what was found and done.
     pub fn open(dir: impl AsRef<Path>, options: StorageOptions) -> Result<(DiskStorage, StorageReport)> {
         let dir = dir.as_ref();
         let fs = Arc::clone(&options.log.fs);
         if options.snapshots_kept == 0 {
             return Err(Error::InvalidArgument("snapshots_kept must be at least 1".into()));
         }
-        fs.create_dir_all(dir).map_err(Error::at("create directory", dir))?;
-        let lock = fs.lock(dir).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.to_path_buf() },
-            _ => Error::io("lock", dir.join("LOCK"), e),
-        })?;
+        let lock = ops::lock_dir(fs.as_ref(), dir)?;
         let mut report = StorageReport::default();
-
-        // Leftovers of interrupted writes.
-        let names = fs.list(dir).map_err(Error::at("list", dir))?;
-        let names: Vec<String> = names.into_iter().filter_map(|n| n.into_string().ok()).collect();
-        for n in names.iter().filter(|n| n.ends_with(".tmp")) {
-            let p = dir.join(n);
-            fs.remove(&p).map_err(Error::at("remove", &p))?;
-            report.removed_temp_files.push(p);
-        }
-        let log_dir = dir.join("log");
-        if !names.iter().any(|n| n == hard_state::FILE_NAME) {
-            let log_has_segments =
-                fs.list(&log_dir).is_ok_and(|l| l.iter().any(|n| n.to_string_lossy().ends_with(".seg")));
-            if log_has_segments {
-                return Err(Corruption::new(
-                    dir.join(hard_state::FILE_NAME),
-                    0,
-                    CorruptionKind::Malformed("the HardState file is missing but the log holds segments".into()),
-                )
-                .into_error());
-            }
-            HardStateFile::create(fs.as_ref(), dir)?;
-        } else if !report.removed_temp_files.is_empty() {
-            fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
-        }
-        let mut hard_state = HardStateFile::open(fs.as_ref(), dir)?;
-        let (mut log, log_report) = Log::open(&log_dir, options.log.clone())?;
+        let names = remove_temp_files(fs.as_ref(), dir, &mut report.removed_temp_files)?;
+        let mut hard_state = open_hard_state(fs.as_ref(), dir, &names, !report.removed_temp_files.is_empty())?;
+        let (mut log, log_report) = Log::open(dir.join(LOG_DIR), options.log.clone())?;
         report.log = log_report;
-
-        // Snapshots: newest first, checked; damaged ones set aside.
-        let mut found: Vec<(u64, u64, String)> =
-            names.iter().filter_map(|n| snapshot::parse_file_name(n).map(|(t, i)| (i, t, n.clone()))).collect();
-        found.sort();
-        let mut snapshots = Vec::new();
-        let mut newest_checked = false;
-        for (_, _, name) in found.iter().rev() {
-            let path = dir.join(name);
-            let checked = SnapshotFile::open(Arc::clone(&fs), &path).and_then(|sf| {
-                if !newest_checked && options.verify_snapshot_on_open {
-                    sf.verify()?;
-                }
-                Ok(sf)
-            });
-            match checked {
-                Ok(sf) => {
-                    newest_checked = true;
-                    snapshots.push(Arc::new(sf));
-                }
-                Err(e @ (Error::Corruption(_) | Error::IncompatibleVersion { .. })) if !newest_checked => {
-                    let aside = dir.join(format!("{name}.corrupt"));
-                    fs.rename(&path, &aside).map_err(Error::at("rename", &aside))?;
-                    fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
-                    report.corrupt_snapshots.push((aside, e.to_string()));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        snapshots.reverse();
-        let newest = snapshots.last().map(|s| s.metadata.clone());
-        report.snapshot = newest.as_ref().map(|m| (m.index, m.term));
-
-        // A fallback is only usable if the log still holds everything after it.
-        if !report.corrupt_snapshots.is_empty() {
-            let covered = newest.as_ref().map_or(0, |m| m.index);
-            if log.first_index() > covered + 1 {
-                let (path, why) = &report.corrupt_snapshots[0];
-                return Err(Corruption::new(
-                    path,
-                    0,
-                    CorruptionKind::Malformed(format!(
-                        "the newest snapshot is damaged ({why}) and the log starts at {}, after the newest usable \
-                         snapshot ({covered}): the state cannot be rebuilt locally",
-                        log.first_index()
-                    )),
-                )
-                .into_error());
-            }
-        }
-
-        // Complete a snapshot install that a crash interrupted: its file is the newest snapshot,
-        // but the log reset (step 3) did not happen, so the HardState (step 2) may not have
-        // either. (Once the reset is durable, step 2 was; later calls may have moved the
-        // HardState on, so it is not compared.) The file is made durable first: the process may
-        // have died between its rename and the directory fsync, and the page cache shows what
-        // the disk may not hold; nothing may come to depend on it before it is durable.
-        if let Some(sf) = snapshots.last().filter(|s| s.installed && log.first_index() <= s.metadata.index) {
-            let m = &sf.metadata;
-            fs.open(&sf.path).and_then(|f| f.sync_data()).map_err(Error::at("fdatasync", &sf.path))?;
-            fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
-            let slot = hard_state.current().clone();
-            hard_state.write(super::hard_state_after_snapshot(slot.hard_state, m), m.conf_state.clone())?;
-            log.reset(m.index + 1, m.term)?;
-            report.snapshot_install_completed = true;
-        }
-
+        let verify = options.verify_snapshot_on_open;
+        let snapshots = load_snapshots(&fs, dir, &names, verify, &mut report.corrupt_snapshots)?;
+        report.snapshot = snapshots.last().map(|s| (s.metadata.index, s.metadata.term));
+        check_fallback(&log, &snapshots, &report.corrupt_snapshots)?;
+        report.snapshot_install_completed =
+            roll_forward_install(fs.as_ref(), dir, &snapshots, &mut hard_state, &mut log)?;
         let mut storage = DiskStorage {
             dir: dir.to_path_buf(),
             fs,
@@ -241,7 +158,130 @@ impl DiskStorage {
         storage.prune_snapshots()?;
         Ok((storage, report))
     }
+}
 
+/// Removes the temporary files of interrupted writes (into `removed`); returns the names in `dir`.
+fn remove_temp_files(fs: &dyn FileSystem, dir: &Path, removed: &mut Vec<PathBuf>) -> Result<Vec<String>> {
+    let names = fs.list(dir).map_err(Error::at("list", dir))?;
+    let names: Vec<String> = names.into_iter().filter_map(|n| n.into_string().ok()).collect();
+    for n in names.iter().filter(|n| n.ends_with(".tmp")) {
+        let p = dir.join(n);
+        fs.remove(&p).map_err(Error::at("remove", &p))?;
+        removed.push(p);
+    }
+    Ok(names)
+}
+
+/// The HardState file, created if the storage is new (a log with segments and no HardState file
+/// lost it). Also makes the removal of temporary files durable, if any.
+fn open_hard_state(fs: &dyn FileSystem, dir: &Path, names: &[String], removed_temp: bool) -> Result<HardStateFile> {
+    if !names.iter().any(|n| n == hard_state::FILE_NAME) {
+        let log_has_segments =
+            fs.list(&dir.join(LOG_DIR)).is_ok_and(|l| l.iter().any(|n| n.to_string_lossy().ends_with(".seg")));
+        if log_has_segments {
+            return Err(Corruption::new(
+                dir.join(hard_state::FILE_NAME),
+                0,
+                CorruptionKind::Malformed("the HardState file is missing but the log holds segments".into()),
+            )
+            .into_error());
+        }
+        // Creating the file syncs the directory, removals included.
+        HardStateFile::create(fs, dir)?;
+    } else if removed_temp {
+        fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
+    }
+    HardStateFile::open(fs, dir)
+}
+
+/// The snapshots, oldest to newest, each header checked. From the newest down to the first that
+/// checks out (in full if `verify_newest`), each damaged one is renamed `*.corrupt` and reported
+/// in `corrupt`.
+fn load_snapshots(
+    fs: &Arc<dyn FileSystem>,
+    dir: &Path,
+    names: &[String],
+    verify_newest: bool,
+    corrupt: &mut Vec<(PathBuf, String)>,
+) -> Result<Vec<Arc<SnapshotFile>>> {
+    let mut found: Vec<(u64, u64, String)> =
+        names.iter().filter_map(|n| snapshot::parse_file_name(n).map(|(t, i)| (i, t, n.clone()))).collect();
+    found.sort();
+    let mut snapshots = Vec::new();
+    let mut newest_checked = false;
+    for (_, _, name) in found.iter().rev() {
+        let path = dir.join(name);
+        let checked = SnapshotFile::open(Arc::clone(fs), &path).and_then(|sf| {
+            if !newest_checked && verify_newest {
+                sf.verify()?;
+            }
+            Ok(sf)
+        });
+        match checked {
+            Ok(sf) => {
+                newest_checked = true;
+                snapshots.push(Arc::new(sf));
+            }
+            Err(e @ (Error::Corruption(_) | Error::IncompatibleVersion { .. })) if !newest_checked => {
+                let aside = dir.join(format!("{name}.corrupt"));
+                fs.rename(&path, &aside).map_err(Error::at("rename", &aside))?;
+                fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
+                corrupt.push((aside, e.to_string()));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    snapshots.reverse();
+    Ok(snapshots)
+}
+
+/// After a damaged snapshot, the older one used instead is only usable if the log still holds
+/// everything after it.
+fn check_fallback(log: &Log, snapshots: &[Arc<SnapshotFile>], corrupt: &[(PathBuf, String)]) -> Result<()> {
+    let Some((path, why)) = corrupt.first() else { return Ok(()) };
+    let covered = snapshots.last().map_or(0, |s| s.metadata.index);
+    if log.first_index() <= covered + 1 {
+        return Ok(());
+    }
+    Err(Corruption::new(
+        path,
+        0,
+        CorruptionKind::Malformed(format!(
+            "the newest snapshot is damaged ({why}) and the log starts at {}, after the newest usable snapshot \
+             ({covered}): the state cannot be rebuilt locally",
+            log.first_index()
+        )),
+    )
+    .into_error())
+}
+
+/// Completes a snapshot install that a crash interrupted, and says whether there was one.
+///
+/// Its file is the newest snapshot, but the log reset (step 3 of `apply_snapshot`) did not
+/// happen, so the HardState (step 2) may not have either. (Once the reset is durable, step 2 was;
+/// later calls may have moved the HardState on, so it is not compared.) The file is made durable
+/// first: the process may have died between its rename and the directory fsync, and the page
+/// cache shows what the disk may not hold; nothing may come to depend on it before it is durable.
+fn roll_forward_install(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    snapshots: &[Arc<SnapshotFile>],
+    hard_state: &mut HardStateFile,
+    log: &mut Log,
+) -> Result<bool> {
+    let Some(sf) = snapshots.last().filter(|s| s.installed && log.first_index() <= s.metadata.index) else {
+        return Ok(false);
+    };
+    let m = &sf.metadata;
+    fs.open(&sf.path).and_then(|f| f.sync_data()).map_err(Error::at("fdatasync", &sf.path))?;
+    fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
+    let slot = hard_state.current().clone();
+    hard_state.write(super::hard_state_after_snapshot(slot.hard_state, m), m.conf_state.clone())?;
+    log.reset(m.index + 1, m.term)?;
+    Ok(true)
+}
+
+impl DiskStorage {
     /// Closes the storage, writing a commit index that only moved since the last synced change
     /// (see `set_hard_state`) and reporting a failure, which dropping it cannot.
     pub fn close(mut self) -> Result<()> {

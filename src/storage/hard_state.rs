@@ -36,6 +36,16 @@ pub(crate) const OFF_IDS: usize = OFF_RESERVED_B + 4;
 /// Node ids a slot holds, all four ConfState lists together.
 pub const CONF_IDS_MAX: usize = (SLOT_BYTES - OFF_IDS) / 8;
 
+// A slot's ConfState, from auto_leave to the ids, is the layout snapshot headers share
+// (`encode_conf_state`); its fields as offsets from its start.
+const CONF_RESERVED_A: usize = OFF_RESERVED_A - OFF_AUTO_LEAVE;
+const CONF_COUNTS: usize = OFF_VOTERS - OFF_AUTO_LEAVE;
+const CONF_RESERVED_B: usize = OFF_RESERVED_B - OFF_AUTO_LEAVE;
+/// Bytes of an encoded ConfState before its node ids.
+pub(crate) const CONF_STATE_FIXED_BYTES: usize = OFF_IDS - OFF_AUTO_LEAVE;
+// Format v1 is frozen (it is in slots and snapshot headers alike).
+const _: () = assert!(CONF_STATE_FIXED_BYTES == 24 && CONF_COUNTS == 4 && CONF_RESERVED_B == 20);
+
 #[cfg(test)]
 pub(crate) const LAYOUT: &[(&str, usize, usize)] = &[
     ("magic", OFF_MAGIC, 8),
@@ -70,14 +80,15 @@ fn crc(slot: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// Writes a ConfState in the disk layout that HardState slots and snapshot headers share
+/// (`segments/FORMAT.md`); `out` starts at its auto_leave field.
 pub(crate) fn encode_conf_state(out: &mut [u8], cs: &ConfState) {
-    // `out` starts at the auto_leave field of the layout shared by slots and snapshot headers.
     out[0] = u8::from(cs.auto_leave);
     let lists = [&cs.voters, &cs.learners, &cs.voters_outgoing, &cs.learners_next];
     for (k, list) in lists.iter().enumerate() {
-        LE::write_u32(&mut out[4 + 4 * k..], list.len() as u32);
+        LE::write_u32(&mut out[CONF_COUNTS + 4 * k..], list.len() as u32);
     }
-    let mut at = 24;
+    let mut at = CONF_STATE_FIXED_BYTES;
     for id in lists.iter().flat_map(|l| l.iter()) {
         LE::write_u64(&mut out[at..], *id);
         at += 8;
@@ -86,18 +97,21 @@ pub(crate) fn encode_conf_state(out: &mut [u8], cs: &ConfState) {
 
 /// Decodes a ConfState laid out as in `encode_conf_state`; `Err` names what is impossible.
 pub(crate) fn decode_conf_state(bytes: &[u8]) -> std::result::Result<ConfState, String> {
-    if bytes.len() < 24 {
+    if bytes.len() < CONF_STATE_FIXED_BYTES {
         return Err("conf state is cut short".into());
     }
-    if bytes[0] > 1 || bytes[1..4].iter().any(|&b| b != 0) || bytes[20..24].iter().any(|&b| b != 0) {
+    if bytes[0] > 1
+        || bytes[CONF_RESERVED_A..CONF_COUNTS].iter().any(|&b| b != 0)
+        || bytes[CONF_RESERVED_B..CONF_STATE_FIXED_BYTES].iter().any(|&b| b != 0)
+    {
         return Err("conf state flags or reserved bytes are invalid".into());
     }
-    let counts: Vec<usize> = (0..4).map(|k| LE::read_u32(&bytes[4 + 4 * k..]) as usize).collect();
+    let counts: Vec<usize> = (0..4).map(|k| LE::read_u32(&bytes[CONF_COUNTS + 4 * k..]) as usize).collect();
     let total: usize = counts.iter().sum();
-    if total > (bytes.len() - 24) / 8 {
+    if total > (bytes.len() - CONF_STATE_FIXED_BYTES) / 8 {
         return Err(format!("conf state lists {total} node ids, more than fit"));
     }
-    let mut at = 24;
+    let mut at = CONF_STATE_FIXED_BYTES;
     let mut take = |n: usize| {
         let v: Vec<u64> = (0..n).map(|i| LE::read_u64(&bytes[at + 8 * i..])).collect();
         at += 8 * n;

@@ -80,29 +80,10 @@ pub trait StorageMut: Storage {
     fn compact(&mut self, index: u64) -> Result<()>;
 }
 
-/// Checks an append against the log's bounds, the same way for every implementation.
+/// Checks an append against the log's bounds, the same way for every implementation (and as
+/// the log itself does).
 pub(crate) fn check_append(entries: &[Entry], first_index: u64, last_index: u64) -> Result<()> {
-    use crate::Error;
-    let Some(first) = entries.first() else { return Ok(()) };
-    if let Some(pair) = entries.windows(2).find(|p| p[1].index != p[0].index + 1) {
-        return Err(Error::InvalidArgument(format!(
-            "append: index {} follows index {}; entries must be contiguous",
-            pair[1].index, pair[0].index
-        )));
-    }
-    if first.index < first_index {
-        return Err(Error::Compacted { index: first.index, first_index });
-    }
-    if let Some(e) = entries.iter().find(|e| e.index > crate::limits::INDEX_MAX || e.term > crate::limits::INDEX_MAX) {
-        return Err(Error::InvalidArgument(format!("append: index {} or term {} is out of range", e.index, e.term)));
-    }
-    if first.index > last_index + 1 {
-        return Err(Error::InvalidArgument(format!(
-            "append: first index {} leaves a gap after the last index {last_index}",
-            first.index
-        )));
-    }
-    Ok(())
+    crate::wal::check_append_indexes(entries, |e| (e.index, e.term), first_index, last_index)
 }
 
 /// Checks the bounds of `entries(lo, hi, _)`.

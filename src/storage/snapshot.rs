@@ -2,7 +2,7 @@
 //! fdatasynced, renamed and the directory fsynced. Data is streamed in and out, never held in
 //! memory whole. Layout in `segments/FORMAT.md` ("Snapshot file").
 
-use super::hard_state::{decode_conf_state, encode_conf_state};
+use super::hard_state::{CONF_STATE_FIXED_BYTES, decode_conf_state, encode_conf_state};
 use super::types::{ConfState, SnapshotMetadata, SnapshotSource};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::io::{DataFile, FileSystem};
@@ -26,7 +26,7 @@ pub(crate) const OFF_TERM: usize = OFF_INDEX + 8;
 pub(crate) const OFF_DATA_LEN: usize = OFF_TERM + 8;
 /// The ConfState (auto_leave, reserved, four counts, reserved, ids) starts here.
 pub(crate) const OFF_CONF_STATE: usize = OFF_DATA_LEN + 8;
-pub(crate) const FIXED_HEADER_BYTES: usize = OFF_CONF_STATE + 24;
+pub(crate) const FIXED_HEADER_BYTES: usize = OFF_CONF_STATE + CONF_STATE_FIXED_BYTES;
 pub(crate) const TRAILER_BYTES: u64 = 8;
 /// Largest header accepted when reading (a ConfState of about 8,000 node ids).
 const HEADER_BYTES_MAX: usize = 1 << 16;

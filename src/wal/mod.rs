@@ -386,34 +386,10 @@ impl Log {
         results
     }
 
-    /// Checks one append request against the log's first index and `last_index`.
+    /// Checks one append request against the log's first index and `last_index`, and each
+    /// payload against the segment size.
     fn check_append(&self, entries: &[NewEntry<'_>], last_index: u64) -> Result<()> {
-        let Some(first) = entries.first() else { return Ok(()) };
-        for pair in entries.windows(2) {
-            if pair[1].index != pair[0].index + 1 {
-                return Err(Error::InvalidArgument(format!(
-                    "append: index {} follows index {}; entries must be contiguous",
-                    pair[1].index, pair[0].index
-                )));
-            }
-        }
-        if first.index < self.first_index {
-            return Err(Error::Compacted { index: first.index, first_index: self.first_index });
-        }
-        if let Some(e) = entries.iter().find(|e| e.index > limits::INDEX_MAX || e.term > limits::INDEX_MAX) {
-            return Err(Error::InvalidArgument(format!(
-                "append: index {} or term {} is above {}",
-                e.index,
-                e.term,
-                limits::INDEX_MAX
-            )));
-        }
-        if first.index > last_index + 1 {
-            return Err(Error::InvalidArgument(format!(
-                "append: first index {} leaves a gap after the last index {last_index}",
-                first.index
-            )));
-        }
+        check_append_indexes(entries, |e| (e.index, e.term), self.first_index, last_index)?;
         let max = limits::payload_bytes_max(self.segment_bytes);
         if let Some(big) = entries.iter().find(|e| e.payload.len() as u64 > max) {
             return Err(Error::InvalidArgument(format!(
@@ -686,4 +662,39 @@ impl Log {
         }
         Ok(checked)
     }
+}
+
+/// Checks an append of `entries`, each read as (index, term) by `index_term`, against a log
+/// holding `first_index..=last_index`: contiguous, none compacted, indexes and terms within
+/// [`limits::INDEX_MAX`], no gap after the last index. The one copy of these rules, for the log
+/// and for every Raft storage.
+pub(crate) fn check_append_indexes<T>(
+    entries: &[T],
+    index_term: impl Fn(&T) -> (u64, u64),
+    first_index: u64,
+    last_index: u64,
+) -> Result<()> {
+    let Some((first, _)) = entries.first().map(&index_term) else { return Ok(()) };
+    let indexes = || entries.iter().map(|e| index_term(e).0);
+    if let Some((before, after)) = indexes().zip(indexes().skip(1)).find(|&(before, after)| after != before + 1) {
+        return Err(Error::InvalidArgument(format!(
+            "append: index {after} follows index {before}; entries must be contiguous"
+        )));
+    }
+    if first < first_index {
+        return Err(Error::Compacted { index: first, first_index });
+    }
+    let out_of_range = |&(index, term): &(u64, u64)| index > limits::INDEX_MAX || term > limits::INDEX_MAX;
+    if let Some((index, term)) = entries.iter().map(&index_term).find(out_of_range) {
+        return Err(Error::InvalidArgument(format!(
+            "append: index {index} or term {term} is above {}",
+            limits::INDEX_MAX
+        )));
+    }
+    if first > last_index + 1 {
+        return Err(Error::InvalidArgument(format!(
+            "append: first index {first} leaves a gap after the last index {last_index}"
+        )));
+    }
+    Ok(())
 }

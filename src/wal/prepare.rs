@@ -16,7 +16,7 @@
 //! it only after the thread that wrote it has finished (joined); a leftover `next.prep` after a
 //! crash is simply prepared again.
 
-use crate::io::FileSystem;
+use crate::io::{FileSystem, ops};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,15 +68,7 @@ pub(crate) fn prepare_file(fs: &dyn FileSystem, path: &Path, size: u64, how: Seg
     let file = fs.create(path)?;
     match how.resolve(None) {
         SegmentPreparation::Fallocate => file.allocate(size)?,
-        SegmentPreparation::ZeroFill | SegmentPreparation::Auto => {
-            let zeros = vec![0u8; (1 << 20).min(size as usize)];
-            let mut at = 0;
-            while at < size {
-                let n = (size - at).min(zeros.len() as u64) as usize;
-                file.write_at(&zeros[..n], at)?;
-                at += n as u64;
-            }
-        }
+        SegmentPreparation::ZeroFill | SegmentPreparation::Auto => ops::zero_fill(file.as_ref(), 0, size)?,
     }
     file.sync_data()
 }

@@ -1,14 +1,24 @@
 //! Opening a log directory: lock, load segments, classify damage by the decision table in
 //! `recovery_table.rs`, replay records into the index, repair the tail, report.
 //!
-//! Steps (newest segment first, so that "is anything valid after this damage?" is known):
-//! 1. list `*.seg` files; check each header; map each segment at the size its header states;
-//! 2. for each segment from the newest: take its records from the footer if sealed, otherwise
-//!    scan them; classify any damage as tail or middle; stop at the boundary named by the newest
-//!    compaction marker (older segments hold nothing live and are removed);
-//! 3. replay the kept segments' records in file order into the entry index;
-//! 4. zero and sync torn tails, remove dead segments, sync the directory, make sure an active
-//!    segment exists, and sync it so that everything recovered is durable.
+//! `open` runs these steps in order, one function each; `Recovery` carries what they learn.
+//! 1. `check_segment_bytes`, then `ops::lock_dir`: check the options; create and lock the
+//!    directory;
+//! 2. `load_segments`: list `*.seg` files; check each header; map each segment at the size its
+//!    header states;
+//! 3. `Recovery::classify`, newest segment first (so that "is anything valid after this damage?"
+//!    is known): `drop_below_boundary` for segments older than the boundary named by the newest
+//!    compaction marker (they hold nothing live); `classify_bad_header`; or `find_records` (from
+//!    the footer if sealed, otherwise by `scan`), `decide_tail` (tail or middle damage, by the
+//!    table), `keep` (which calls `apply_marker`); last `settle_empty_newest`;
+//! 4. `check_dense`, `replay_records`: no segment is missing between kept ones; replay their
+//!    records in file order into the entry index;
+//! 5. `Recovery::make_durable`: zero and sync torn tails, remove dead segments, sync the
+//!    directory, and sync the active segment or install a new one, so that everything
+//!    recovered is durable;
+//! 6. `Recovery::start`: build the `Log` and finish the report.
+//!
+//! No step decides what damage is tolerated: each looks it up with `recovery_table::decide`.
 
 use super::prepare::{PREPARED_NAME, Preparer};
 use super::record::{self, Kind};
@@ -16,9 +26,10 @@ use super::recovery_table::{self as table, Action, Damaged, Position};
 use super::segment::{self, FooterCheck, FooterEntry, HeaderCheck, Segment};
 use super::{Active, Loc, Log, LogOptions};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
-use crate::io::FileSystem;
+use crate::io::{DataFile, FileSystem, ops};
 use crate::limits::{self, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use byteorder::{ByteOrder, LittleEndian as LE};
+use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -118,7 +129,7 @@ pub(crate) fn install_segment(
 /// A segment as loaded: valid header and map, or why not.
 enum Loaded {
     Mapped(Segment),
-    BadHeader { path: PathBuf, file: Box<dyn crate::io::DataFile>, kind: CorruptionKind },
+    BadHeader { path: PathBuf, file: Box<dyn DataFile>, kind: CorruptionKind },
 }
 
 /// Damage found by scanning a segment's records.
@@ -149,46 +160,14 @@ struct Scan {
 /// Reads records from the start of a segment until the first position that is not a valid
 /// record, then classifies what follows.
 fn scan(bytes: &[u8], id: u64) -> Scan {
-    let size = bytes.len() as u64;
-    let mut records = Vec::new();
-    let mut offset = SEGMENT_HEADER_BYTES;
-    let mut found = None;
-    // (offset, records.len()) where the current write began, while its last record is missing.
-    let mut open_write: Option<(u64, usize)> = None;
+    let Run { records, end, torn_write, found } = read_run(bytes, id);
+    let garbage_end = last_nonzero_end(bytes, end);
     // A record with a valid header whose `synced_offset` lies past its own offset: no writer
     // puts one there, so the bytes it covers were synced (corruption in the middle).
-    let mut misplaced = None;
-    while offset + RECORD_HEADER_BYTES <= size {
-        let at = &bytes[offset as usize..];
-        if record::is_zero_header(at) {
-            break;
-        }
-        match record::decode(at, id, offset, size) {
-            Ok((h, _)) => {
-                if h.continues {
-                    open_write.get_or_insert((offset, records.len()));
-                } else {
-                    open_write = None;
-                }
-                records.push(FooterEntry { index: h.index, term: h.term, offset: offset as u32, kind: h.kind });
-                offset += h.record_bytes();
-            }
-            Err(d) => {
-                misplaced = if let record::Damage::Misplaced { offset, .. } = d { Some(offset) } else { None };
-                found = Some(d);
-                break;
-            }
-        }
-    }
-    // A write whose last record is missing is dropped whole: the damage starts where it began.
-    let mut torn_write = None;
-    if let Some((write_start, count)) = open_write {
-        records.truncate(count);
-        torn_write = Some(offset);
-        offset = write_start;
-    }
-    let end = offset;
-    let garbage_end = last_nonzero_end(bytes, end);
+    let misplaced = match &found {
+        Some(record::Damage::Misplaced { offset, .. }) => Some(*offset),
+        _ => None,
+    };
     let mut damaged_index = None;
     // Where the damage itself is: the first position that is not a valid record.
     let damage_offset = torn_write.unwrap_or(end);
@@ -214,8 +193,73 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
             )),
         ),
     };
-    // Look for valid records after the damage, at every aligned offset.
-    let mut proof = misplaced;
+    let (proof, later_indexes) = records_after(bytes, id, end, garbage_end, misplaced);
+    let damage = ScanDamage { offset: damage_offset, damaged, kind, proof, damaged_index, later_indexes, garbage_end };
+    Scan { records, end, damage: Some(damage) }
+}
+
+/// The valid records at the start of a segment, and what ended them.
+struct Run {
+    records: Vec<FooterEntry>,
+    /// Where the records end: after the last complete write.
+    end: u64,
+    /// Where the records of an incomplete write stop (that write is dropped whole).
+    torn_write: Option<u64>,
+    /// The damaged record that ended the run, if not zeros or the end of the segment.
+    found: Option<record::Damage>,
+}
+
+/// Decodes records from the start of a segment until the first position that is not a valid
+/// record; a write whose last record is missing is dropped whole.
+fn read_run(bytes: &[u8], id: u64) -> Run {
+    let size = bytes.len() as u64;
+    let mut records = Vec::new();
+    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut found = None;
+    // (offset, records.len()) where the current write began, while its last record is missing.
+    let mut open_write: Option<(u64, usize)> = None;
+    while offset + RECORD_HEADER_BYTES <= size {
+        let at = &bytes[offset as usize..];
+        if record::is_zero_header(at) {
+            break;
+        }
+        match record::decode(at, id, offset, size) {
+            Ok((h, _)) => {
+                if h.continues {
+                    open_write.get_or_insert((offset, records.len()));
+                } else {
+                    open_write = None;
+                }
+                records.push(FooterEntry { index: h.index, term: h.term, offset: offset as u32, kind: h.kind });
+                offset += h.record_bytes();
+            }
+            Err(d) => {
+                found = Some(d);
+                break;
+            }
+        }
+    }
+    // A write whose last record is missing is dropped whole: the damage starts where it began.
+    let mut torn_write = None;
+    if let Some((write_start, count)) = open_write {
+        records.truncate(count);
+        torn_write = Some(offset);
+        offset = write_start;
+    }
+    Run { records, end: offset, torn_write, found }
+}
+
+/// Valid records after damage at `end`, looked for at every aligned offset below
+/// `garbage_end`: the offset of the first whose `synced_offset` lies past `end` (proof that the
+/// damaged bytes had been synced; `proof` if already known), and their lowest and highest index.
+fn records_after(
+    bytes: &[u8],
+    id: u64,
+    end: u64,
+    garbage_end: u64,
+    mut proof: Option<u64>,
+) -> (Option<u64>, Option<(u64, u64)>) {
+    let size = bytes.len() as u64;
     let mut later_indexes: Option<(u64, u64)> = None;
     let mut p = end + RECORD_ALIGN_BYTES;
     while p + RECORD_HEADER_BYTES <= garbage_end {
@@ -234,19 +278,7 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
         }
         p += RECORD_ALIGN_BYTES;
     }
-    Scan {
-        records,
-        end,
-        damage: Some(ScanDamage {
-            offset: damage_offset,
-            damaged,
-            kind,
-            proof,
-            damaged_index,
-            later_indexes,
-            garbage_end,
-        }),
-    }
+    (proof, later_indexes)
 }
 
 /// One past the last non-zero byte in `bytes[from..]`, or `from` if all are zero.
@@ -293,6 +325,24 @@ fn last_nonzero_in(tail: &[u8]) -> usize {
     0
 }
 
+/// A torn tail to zero: from where its write began to one past its last non-zero byte.
+struct TornTail {
+    offset: u64,
+    garbage_end: u64,
+    /// The decision-table label.
+    rule: &'static str,
+    reason: String,
+}
+
+/// A segment's records as found (footer or scan), before its damage is decided.
+struct Found {
+    records: Vec<FooterEntry>,
+    sealed: bool,
+    /// Records end (write offset) for an unsealed segment.
+    end: u64,
+    damage: Option<ScanDamage>,
+}
+
 /// The records of a kept segment, and how recovery found them.
 struct Kept {
     segment: Segment,
@@ -300,8 +350,32 @@ struct Kept {
     sealed: bool,
     /// Records end (write offset) for an unsealed segment.
     end: u64,
-    /// A torn tail to zero: (offset, garbage_end, rule, reason).
-    tail: Option<(u64, u64, &'static str, String)>,
+    tail: Option<TornTail>,
+}
+
+/// Every segment after recovery, durable, the active one last; and the preparer of the next.
+struct Durable {
+    segments: VecDeque<Arc<Segment>>,
+    active: Active,
+    preparer: Preparer,
+}
+
+/// What recovery has learned, carried from step to step (see the module docs).
+struct Recovery<'a> {
+    dir: &'a Path,
+    options: LogOptions,
+    report: RecoveryReport,
+    /// Newest first while classifying, oldest first after.
+    kept: Vec<Kept>,
+    /// Segments removed once the log is known good (cut short before a crash, or holding
+    /// nothing but a torn tail), with the reason reported.
+    dead: Vec<(PathBuf, String)>,
+    /// A newer segment holds a valid record or a seal.
+    later_valid: bool,
+    /// The oldest live segment, named by the newest compaction or reset marker.
+    boundary: Option<u64>,
+    /// A clean, empty newest segment, kept or not once the older segments are known.
+    empty_newest: Option<Segment>,
 }
 
 fn refuse(path: &Path, offset: u64, kind: CorruptionKind, rule: &'static str, affected: Option<(u64, u64)>) -> Error {
@@ -311,284 +385,42 @@ fn refuse(path: &Path, offset: u64, kind: CorruptionKind, rule: &'static str, af
     c.into_error()
 }
 
+/// Opens the log in `dir`: the steps listed in the module docs, in order.
 pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryReport)> {
-    let LogOptions { segment_bytes, recovery_mode: mode, fs, preparation } = options;
-    if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX).contains(&segment_bytes) || segment_bytes % 4096 != 0 {
+    check_segment_bytes(options.segment_bytes)?;
+    let lock = ops::lock_dir(options.fs.as_ref(), dir)?;
+    let loaded = load_segments(options.fs.as_ref(), dir)?;
+    let mut recovery = Recovery::new(dir, options, loaded.len());
+    recovery.classify(loaded)?;
+    check_dense(dir, &recovery.kept)?;
+    let replayed = replay_records(dir, &recovery.kept)?;
+    let durable = recovery.make_durable()?;
+    Ok(recovery.start(lock, replayed, durable))
+}
+
+/// Step 1: new segments must be a multiple of 4096 bytes within the limits.
+fn check_segment_bytes(segment_bytes: u64) -> Result<()> {
+    if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX).contains(&segment_bytes)
+        || !segment_bytes.is_multiple_of(4096)
+    {
         return Err(Error::InvalidArgument(format!(
             "segment_bytes {segment_bytes} must be a multiple of 4096 in [{}, {}]",
             limits::SEGMENT_BYTES_MIN,
             limits::SEGMENT_BYTES_MAX
         )));
     }
-    fs.create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-    let lock = fs.lock(dir).map_err(|e| match e.kind() {
-        std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.to_path_buf() },
-        _ => Error::io("lock", dir.join("LOCK"), e),
-    })?;
-    let mut report = RecoveryReport { dir: dir.to_path_buf(), ..RecoveryReport::default() };
+    Ok(())
+}
 
-    // 1. Load every segment.
+/// Step 2: every segment file in `dir`, oldest first, loaded by `load`.
+fn load_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<(u64, Loaded)>> {
     let names = fs.list(dir).map_err(|e| Error::io("list", dir, e))?;
     let mut ids: Vec<u64> = names.iter().filter_map(|n| n.to_str().and_then(segment::parse_file_name)).collect();
     ids.sort_unstable();
-    report.segments_found = ids.len();
-    let mut loaded = Vec::with_capacity(ids.len());
-    for &id in &ids {
-        loaded.push(load(fs.as_ref(), dir, id)?);
-    }
-
-    // 2. Newest first: find records, classify damage, find the compaction boundary.
-    let mut kept: Vec<Kept> = Vec::new(); // newest first
-    let mut tail_segments: Vec<(PathBuf, String)> = Vec::new();
-    let mut later_valid = false; // a newer segment holds a valid record or a seal
-    let mut boundary: Option<u64> = None;
-    let mut empty_newest: Option<Segment> = None;
-    while let Some(l) = loaded.pop() {
-        let id = ids[loaded.len()];
-        if boundary.is_some_and(|b| id < b) {
-            let path = match l {
-                Loaded::Mapped(s) => s.path,
-                Loaded::BadHeader { path, .. } => path,
-            };
-            report.removed_segments.push(RemovedSegment { path, reason: "below the compaction boundary".into() });
-            continue;
-        }
-        let seg = match l {
-            Loaded::Mapped(seg) => seg,
-            Loaded::BadHeader { path, file, kind } => {
-                // Can records still be found under the id the file name gives?
-                let len = file.len().unwrap_or(0);
-                let map_len = len - len % RECORD_ALIGN_BYTES;
-                let has_records = map_len >= limits::SEGMENT_BYTES_MIN
-                    && file.map(map_len).is_ok_and(|m| !scan(&m, id).records.is_empty());
-                let position = if later_valid || has_records { Position::Middle } else { Position::Tail };
-                let rule = table::decide(position, Damaged::SegmentHeader, mode);
-                if rule.action == Action::Refuse {
-                    return Err(refuse(&path, 0, kind, rule.label, None));
-                }
-                tail_segments.push((
-                    path,
-                    format!("segment header damaged ({kind}) and no record in or after it [{}]", rule.label),
-                ));
-                continue;
-            }
-        };
-        let bytes = seg.bytes();
-        let (records, sealed, end, damage) = match segment::check_footer(bytes, id) {
-            FooterCheck::Sealed { entries, records_end } => {
-                report.segments_sealed += 1;
-                (entries, true, records_end, None)
-            }
-            // A segment is sealed and synced before the next one receives a record, so an
-            // unsealed segment with valid records after it lost its footer.
-            FooterCheck::Damaged { offset, kind } if later_valid => {
-                let rule = table::decide(Position::Middle, Damaged::Footer, mode);
-                return Err(refuse(&seg.path, offset, kind, rule.label, None));
-            }
-            FooterCheck::Absent if later_valid => {
-                let rule = table::decide(Position::Middle, Damaged::Footer, mode);
-                let offset = seg.segment_bytes - limits::FOOTER_TRAILER_BYTES;
-                let kind =
-                    CorruptionKind::Malformed("footer missing from a segment that has a successor with records".into());
-                return Err(refuse(&seg.path, offset, kind, rule.label, None));
-            }
-            // Never sealed, or a torn seal with nothing after it: read record by record.
-            FooterCheck::Absent | FooterCheck::Damaged { .. } => {
-                report.segments_scanned += 1;
-                let s = scan(bytes, id);
-                (s.records, false, s.end, s.damage)
-            }
-        };
-        let mut tail = None;
-        if let Some(d) = damage {
-            let position = if later_valid || d.proof.is_some() { Position::Middle } else { Position::Tail };
-            let rule = table::decide(position, d.damaged, mode);
-            if rule.action == Action::Refuse {
-                // The damaged record's own index if its header survived, else the index after
-                // the last entry before it, else the first valid one after it.
-                let after_last = records.iter().rev().find(|r| r.kind == Kind::Entry).map(|r| r.index + 1);
-                let lo = d.damaged_index.or(after_last).or(d.later_indexes.map(|l| l.0)).unwrap_or(1);
-                let affected = Some((lo, d.later_indexes.map_or(lo, |l| l.1.max(lo))));
-                return Err(refuse(&seg.path, d.offset, d.kind, rule.label, affected));
-            }
-            // A torn tail is dropped from where its write began.
-            tail = Some((end, d.garbage_end, rule.label, d.kind.to_string()));
-        }
-        if records.is_empty() && !sealed {
-            // Nothing valid here and nothing after. A clean, empty newest segment (created at a
-            // rotation or by a previous open) stays the active one if what precedes it is sealed;
-            // that is decided once the older segments are known.
-            if tail.is_none() && kept.is_empty() && empty_newest.is_none() {
-                empty_newest = Some(seg);
-                continue;
-            }
-            // Otherwise it was cut short before a crash, or holds only a torn tail.
-            let reason = match tail {
-                Some((offset, _, rule, reason)) => {
-                    format!("no valid record; torn bytes from offset {offset} [{rule}]: {reason}")
-                }
-                None => "holds no record".into(),
-            };
-            tail_segments.push((seg.path.clone(), reason));
-            continue;
-        }
-        later_valid = true;
-        if boundary.is_none() {
-            boundary =
-                records.iter().rev().find(|r| r.kind != Kind::Entry).map(|r| marker_boundary(&seg, r)).transpose()?;
-        }
-        kept.push(Kept { segment: seg, records, sealed, end, tail });
-    }
-    kept.reverse();
-    if let Some(seg) = empty_newest {
-        match kept.last() {
-            Some(k) if !k.sealed || k.segment.id + 1 != seg.id => {
-                // The segment before it is unsealed: that one stays active, this one goes.
-                tail_segments.push((seg.path.clone(), "holds no record and follows an unsealed segment".into()));
-            }
-            _ => kept.push(Kept {
-                segment: seg,
-                records: Vec::new(),
-                sealed: false,
-                end: SEGMENT_HEADER_BYTES,
-                tail: None,
-            }),
-        }
-    }
-
-    // Ids of kept segments must be dense: a missing one lost records.
-    for pair in kept.windows(2) {
-        if pair[1].segment.id != pair[0].segment.id + 1 {
-            let missing = Segment::path_in(dir, pair[0].segment.id + 1);
-            return Err(Corruption::new(
-                missing,
-                0,
-                CorruptionKind::Malformed("segment file is missing between kept segments".into()),
-            )
-            .into_error());
-        }
-    }
-
-    // 3. Replay.
-    let mut replay = Replay::default();
-    for k in &kept {
-        for r in &k.records {
-            replay
-                .apply(k.segment.id, r)
-                .map_err(|kind| Corruption::new(&k.segment.path, u64::from(r.offset), kind).into_error())?;
-        }
-    }
-
-    let (first_index, prev_term, locs) = replay.finish().map_err(|kind| {
-        let first = kept.first().map_or_else(|| dir.to_path_buf(), |k| k.segment.path.clone());
-        Corruption::new(first, SEGMENT_HEADER_BYTES, kind).into_error()
-    })?;
-
-    // 4. Repair: zero torn tails, remove dead segments, ensure an active segment.
-    for k in &kept {
-        if let Some((offset, garbage_end, rule, reason)) = &k.tail {
-            zero(k.segment.file.as_ref(), &k.segment.path, *offset, *garbage_end)?;
-            report.truncations.push(Truncation {
-                path: k.segment.path.clone(),
-                segment_id: k.segment.id,
-                offset: *offset,
-                bytes_dropped: garbage_end - offset,
-                rule,
-                reason: reason.clone(),
-            });
-        }
-    }
-    let mut removed_any = !report.removed_segments.is_empty();
-    for r in &report.removed_segments {
-        fs.remove(&r.path).map_err(|e| Error::io("remove", &r.path, e))?;
-    }
-    for (path, reason) in tail_segments {
-        fs.remove(&path).map_err(|e| Error::io("remove", &path, e))?;
-        report.removed_segments.push(RemovedSegment { path, reason });
-        removed_any = true;
-    }
-    if removed_any {
-        fs.sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))?;
-    }
-    let mut preparer = Preparer::new(Arc::clone(&fs), dir, segment_bytes, preparation);
-    let mut active = None;
-    if let Some(last) = kept.last_mut()
-        && !last.sealed
-    {
-        active = Some(Active {
-            write_offset: last.end,
-            synced_offset: last.end,
-            records: std::mem::take(&mut last.records),
-            syncs: 0,
-        });
-    }
-    let mut segments: VecDeque<Arc<Segment>> = kept.into_iter().map(|k| Arc::new(k.segment)).collect();
-    let active = match active {
-        Some(a) => {
-            let seg = segments.back().expect("kept");
-            // What recovery read may not be durable yet (a process crash leaves it in the page
-            // cache): sync it, so every record's synced_offset claim stays true.
-            seg.file.sync_data().map_err(|e| Error::io("fdatasync", &seg.path, e))?;
-            a
-        }
-        None => {
-            let id = segments.back().map_or(1, |s| s.id + 1);
-            preparer.take().map_err(Error::at("prepare segment", &dir.join(PREPARED_NAME)))?;
-            segments.push_back(Arc::new(install_segment(
-                fs.as_ref(),
-                dir,
-                &dir.join(PREPARED_NAME),
-                id,
-                segment_bytes,
-            )?));
-            Active {
-                write_offset: SEGMENT_HEADER_BYTES,
-                synced_offset: SEGMENT_HEADER_BYTES,
-                records: Vec::new(),
-                syncs: 0,
-            }
-        }
-    };
-
-    let mut log = Log {
-        dir: dir.to_path_buf(),
-        fs,
-        preparer,
-        segment_bytes,
-        _lock: lock,
-        segments,
-        active,
-        first_index,
-        prev_term,
-        locs,
-        failed: None,
-        unsynced: false,
-        buf: Vec::new(),
-    };
-    log.prepare_when_half_full();
-    report.entries_recovered = log.locs.len() as u64;
-    report.first_index = log.first_index();
-    report.last_index = log.last_index();
-    Ok((log, report))
+    ids.into_iter().map(|id| Ok((id, load(fs, dir, id)?))).collect()
 }
 
-/// The segment boundary a compaction or reset marker names (its payload).
-fn marker_boundary(seg: &Segment, r: &FooterEntry) -> Result<u64> {
-    let offset = u64::from(r.offset);
-    let (h, payload) = record::decode(&seg.bytes()[offset as usize..], seg.id, offset, seg.segment_bytes)
-        .map_err(|d| refuse(&seg.path, offset, d.into_kind(), table::READ_RECORD_REFUSE, None))?;
-    if payload.len() != 8 || h.index != r.index || h.kind != r.kind {
-        return Err(refuse(
-            &seg.path,
-            offset,
-            CorruptionKind::Malformed("compaction marker does not match its listing".into()),
-            table::READ_RECORD_REFUSE,
-            None,
-        ));
-    }
-    Ok(LE::read_u64(payload))
-}
-
+/// A segment's header checked and, if valid, the segment mapped at the size it states.
 fn load(fs: &dyn FileSystem, dir: &Path, id: u64) -> Result<Loaded> {
     let path = Segment::path_in(dir, id);
     let file = fs.open(&path).map_err(|e| Error::io("open", &path, e))?;
@@ -610,16 +442,321 @@ fn load(fs: &dyn FileSystem, dir: &Path, id: u64) -> Result<Loaded> {
     }
 }
 
-/// Zeroes `[from, to)` of a file and syncs it.
-fn zero(file: &dyn crate::io::DataFile, path: &Path, from: u64, to: u64) -> Result<()> {
-    let zeros = vec![0u8; 1 << 20];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(zeros.len() as u64);
-        file.write_at(&zeros[..n as usize], at).map_err(|e| Error::io("write", path, e))?;
-        at += n;
+impl<'a> Recovery<'a> {
+    fn new(dir: &'a Path, options: LogOptions, segments_found: usize) -> Recovery<'a> {
+        Recovery {
+            dir,
+            options,
+            report: RecoveryReport { dir: dir.to_path_buf(), segments_found, ..RecoveryReport::default() },
+            kept: Vec::new(),
+            dead: Vec::new(),
+            later_valid: false,
+            boundary: None,
+            empty_newest: None,
+        }
     }
-    file.sync_data().map_err(|e| Error::io("fdatasync", path, e))
+
+    /// Step 3: each segment from the newest, so that "is anything valid after this damage?" is
+    /// known when damage is found. Ends with `kept` oldest first.
+    fn classify(&mut self, mut loaded: Vec<(u64, Loaded)>) -> Result<()> {
+        while let Some((id, l)) = loaded.pop() {
+            match l {
+                l if self.boundary.is_some_and(|b| id < b) => self.drop_below_boundary(l),
+                Loaded::Mapped(segment) => self.classify_segment(segment)?,
+                Loaded::BadHeader { path, file, kind } => self.classify_bad_header(id, path, file.as_ref(), kind)?,
+            }
+        }
+        self.kept.reverse();
+        self.settle_empty_newest();
+        Ok(())
+    }
+
+    /// A segment older than the compaction boundary holds nothing live: it is removed.
+    fn drop_below_boundary(&mut self, l: Loaded) {
+        let path = match l {
+            Loaded::Mapped(s) => s.path,
+            Loaded::BadHeader { path, .. } => path,
+        };
+        self.report.removed_segments.push(RemovedSegment { path, reason: "below the compaction boundary".into() });
+    }
+
+    /// A damaged segment header: a torn creation if no record is in or after the segment,
+    /// otherwise damage in the middle. The decision table says which is refused.
+    fn classify_bad_header(&mut self, id: u64, path: PathBuf, file: &dyn DataFile, kind: CorruptionKind) -> Result<()> {
+        // Can records still be found under the id the file name gives?
+        let len = file.len().unwrap_or(0);
+        let map_len = len - len % RECORD_ALIGN_BYTES;
+        let has_records =
+            map_len >= limits::SEGMENT_BYTES_MIN && file.map(map_len).is_ok_and(|m| !scan(&m, id).records.is_empty());
+        let position = if self.later_valid || has_records { Position::Middle } else { Position::Tail };
+        let rule = table::decide(position, Damaged::SegmentHeader, self.options.recovery_mode);
+        if rule.action == Action::Refuse {
+            return Err(refuse(&path, 0, kind, rule.label, None));
+        }
+        let reason = format!("segment header damaged ({kind}) and no record in or after it [{}]", rule.label);
+        self.dead.push((path, reason));
+        Ok(())
+    }
+
+    /// A segment with a valid header: its records found, its damage decided, then kept.
+    fn classify_segment(&mut self, segment: Segment) -> Result<()> {
+        let Found { records, sealed, end, damage } = self.find_records(&segment)?;
+        let tail = self.decide_tail(&segment, &records, end, damage)?;
+        self.keep(Kept { segment, records, sealed, end, tail })
+    }
+
+    /// The records from the footer if the segment is sealed, otherwise scanned one by one.
+    fn find_records(&mut self, seg: &Segment) -> Result<Found> {
+        let bytes = seg.bytes();
+        match segment::check_footer(bytes, seg.id) {
+            FooterCheck::Sealed { entries, records_end } => {
+                self.report.segments_sealed += 1;
+                Ok(Found { records: entries, sealed: true, end: records_end, damage: None })
+            }
+            // A segment is sealed and synced before the next one receives a record, so an
+            // unsealed segment with valid records after it lost its footer.
+            FooterCheck::Damaged { offset, kind } if self.later_valid => {
+                let rule = table::decide(Position::Middle, Damaged::Footer, self.options.recovery_mode);
+                Err(refuse(&seg.path, offset, kind, rule.label, None))
+            }
+            FooterCheck::Absent if self.later_valid => {
+                let rule = table::decide(Position::Middle, Damaged::Footer, self.options.recovery_mode);
+                let offset = seg.segment_bytes - limits::FOOTER_TRAILER_BYTES;
+                let kind =
+                    CorruptionKind::Malformed("footer missing from a segment that has a successor with records".into());
+                Err(refuse(&seg.path, offset, kind, rule.label, None))
+            }
+            // Never sealed, or a torn seal with nothing after it: read record by record.
+            FooterCheck::Absent | FooterCheck::Damaged { .. } => {
+                self.report.segments_scanned += 1;
+                let s = scan(bytes, seg.id);
+                Ok(Found { records: s.records, sealed: false, end: s.end, damage: s.damage })
+            }
+        }
+    }
+
+    /// Damage found by a scan, looked up in the decision table: a torn tail to drop from where
+    /// its write began (`end`), or a corruption error naming the indexes affected.
+    fn decide_tail(
+        &self,
+        seg: &Segment,
+        records: &[FooterEntry],
+        end: u64,
+        damage: Option<ScanDamage>,
+    ) -> Result<Option<TornTail>> {
+        let Some(d) = damage else { return Ok(None) };
+        let position = if self.later_valid || d.proof.is_some() { Position::Middle } else { Position::Tail };
+        let rule = table::decide(position, d.damaged, self.options.recovery_mode);
+        if rule.action == Action::Refuse {
+            // The damaged record's own index if its header survived, else the index after
+            // the last entry before it, else the first valid one after it.
+            let after_last = records.iter().rev().find(|r| r.kind == Kind::Entry).map(|r| r.index + 1);
+            let lo = d.damaged_index.or(after_last).or(d.later_indexes.map(|l| l.0)).unwrap_or(1);
+            let affected = Some((lo, d.later_indexes.map_or(lo, |l| l.1.max(lo))));
+            return Err(refuse(&seg.path, d.offset, d.kind, rule.label, affected));
+        }
+        Ok(Some(TornTail { offset: end, garbage_end: d.garbage_end, rule: rule.label, reason: d.kind.to_string() }))
+    }
+
+    /// Keeps a segment that holds records or a seal; sets aside one that does not.
+    fn keep(&mut self, k: Kept) -> Result<()> {
+        if k.records.is_empty() && !k.sealed {
+            // Nothing valid here and nothing after. A clean, empty newest segment (created at a
+            // rotation or by a previous open) stays the active one if what precedes it is sealed;
+            // that is decided once the older segments are known (`settle_empty_newest`).
+            if k.tail.is_none() && self.kept.is_empty() && self.empty_newest.is_none() {
+                self.empty_newest = Some(k.segment);
+                return Ok(());
+            }
+            // Otherwise it was cut short before a crash, or holds only a torn tail.
+            let reason = match &k.tail {
+                Some(t) => format!("no valid record; torn bytes from offset {} [{}]: {}", t.offset, t.rule, t.reason),
+                None => "holds no record".into(),
+            };
+            self.dead.push((k.segment.path.clone(), reason));
+            return Ok(());
+        }
+        self.later_valid = true;
+        self.apply_marker(&k)?;
+        self.kept.push(k);
+        Ok(())
+    }
+
+    /// The newest compaction or reset marker (in the newest segment that has one) names the
+    /// boundary: every older segment holds nothing live.
+    fn apply_marker(&mut self, k: &Kept) -> Result<()> {
+        if self.boundary.is_none() {
+            let marker = k.records.iter().rev().find(|r| r.kind != Kind::Entry);
+            self.boundary = marker.map(|r| marker_boundary(&k.segment, r)).transpose()?;
+        }
+        Ok(())
+    }
+
+    /// A clean, empty newest segment stays as the active one after a sealed segment; after an
+    /// unsealed one, that one stays active and this one goes.
+    fn settle_empty_newest(&mut self) {
+        let Some(segment) = self.empty_newest.take() else { return };
+        match self.kept.last() {
+            Some(k) if !k.sealed || k.segment.id + 1 != segment.id => {
+                self.dead.push((segment.path.clone(), "holds no record and follows an unsealed segment".into()));
+            }
+            _ => {
+                let end = SEGMENT_HEADER_BYTES;
+                self.kept.push(Kept { segment, records: Vec::new(), sealed: false, end, tail: None });
+            }
+        }
+    }
+
+    /// Step 5: zero and sync torn tails, remove dead segments, sync the directory, make sure a
+    /// durable active segment exists.
+    fn make_durable(&mut self) -> Result<Durable> {
+        self.zero_torn_tails()?;
+        self.remove_dead_segments()?;
+        let o = &self.options;
+        let mut preparer = Preparer::new(Arc::clone(&o.fs), self.dir, o.segment_bytes, o.preparation);
+        let (segments, active) = self.install_active(&mut preparer)?;
+        Ok(Durable { segments, active, preparer })
+    }
+
+    fn zero_torn_tails(&mut self) -> Result<()> {
+        for k in &self.kept {
+            let Some(t) = &k.tail else { continue };
+            let (file, path) = (k.segment.file.as_ref(), &k.segment.path);
+            ops::zero_fill(file, t.offset, t.garbage_end).map_err(|e| Error::io("write", path, e))?;
+            file.sync_data().map_err(|e| Error::io("fdatasync", path, e))?;
+            self.report.truncations.push(Truncation {
+                path: path.clone(),
+                segment_id: k.segment.id,
+                offset: t.offset,
+                bytes_dropped: t.garbage_end - t.offset,
+                rule: t.rule,
+                reason: t.reason.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes the segments below the compaction boundary, then the dead ones.
+    fn remove_dead_segments(&mut self) -> Result<()> {
+        let fs = self.options.fs.as_ref();
+        for r in &self.report.removed_segments {
+            fs.remove(&r.path).map_err(|e| Error::io("remove", &r.path, e))?;
+        }
+        for (path, reason) in std::mem::take(&mut self.dead) {
+            fs.remove(&path).map_err(|e| Error::io("remove", &path, e))?;
+            self.report.removed_segments.push(RemovedSegment { path, reason });
+        }
+        if !self.report.removed_segments.is_empty() {
+            fs.sync_dir(self.dir).map_err(|e| Error::io("fsync directory", self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// The kept segments as the log holds them, with an unsealed last one as the active one,
+    /// or else a new active segment installed after them.
+    fn install_active(&mut self, preparer: &mut Preparer) -> Result<(VecDeque<Arc<Segment>>, Active)> {
+        let mut kept = std::mem::take(&mut self.kept);
+        let active = match kept.last_mut() {
+            Some(last) if !last.sealed => Some(Active {
+                write_offset: last.end,
+                synced_offset: last.end,
+                records: std::mem::take(&mut last.records),
+                syncs: 0,
+            }),
+            _ => None,
+        };
+        let mut segments: VecDeque<Arc<Segment>> = kept.into_iter().map(|k| Arc::new(k.segment)).collect();
+        if let Some(active) = active {
+            let seg = segments.back().expect("kept");
+            // What recovery read may not be durable yet (a process crash leaves it in the page
+            // cache): sync it, so every record's synced_offset claim stays true.
+            seg.file.sync_data().map_err(|e| Error::io("fdatasync", &seg.path, e))?;
+            return Ok((segments, active));
+        }
+        let (dir, prepared) = (self.dir, self.dir.join(PREPARED_NAME));
+        let id = segments.back().map_or(1, |s| s.id + 1);
+        preparer.take().map_err(Error::at("prepare segment", &prepared))?;
+        let fs = self.options.fs.as_ref();
+        segments.push_back(Arc::new(install_segment(fs, dir, &prepared, id, self.options.segment_bytes)?));
+        let start = SEGMENT_HEADER_BYTES;
+        Ok((segments, Active { write_offset: start, synced_offset: start, records: Vec::new(), syncs: 0 }))
+    }
+
+    /// Step 6: the log, ready for appends, and the report of what recovery found and did.
+    fn start(self, lock: Box<dyn Any + Send + Sync>, replayed: Replayed, durable: Durable) -> (Log, RecoveryReport) {
+        let Replayed { first_index, prev_term, locs } = replayed;
+        let Durable { segments, active, preparer } = durable;
+        let mut log = Log {
+            dir: self.dir.to_path_buf(),
+            fs: self.options.fs,
+            preparer,
+            segment_bytes: self.options.segment_bytes,
+            _lock: lock,
+            segments,
+            active,
+            first_index,
+            prev_term,
+            locs,
+            failed: None,
+            unsynced: false,
+            buf: Vec::new(),
+        };
+        log.prepare_when_half_full();
+        let mut report = self.report;
+        report.entries_recovered = log.locs.len() as u64;
+        report.first_index = log.first_index();
+        report.last_index = log.last_index();
+        (log, report)
+    }
+}
+
+/// Step 4, first: the ids of kept segments must be dense; a missing one lost records.
+fn check_dense(dir: &Path, kept: &[Kept]) -> Result<()> {
+    for pair in kept.windows(2) {
+        if pair[1].segment.id != pair[0].segment.id + 1 {
+            let missing = Segment::path_in(dir, pair[0].segment.id + 1);
+            return Err(Corruption::new(
+                missing,
+                0,
+                CorruptionKind::Malformed("segment file is missing between kept segments".into()),
+            )
+            .into_error());
+        }
+    }
+    Ok(())
+}
+
+/// Step 4: the kept segments' records replayed in file order into the entry index.
+fn replay_records(dir: &Path, kept: &[Kept]) -> Result<Replayed> {
+    let mut replay = Replay::default();
+    for k in kept {
+        for r in &k.records {
+            replay
+                .apply(k.segment.id, r)
+                .map_err(|kind| Corruption::new(&k.segment.path, u64::from(r.offset), kind).into_error())?;
+        }
+    }
+    replay.finish().map_err(|kind| {
+        let first = kept.first().map_or_else(|| dir.to_path_buf(), |k| k.segment.path.clone());
+        Corruption::new(first, SEGMENT_HEADER_BYTES, kind).into_error()
+    })
+}
+
+/// The segment boundary a compaction or reset marker names (its payload).
+fn marker_boundary(seg: &Segment, r: &FooterEntry) -> Result<u64> {
+    let offset = u64::from(r.offset);
+    let (h, payload) = record::decode(&seg.bytes()[offset as usize..], seg.id, offset, seg.segment_bytes)
+        .map_err(|d| refuse(&seg.path, offset, d.into_kind(), table::READ_RECORD_REFUSE, None))?;
+    if payload.len() != 8 || h.index != r.index || h.kind != r.kind {
+        return Err(refuse(
+            &seg.path,
+            offset,
+            CorruptionKind::Malformed("compaction marker does not match its listing".into()),
+            table::READ_RECORD_REFUSE,
+            None,
+        ));
+    }
+    Ok(LE::read_u64(payload))
 }
 
 /// Rebuilds the entry index from records in file order.
@@ -690,7 +827,7 @@ impl Replay {
     }
 
     /// The first index, the term before it (if known), and the entry locations.
-    fn finish(self) -> std::result::Result<(u64, Option<u64>, VecDeque<Loc>), CorruptionKind> {
+    fn finish(self) -> std::result::Result<Replayed, CorruptionKind> {
         let floor = self.floor.max(1);
         let first = self.base.unwrap_or(floor);
         if first > floor {
@@ -703,8 +840,16 @@ impl Replay {
             _ if first == 1 => Some(0),
             _ => None,
         };
-        Ok((first, prev_term, self.locs))
+        Ok(Replayed { first_index: first, prev_term, locs: self.locs })
     }
+}
+
+/// The entry index that replay rebuilt.
+struct Replayed {
+    first_index: u64,
+    /// The term of `first_index - 1`, if known.
+    prev_term: Option<u64>,
+    locs: VecDeque<Loc>,
 }
 
 #[cfg(test)]
