@@ -56,6 +56,10 @@ fn misuse_gives_typed_errors() {
     let unordered =
         log.append(&[NewEntry { index: 11, term: 1, payload: b"x" }, NewEntry { index: 13, term: 1, payload: b"x" }]);
     assert!(matches!(unordered, Err(Error::InvalidArgument(_))));
+    // The largest index followed by anything is refused, not an overflow panic.
+    let wrapped = log
+        .append(&[NewEntry { index: u64::MAX, term: 1, payload: b"x" }, NewEntry { index: 0, term: 1, payload: b"x" }]);
+    assert!(matches!(wrapped, Err(Error::InvalidArgument(_))), "{wrapped:?}");
     let big = vec![0u8; SEGMENT_BYTES as usize];
     assert!(matches!(log.append(&[NewEntry { index: 11, term: 1, payload: &big }]), Err(Error::InvalidArgument(_))));
     assert!(matches!(log.entry(11), Err(Error::Unavailable { index: 11, last_index: 10 })));

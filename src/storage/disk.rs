@@ -431,7 +431,10 @@ impl Storage for DiskStorage {
     fn snapshot(&self, request_index: u64) -> Result<Snapshot> {
         match self.snapshots.last() {
             Some(s) if self.in_progress.load(Ordering::SeqCst) == 0 && s.metadata.index >= request_index => {
-                Ok(Snapshot { metadata: s.metadata.clone(), data: Arc::clone(s) as Arc<dyn super::types::SnapshotSource> })
+                Ok(Snapshot {
+                    metadata: s.metadata.clone(),
+                    data: Arc::clone(s) as Arc<dyn super::types::SnapshotSource>,
+                })
             }
             _ => Err(Error::SnapshotTemporarilyUnavailable),
         }

@@ -1,6 +1,6 @@
 //! [`MemStorage`]: the storage rules in memory, for tests and as the model of property tests.
 
-use super::types::{ConfState, Entry, HardState, RaftState, Snapshot, MemorySnapshot, SnapshotMetadata};
+use super::types::{ConfState, Entry, HardState, MemorySnapshot, RaftState, Snapshot, SnapshotMetadata};
 use super::{Storage, StorageMut};
 use crate::error::{Error, Result};
 use std::collections::VecDeque;

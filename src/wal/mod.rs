@@ -676,7 +676,9 @@ pub(crate) fn check_append_indexes<T>(
 ) -> Result<()> {
     let Some((first, _)) = entries.first().map(&index_term) else { return Ok(()) };
     let indexes = || entries.iter().map(|e| index_term(e).0);
-    if let Some((before, after)) = indexes().zip(indexes().skip(1)).find(|&(before, after)| after != before + 1) {
+    if let Some((before, after)) =
+        indexes().zip(indexes().skip(1)).find(|&(before, after)| before.checked_add(1) != Some(after))
+    {
         return Err(Error::InvalidArgument(format!(
             "append: index {after} follows index {before}; entries must be contiguous"
         )));
