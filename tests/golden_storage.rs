@@ -81,7 +81,7 @@ fn term_of(i: u64) -> u64 {
 fn storage_v1_opens_exactly() {
     let (_dir, opened) = open_copy("storage-v1");
     let (s, report) = opened.unwrap();
-    assert_eq!(report.snapshot, Some((20, 2)));
+    assert_eq!(report.snapshot, Some(keel::storage::SnapshotId { index: 20, term: 2 }));
     assert!(report.corrupt_snapshots.is_empty() && report.removed_temp_files.is_empty());
     let st = s.initial_state().unwrap();
     assert_eq!(st.hard_state, HardState { term: 3, vote: 2, commit: 38 });

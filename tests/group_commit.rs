@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use keel::Error;
-use keel::wal::{GroupCommitOptions, Log, LogOptions, OwnedEntry, SharedLog, SyncPolicy, Ticket};
+use keel::wal::{GroupCommitOptions, Log, LogOptions, OwnedNewEntry, SharedLog, SyncPolicy, Ticket};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,8 +16,8 @@ fn faulty() -> (Arc<FaultyFs>, LogOptions) {
     (faults, opts)
 }
 
-fn owned(index: u64, term: u64) -> OwnedEntry {
-    OwnedEntry { index, term, payload: payload(index, term) }
+fn owned(index: u64, term: u64) -> OwnedNewEntry {
+    OwnedNewEntry { index, term, payload: payload(index, term) }
 }
 
 /// Waits for a ticket, failing the test (instead of hanging it) after 30 s.

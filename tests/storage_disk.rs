@@ -85,7 +85,7 @@ fn damaged_newest_snapshot_falls_back_to_the_previous_one() {
     bytes[n - 12] ^= 1; // data byte
     std::fs::write(&newest, &bytes).unwrap();
     let (s, report) = open(dir.path());
-    assert_eq!(report.snapshot, Some((10, 1)), "{report}");
+    assert_eq!(report.snapshot, Some(keel::storage::SnapshotId { index: 10, term: 1 }), "{report}");
     assert_eq!(report.corrupt_snapshots.len(), 1, "{report}");
     assert!(report.corrupt_snapshots[0].1.contains("snapshot data checksum"), "{report}");
     assert_eq!(s.snapshot(0).unwrap().read_to_vec().unwrap(), b"state at 10");

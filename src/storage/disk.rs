@@ -23,7 +23,7 @@
 
 use super::hard_state::{self, CONF_IDS_MAX, HardStateFile};
 use super::snapshot::{self, SnapshotFile, SnapshotWriter};
-use super::types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotMetadata};
+use super::types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotId, SnapshotMetadata};
 use super::{Storage, StorageMut};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::io::{FileSystem, ops};
@@ -61,8 +61,8 @@ impl Default for StorageOptions {
 pub struct StorageReport {
     /// The log's own recovery report.
     pub log: RecoveryReport,
-    /// The newest usable snapshot: (index, term).
-    pub snapshot: Option<(u64, u64)>,
+    /// The newest usable snapshot.
+    pub snapshot: Option<SnapshotId>,
     /// Snapshots found damaged, renamed to `*.corrupt` and skipped, with the reason.
     pub corrupt_snapshots: Vec<(PathBuf, String)>,
     /// Temporary files left by a crash, removed.
@@ -75,7 +75,7 @@ impl fmt::Display for StorageReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.log)?;
         match self.snapshot {
-            Some((index, term)) => writeln!(f, "  snapshot at index {index}, term {term}")?,
+            Some(id) => writeln!(f, "  snapshot at {id}")?,
             None => writeln!(f, "  no snapshot")?,
         }
         for (p, why) in &self.corrupt_snapshots {
@@ -138,7 +138,7 @@ impl DiskStorage {
         report.log = log_report;
         let verify = options.verify_snapshot_on_open;
         let snapshots = load_snapshots(&fs, dir, &names, verify, &mut report.corrupt_snapshots)?;
-        report.snapshot = snapshots.last().map(|s| (s.metadata.index, s.metadata.term));
+        report.snapshot = snapshots.last().map(|s| s.metadata.id());
         check_fallback(&log, &snapshots, &report.corrupt_snapshots)?;
         report.snapshot_install_completed =
             roll_forward_install(fs.as_ref(), dir, &snapshots, &mut hard_state, &mut log)?;
@@ -204,12 +204,12 @@ fn load_snapshots(
     verify_newest: bool,
     corrupt: &mut Vec<(PathBuf, String)>,
 ) -> Result<Vec<Arc<SnapshotFile>>> {
-    let mut found: Vec<(u64, u64, String)> =
-        names.iter().filter_map(|n| snapshot::parse_file_name(n).map(|(t, i)| (i, t, n.clone()))).collect();
+    let mut found: Vec<(SnapshotId, String)> =
+        names.iter().filter_map(|n| snapshot::parse_file_name(n).map(|id| (id, n.clone()))).collect();
     found.sort();
     let mut snapshots = Vec::new();
     let mut newest_checked = false;
-    for (_, _, name) in found.iter().rev() {
+    for (_, name) in found.iter().rev() {
         let path = dir.join(name);
         let checked = SnapshotFile::open(Arc::clone(fs), &path).and_then(|sf| {
             if !newest_checked && verify_newest {

@@ -22,7 +22,7 @@ mod types;
 
 pub use disk::{DiskStorage, StorageOptions, StorageReport};
 pub use mem::MemStorage;
-pub use types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotMetadata};
+pub use types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotId, SnapshotMetadata};
 
 use crate::error::Result;
 use std::io::{Read, Write};

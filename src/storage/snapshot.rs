@@ -3,7 +3,7 @@
 //! memory whole. Layout in `segments/FORMAT.md` ("Snapshot file").
 
 use super::hard_state::{CONF_STATE_FIXED_BYTES, decode_conf_state, encode_conf_state};
-use super::types::{ConfState, SnapshotMetadata, SnapshotSource};
+use super::types::{ConfState, SnapshotId, SnapshotMetadata, SnapshotSource};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::io::{DataFile, FileSystem};
 use byteorder::{ByteOrder, LittleEndian as LE};
@@ -52,18 +52,18 @@ pub(crate) const LAYOUT: &[(&str, usize, usize)] = &[
 ];
 
 /// The file name of a snapshot.
-pub(crate) fn file_name(term: u64, index: u64) -> String {
-    format!("snap-{term:016x}-{index:016x}.snap")
+pub(crate) fn file_name(id: SnapshotId) -> String {
+    format!("snap-{:016x}-{:016x}.snap", id.term, id.index)
 }
 
-/// (term, index) from a snapshot file name.
-pub(crate) fn parse_file_name(name: &str) -> Option<(u64, u64)> {
+/// The snapshot a file name names (`snap-<term>-<index>.snap`, both 16 hex digits).
+pub(crate) fn parse_file_name(name: &str) -> Option<SnapshotId> {
     let rest = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
     let (t, i) = rest.split_once('-')?;
     if t.len() != 16 || i.len() != 16 {
         return None;
     }
-    Some((u64::from_str_radix(t, 16).ok()?, u64::from_str_radix(i, 16).ok()?))
+    Some(SnapshotId { term: u64::from_str_radix(t, 16).ok()?, index: u64::from_str_radix(i, 16).ok()? })
 }
 
 fn header_len(cs: &ConfState) -> usize {
@@ -154,11 +154,8 @@ impl SnapshotFile {
                 Malformed(format!("snapshot holds {data_len} data bytes but the file is {size} bytes")),
             ));
         }
-        let name_ok = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(parse_file_name)
-            .is_some_and(|(t, i)| t == metadata.term && i == metadata.index);
+        let name_ok =
+            path.file_name().and_then(|n| n.to_str()).and_then(parse_file_name).is_some_and(|id| id == metadata.id());
         if !name_ok {
             return Err(bad(OFF_INDEX as u64, Malformed("snapshot file name does not match its header".into())));
         }
@@ -303,7 +300,7 @@ impl SnapshotWriter {
         installed: bool,
         in_progress: Arc<AtomicUsize>,
     ) -> Result<SnapshotWriter> {
-        let tmp = dir.join(format!("{}.tmp", file_name(metadata.term, metadata.index)));
+        let tmp = dir.join(format!("{}.tmp", file_name(metadata.id())));
         let _ = fs.remove(&tmp);
         let file = fs.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
         in_progress.fetch_add(1, Ordering::SeqCst);
@@ -359,7 +356,7 @@ impl SnapshotWriter {
             .map_err(Error::at("write", &tmp))?;
         file.sync_data().map_err(Error::at("fdatasync", &tmp))?;
         drop(file);
-        let path = self.dir.join(file_name(self.metadata.term, self.metadata.index));
+        let path = self.dir.join(file_name(self.metadata.id()));
         self.fs.rename(&self.tmp, &path).map_err(|e| Error::io("rename", &path, e))?;
         self.fs.sync_dir(&self.dir).map_err(|e| Error::io("fsync directory", &self.dir, e))?;
         Ok(path)
@@ -403,7 +400,9 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        assert_eq!(parse_file_name(&file_name(3, 77)), Some((3, 77)));
+        let id = SnapshotId { index: 77, term: 3 };
+        assert_eq!(file_name(id), "snap-0000000000000003-000000000000004d.snap");
+        assert_eq!(parse_file_name(&file_name(id)), Some(id));
         assert_eq!(parse_file_name("snap-3-77.snap"), None);
         assert_eq!(parse_file_name("snap-0000000000000003-000000000000004d.snap.tmp"), None);
     }

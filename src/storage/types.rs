@@ -93,6 +93,28 @@ pub struct SnapshotMetadata {
     pub conf_state: ConfState,
 }
 
+/// Which snapshot: the last index it includes and that index's term. Named fields rather than a
+/// pair, because snapshot file names put the term first and reports the index first, and a
+/// swapped pair compiles.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SnapshotId {
+    pub index: u64,
+    pub term: u64,
+}
+
+impl fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "index {}, term {}", self.index, self.term)
+    }
+}
+
+impl SnapshotMetadata {
+    /// The snapshot's index and term.
+    pub fn id(&self) -> SnapshotId {
+        SnapshotId { index: self.index, term: self.term }
+    }
+}
+
 /// A snapshot: metadata and a way to stream its data (which may be larger than memory).
 #[derive(Clone)]
 pub struct Snapshot {

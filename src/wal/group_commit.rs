@@ -55,9 +55,11 @@ impl Default for GroupCommitOptions {
     }
 }
 
-/// An entry owned by the caller's request until the writer has written it.
+/// What [`NewEntry`](super::NewEntry) is to [`Log::append`](super::Log::append), for
+/// [`SharedLog`]: the payload is owned, since the request outlives the caller's borrow until the
+/// writer has written it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnedEntry {
+pub struct OwnedNewEntry {
     pub index: u64,
     pub term: u64,
     pub payload: Vec<u8>,
@@ -111,7 +113,7 @@ impl Ticket {
 }
 
 enum Work {
-    Append(Vec<OwnedEntry>),
+    Append(Vec<OwnedNewEntry>),
     Compact(u64),
     Sync,
 }
@@ -172,14 +174,14 @@ impl SharedLog {
     /// threads queue up, and each batch the writer takes shares one `fdatasync`.
     ///
     /// ```
-    /// use keel::wal::{GroupCommitOptions, Log, LogOptions, OwnedEntry, SharedLog};
+    /// use keel::wal::{GroupCommitOptions, Log, LogOptions, OwnedNewEntry, SharedLog};
     ///
     /// let dir = tempfile::tempdir()?;
     /// let (log, _) = Log::open(dir.path(), LogOptions::default())?;
     /// let shared = SharedLog::new(log, GroupCommitOptions::default())?;
     /// // Queue two appends without waiting, then wait for both: usually one fdatasync.
-    /// let first = shared.append_async(vec![OwnedEntry { index: 1, term: 1, payload: b"a".to_vec() }]);
-    /// let second = shared.append_async(vec![OwnedEntry { index: 2, term: 1, payload: b"b".to_vec() }]);
+    /// let first = shared.append_async(vec![OwnedNewEntry { index: 1, term: 1, payload: b"a".to_vec() }]);
+    /// let second = shared.append_async(vec![OwnedNewEntry { index: 2, term: 1, payload: b"b".to_vec() }]);
     /// first.wait()?;
     /// second.wait()?;
     /// assert_eq!(shared.read().last_index(), 2);
@@ -217,13 +219,13 @@ impl SharedLog {
 
     /// Queues an append (contiguous entries; a first index at or below the last truncates the
     /// conflicting suffix first). The ticket completes once the entries are durable.
-    pub fn append_async(&self, entries: Vec<OwnedEntry>) -> Ticket {
+    pub fn append_async(&self, entries: Vec<OwnedNewEntry>) -> Ticket {
         let bytes = entries.iter().map(|e| e.payload.len() as u64).sum();
         self.submit(Work::Append(entries), bytes)
     }
 
     /// Appends and waits until the entries are durable.
-    pub fn append(&self, entries: Vec<OwnedEntry>) -> Result<()> {
+    pub fn append(&self, entries: Vec<OwnedNewEntry>) -> Result<()> {
         self.append_async(entries).wait()
     }
 

@@ -38,7 +38,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use group_commit::{GroupCommitOptions, GroupCommitStats, OwnedEntry, SharedLog, SyncPolicy, Ticket};
+pub use group_commit::{GroupCommitOptions, GroupCommitStats, OwnedNewEntry, SharedLog, SyncPolicy, Ticket};
 pub use prepare::SegmentPreparation;
 pub use recovery::{RecoveryReport, RemovedSegment, Truncation};
 pub use segment::FORMAT_VERSION;
@@ -86,17 +86,19 @@ pub struct NewEntry<'a> {
     pub payload: &'a [u8],
 }
 
-/// An entry read from the log. Its payload points into the segment's map (no copy).
+/// An entry read from the log (`Log::entry`, `Log::entries`). Its payload points into the
+/// segment's map (no copy). Not to be confused with the Raft entry, `storage::Entry`, which
+/// `DiskStorage` builds from it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Entry {
+pub struct LogEntry {
     pub index: u64,
     pub term: u64,
     pub payload: Payload,
 }
 
-impl fmt::Debug for Entry {
+impl fmt::Debug for LogEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Entry")
+        f.debug_struct("LogEntry")
             .field("index", &self.index)
             .field("term", &self.term)
             .field("payload_len", &self.payload.len())
@@ -246,14 +248,14 @@ impl Log {
     }
 
     /// The entry at `index`, its checksum verified.
-    pub fn entry(&self, index: u64) -> Result<Entry> {
+    pub fn entry(&self, index: u64) -> Result<LogEntry> {
         let loc = self.loc(index)?;
         self.read(index, loc)
     }
 
     /// The entries in `[lo, hi)`, stopping before their payloads exceed `max_bytes` in total,
     /// but always at least one when `lo < hi`.
-    pub fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>> {
+    pub fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<LogEntry>> {
         if lo < self.first_index {
             return Err(Error::Compacted { index: lo, first_index: self.first_index });
         }
@@ -282,7 +284,7 @@ impl Log {
         &self.segments[(id - first) as usize]
     }
 
-    fn read(&self, index: u64, loc: Loc) -> Result<Entry> {
+    fn read(&self, index: u64, loc: Loc) -> Result<LogEntry> {
         let seg = self.segment(loc.segment_id);
         let offset = u64::from(loc.offset);
         let bytes = &seg.bytes()[offset as usize..];
@@ -298,7 +300,7 @@ impl Log {
         let payload = record::check_payload(bytes, seg.id, &h).map_err(damage)?;
         let start = offset as usize + limits::RECORD_HEADER_BYTES as usize;
         debug_assert_eq!(payload.as_ptr(), seg.bytes()[start..].as_ptr());
-        Ok(Entry { index, term: h.term, payload: Payload::mapped(Arc::clone(&seg.map), start, payload.len()) })
+        Ok(LogEntry { index, term: h.term, payload: Payload::mapped(Arc::clone(&seg.map), start, payload.len()) })
     }
 
     fn check_writable(&self) -> Result<()> {

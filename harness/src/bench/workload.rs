@@ -11,7 +11,7 @@
 //! - C1: compact half of that 1 GiB: seconds, and disk space freed.
 
 use super::Samples;
-use keel::wal::{GroupCommitOptions, Log, LogOptions, NewEntry, OwnedEntry, SegmentPreparation, SharedLog, Ticket};
+use keel::wal::{GroupCommitOptions, Log, LogOptions, NewEntry, OwnedNewEntry, SegmentPreparation, SharedLog, Ticket};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -318,7 +318,7 @@ impl<const PREP: u8> Engine for KeelWith<PREP> {
                 samples.latencies.push(t.elapsed());
                 tick();
             }
-            let entry = OwnedEntry { index: i, term: 1, payload: payload.to_vec() };
+            let entry = OwnedNewEntry { index: i, term: 1, payload: payload.to_vec() };
             in_flight.push_back((Instant::now(), shared.append_async(vec![entry])));
         }
         for (t, ticket) in in_flight {
