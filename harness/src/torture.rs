@@ -59,6 +59,14 @@ struct Expected {
     compacted: BTreeMap<u64, Entry>,
 }
 
+/// One storage call's outcome on the disk and on the model.
+struct Call {
+    disk: keel::Result<()>,
+    model: keel::Result<()>,
+    /// The call writes the HardState file, so a crash can no longer fall below its commit.
+    writes_hard_state: bool,
+}
+
 fn read_state(s: &impl Storage) -> Result<State, String> {
     let rs = s.initial_state().map_err(|e| format!("initial_state: {e}"))?;
     let first = s.first_index().map_err(|e| format!("first_index: {e}"))?;
@@ -233,85 +241,20 @@ impl<'a> Case<'a> {
     /// Runs one random call on disk and model; returns the disk's error if only the disk failed.
     fn step(&mut self) -> Option<Error> {
         let (first, last) = (self.model.first_index().unwrap(), self.model.last_index().unwrap());
-        let hs = self.model.initial_state().unwrap().hard_state;
-        let newest_snapshot = self.model.snapshot(0).map(|s| s.metadata.index).unwrap_or(0);
         let pick = self.rng.below(20);
-        let (d, m, writes_hard_state): (keel::Result<()>, keel::Result<()>, bool) = match pick {
-            0..=8 => {
-                let back = self.rng.below(4);
-                if back > 0 {
-                    self.term += 1;
-                }
-                let start = (last + 1).saturating_sub(back).max(first);
-                let count = 1 + self.rng.below(12);
-                let entries: Vec<Entry> = (start..start + count)
-                    .map(|index| {
-                        let len = self.rng.below(600) as usize;
-                        let fill = self.rng.filler(index ^ (self.term << 32));
-                        let data: Vec<u8> = (0..len).map(|i| (fill >> (i % 8 * 8)) as u8 ^ i as u8).collect();
-                        let entry_type = if self.rng.chance(10) { EntryType::ConfChangeV2 } else { EntryType::Normal };
-                        Entry { index, term: self.term, entry_type, data: data.into() }
-                    })
-                    .collect();
-                (self.disk().append(&entries), self.model.append(&entries), false)
-            }
-            9..=11 => {
-                let commit_only = self.rng.chance(50);
-                let mut new = hs;
-                new.commit = hs.commit + self.rng.below(last.saturating_sub(hs.commit) + 1);
-                if !commit_only {
-                    self.term = self.term.max(hs.term) + 1;
-                    new.term = self.term;
-                    new.vote = self.rng.below(5);
-                }
-                (self.disk().set_hard_state(&new), self.model.set_hard_state(&new), !commit_only)
-            }
-            12 => {
-                let voters = 1 + self.rng.below(5);
-                let cs = ConfState { voters: (1..=voters).collect(), learners: vec![9], ..ConfState::default() };
-                (self.disk().set_conf_state(&cs), self.model.set_conf_state(&cs), true)
-            }
-            13 | 14 => {
-                let lo = first.max(newest_snapshot + 1);
-                let index = lo + self.rng.below((last + 1).saturating_sub(lo).max(1));
-                let data: Vec<u8> = (0..self.rng.below(3000)).map(|i| (i ^ index) as u8).collect();
-                let cs = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
-                let d = self.disk().create_snapshot(index, &cs, &mut &data[..]);
-                (d, self.model.create_snapshot(index, &cs, &mut &data[..]), false)
-            }
-            15 => {
-                self.term += 1;
-                let index = last + 1 + self.rng.below(20);
-                let conf_state = ConfState { voters: vec![1, 4], ..ConfState::default() };
-                let meta = SnapshotMetadata { index, term: self.term, conf_state };
-                let data: Vec<u8> = (0..self.rng.below(3000)).map(|i| ((i * 7) ^ index) as u8).collect();
-                let d = self.disk().apply_snapshot(&meta, &mut &data[..]);
-                let m = self.model.apply_snapshot(&meta, &mut &data[..]);
-                if m.is_ok() {
-                    self.compacted.clear();
-                }
-                (d, m, true)
-            }
-            16..=18 => {
-                let index = first + self.rng.below(last + 2 - first);
-                if index > first && index <= last + 1 {
-                    for e in self.model.entries(first, index, u64::MAX).unwrap() {
-                        self.compacted.insert(e.index, e);
-                    }
-                }
-                (self.disk().compact(index), self.model.compact(index), false)
-            }
-            _ => {
-                if let Err(e) = self.disk.take().expect("storage is open").close() {
-                    return Some(e); // only with an injected fault; the case ends here
-                }
-                match DiskStorage::open(DIR, options(&self.fs)) {
-                    Ok((disk, _)) => self.disk = Some(disk),
-                    Err(e) => return Some(e), // only with an injected fault; the case ends here
-                }
-                (Ok(()), Ok(()), true) // the close wrote any unsynced commit
-            }
+        let call = match pick {
+            0..=8 => self.append(first, last),
+            9..=11 => self.set_hard_state(last),
+            12 => self.set_conf_state(),
+            13 | 14 => self.create_snapshot(first, last),
+            15 => self.apply_snapshot(last),
+            16..=18 => self.compact(first, last),
+            _ => match self.reopen() {
+                Ok(call) => call,
+                Err(e) => return Some(e), // only with an injected fault; the case ends here
+            },
         };
+        let Call { disk: d, model: m, writes_hard_state } = call;
         if std::env::var_os("KEEL_TORTURE_TRACE").is_some() {
             let hs = self.model.initial_state().map(|s| s.hard_state);
             let disk_hs = self.disk.as_ref().map(|d| d.initial_state().map(|s| s.hard_state));
@@ -330,6 +273,93 @@ impl<'a> Case<'a> {
             self.commit_floor = self.model.initial_state().unwrap().hard_state.commit;
         }
         result
+    }
+
+    /// 1-12 entries from up to 3 below the last index (a Raft truncation under a new term).
+    fn append(&mut self, first: u64, last: u64) -> Call {
+        let back = self.rng.below(4);
+        if back > 0 {
+            self.term += 1;
+        }
+        let start = (last + 1).saturating_sub(back).max(first);
+        let count = 1 + self.rng.below(12);
+        let entries: Vec<Entry> = (start..start + count)
+            .map(|index| {
+                let len = self.rng.below(600) as usize;
+                let fill = self.rng.filler(index ^ (self.term << 32));
+                let data: Vec<u8> = (0..len).map(|i| (fill >> (i % 8 * 8)) as u8 ^ i as u8).collect();
+                let entry_type = if self.rng.chance(10) { EntryType::ConfChangeV2 } else { EntryType::Normal };
+                Entry { index, term: self.term, entry_type, data: data.into() }
+            })
+            .collect();
+        Call { disk: self.disk().append(&entries), model: self.model.append(&entries), writes_hard_state: false }
+    }
+
+    /// A commit-only change (not synced by design) or a new term and vote.
+    fn set_hard_state(&mut self, last: u64) -> Call {
+        let hs = self.model.initial_state().unwrap().hard_state;
+        let commit_only = self.rng.chance(50);
+        let mut new = hs;
+        new.commit = hs.commit + self.rng.below(last.saturating_sub(hs.commit) + 1);
+        if !commit_only {
+            self.term = self.term.max(hs.term) + 1;
+            new.term = self.term;
+            new.vote = self.rng.below(5);
+        }
+        let (disk, model) = (self.disk().set_hard_state(&new), self.model.set_hard_state(&new));
+        Call { disk, model, writes_hard_state: !commit_only }
+    }
+
+    fn set_conf_state(&mut self) -> Call {
+        let voters = 1 + self.rng.below(5);
+        let cs = ConfState { voters: (1..=voters).collect(), learners: vec![9], ..ConfState::default() };
+        Call { disk: self.disk().set_conf_state(&cs), model: self.model.set_conf_state(&cs), writes_hard_state: true }
+    }
+
+    /// A local snapshot at an index above the newest one.
+    fn create_snapshot(&mut self, first: u64, last: u64) -> Call {
+        let newest_snapshot = self.model.snapshot(0).map(|s| s.metadata.index).unwrap_or(0);
+        let lo = first.max(newest_snapshot + 1);
+        let index = lo + self.rng.below((last + 1).saturating_sub(lo).max(1));
+        let data: Vec<u8> = (0..self.rng.below(3000)).map(|i| (i ^ index) as u8).collect();
+        let cs = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
+        let disk = self.disk().create_snapshot(index, &cs, &mut &data[..]);
+        Call { disk, model: self.model.create_snapshot(index, &cs, &mut &data[..]), writes_hard_state: false }
+    }
+
+    /// A leader's snapshot past the last index, under a new term.
+    fn apply_snapshot(&mut self, last: u64) -> Call {
+        self.term += 1;
+        let index = last + 1 + self.rng.below(20);
+        let conf_state = ConfState { voters: vec![1, 4], ..ConfState::default() };
+        let meta = SnapshotMetadata { index, term: self.term, conf_state };
+        let data: Vec<u8> = (0..self.rng.below(3000)).map(|i| ((i * 7) ^ index) as u8).collect();
+        let disk = self.disk().apply_snapshot(&meta, &mut &data[..]);
+        let model = self.model.apply_snapshot(&meta, &mut &data[..]);
+        if model.is_ok() {
+            self.compacted.clear();
+        }
+        Call { disk, model, writes_hard_state: true }
+    }
+
+    /// Compaction at any index from the first to one past the last (which must fail).
+    fn compact(&mut self, first: u64, last: u64) -> Call {
+        let index = first + self.rng.below(last + 2 - first);
+        if index > first && index <= last + 1 {
+            for e in self.model.entries(first, index, u64::MAX).unwrap() {
+                self.compacted.insert(e.index, e);
+            }
+        }
+        Call { disk: self.disk().compact(index), model: self.model.compact(index), writes_hard_state: false }
+    }
+
+    /// A clean close and reopen; an error only with an injected fault.
+    fn reopen(&mut self) -> Result<Call, Error> {
+        self.disk.take().expect("storage is open").close()?;
+        let (disk, _) = DiskStorage::open(DIR, options(&self.fs))?;
+        self.disk = Some(disk);
+        // The close wrote any unsynced commit.
+        Ok(Call { disk: Ok(()), model: Ok(()), writes_hard_state: true })
     }
 
     fn fail(&self, step: u64, what: &str) -> ! {
