@@ -25,15 +25,30 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The requested index is below the first index: it was compacted away.
     #[error("index {index} was compacted (the first index is {first_index})")]
-    Compacted { index: u64, first_index: u64 },
+    Compacted {
+        /// The index asked for (for an append, its first entry's).
+        index: u64,
+        /// The first index now: everything below it was compacted.
+        first_index: u64,
+    },
 
     /// The requested index is above the last index: it does not exist yet.
     #[error("index {index} is not available (the last index is {last_index})")]
-    Unavailable { index: u64, last_index: u64 },
+    Unavailable {
+        /// The index asked for (for a range, its last).
+        index: u64,
+        /// The last index now.
+        last_index: u64,
+    },
 
     /// A snapshot older than (or as old as) what storage already holds: nothing was changed.
     #[error("snapshot at index {index} is out of date (storage already covers index {covered})")]
-    SnapshotOutOfDate { index: u64, covered: u64 },
+    SnapshotOutOfDate {
+        /// The last index of the refused snapshot.
+        index: u64,
+        /// The index storage already covers, by its newest snapshot or compaction.
+        covered: u64,
+    },
 
     /// No snapshot can be served now (none yet, one is being made, or the newest is older than
     /// requested); Raft retries later.
@@ -47,19 +62,29 @@ pub enum Error {
     /// The operating system refused an operation on a file or directory.
     #[error("I/O error during {op} on {}: {source}", path.display())]
     Io {
+        /// What was being done: "write", "fdatasync", "rename", ...
         op: &'static str,
+        /// The file or directory (`<...>` when neither: a thread, a snapshot data stream).
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
 
     /// A write or sync failed earlier; the log accepts no further writes until it is reopened.
     #[error("the log refuses writes after an earlier failure ({cause}); reopen it to recover what is durable")]
-    Failed { cause: String },
+    Failed {
+        /// The message of the first failure, the one that latched the log (or the storage, or the
+        /// snapshot writer); or that the group-commit writer thread stopped.
+        cause: String,
+    },
 
     /// Another open log holds the directory's lock.
     #[error("the log directory {} is locked by another open log (in this process or another)", dir.display())]
-    Locked { dir: PathBuf },
+    Locked {
+        /// The directory whose `LOCK` file is held.
+        dir: PathBuf,
+    },
 
     /// The bytes on disk are damaged; see [`Corruption`].
     #[error(transparent)]
@@ -67,7 +92,14 @@ pub enum Error {
 
     /// A file was written by a format version this build does not read.
     #[error("{}: format version {found} is not supported (this build reads version {supported})", path.display())]
-    IncompatibleVersion { path: PathBuf, found: u32, supported: u32 },
+    IncompatibleVersion {
+        /// The file written by the other version.
+        path: PathBuf,
+        /// The format version the file states.
+        found: u32,
+        /// The format version this build reads and writes.
+        supported: u32,
+    },
 }
 
 impl Clone for Error {
@@ -117,9 +149,11 @@ impl Error {
 /// Evidence of damaged bytes: which file, where, what was wrong, and which entries it affects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Corruption {
+    /// The damaged file.
     pub path: PathBuf,
     /// Byte offset in `path` of the damaged structure.
     pub offset: u64,
+    /// What is wrong at `offset`.
     pub kind: CorruptionKind,
     /// The Raft indexes that cannot be trusted because of this damage, if known.
     pub affected_indexes: Option<(u64, u64)>,
@@ -132,7 +166,14 @@ pub struct Corruption {
 #[non_exhaustive]
 pub enum CorruptionKind {
     /// A checksum did not match; `what` names the structure ("record header", "footer", ...).
-    Checksum { what: &'static str, expected: u32, actual: u32 },
+    Checksum {
+        /// The structure checked: "record", "record header", "footer", "snapshot data", ...
+        what: &'static str,
+        /// The checksum stored on disk.
+        expected: u32,
+        /// The checksum computed from the bytes read.
+        actual: u32,
+    },
     /// A structure's fields are impossible (a length past the end, a wrong magic, ...).
     Malformed(String),
 }

@@ -30,6 +30,7 @@
 
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
+#![warn(missing_docs)]
 
 mod error;
 #[cfg(test)]

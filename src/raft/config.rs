@@ -85,14 +85,25 @@ impl Config {
 /// Why a [`Config`] is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// `id` is 0, which means "no node" (no vote, no leader).
     #[error("node id 0 is reserved for \"none\"")]
     ZeroId,
+    /// `heartbeat_tick` is 0.
     #[error("heartbeat_tick must be at least 1")]
     ZeroHeartbeatTick,
+    /// `election_tick` is not above `heartbeat_tick`.
     #[error("election_tick ({election_tick}) must be above heartbeat_tick ({heartbeat_tick})")]
-    ElectionNotAboveHeartbeat { election_tick: usize, heartbeat_tick: usize },
+    ElectionNotAboveHeartbeat {
+        /// The configured `election_tick`.
+        election_tick: usize,
+        /// The configured `heartbeat_tick`.
+        heartbeat_tick: usize,
+    },
+    /// The named limit (`max_inflight_msgs`, `max_inflight_bytes` or `max_uncommitted_size`) is 0.
     #[error("{0} must be at least 1")]
     ZeroInflight(&'static str),
+    /// This node's id (held here) is in neither the voters nor the learners of the storage's
+    /// ConfState. Returned by `RawNode::new`, not by `validate`.
     #[error("node {0} is not in the configuration's voters or learners")]
     NotAMember(u64),
 }

@@ -21,12 +21,16 @@ pub enum MessageType {
     AppendResponse = 2,
     /// Candidate → all: vote for me in `term`; my last entry is (`index`, `log_term`).
     RequestVote = 3,
+    /// Voter → candidate: the vote in `term` granted (sent once persisted) or refused (`reject`).
     RequestVoteResponse = 4,
     /// Pre-candidate → all: would you vote for me in `term` (not yet entered)?
     RequestPreVote = 5,
+    /// Voter → pre-candidate: it would vote in the term asked about, or not (`reject`, sent in
+    /// the voter's own term).
     RequestPreVoteResponse = 6,
     /// Leader → follower: I am alive; commit up to `commit` (bounded by what you matched).
     Heartbeat = 7,
+    /// Follower → leader: the heartbeat arrived; the leader resends appends if it is behind.
     HeartbeatResponse = 8,
     /// Leader → follower: install this snapshot.
     Snapshot = 9,
@@ -56,16 +60,23 @@ impl MessageType {
 /// A snapshot carried by a [`MessageType::Snapshot`] message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotMessage {
+    /// What the snapshot covers: its last index, that index's term, the membership then.
     pub metadata: SnapshotMetadata,
+    /// The state machine's snapshot data, whole, in memory.
     pub data: Arc<[u8]>,
 }
 
 /// One Raft message. Fields a type does not use are zero.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// What the message is, and so which of the other fields it uses.
     pub kind: MessageType,
+    /// The id of the node it is addressed to.
     pub to: u64,
+    /// The id of the node that sent it.
     pub from: u64,
+    /// The sender's term; RequestPreVote carries the term it would campaign in, and a granted
+    /// pre-vote answers in that term. 0 in Propose.
     pub term: u64,
     /// Append: the term of the entry before `entries`; votes: the candidate's last term;
     /// AppendResponse rejection: the term of the follower's entry at `reject_hint`.
@@ -73,12 +84,17 @@ pub struct Message {
     /// Append: the index before `entries`; AppendResponse: the index accepted (or rejected);
     /// votes: the candidate's last index.
     pub index: u64,
+    /// Append: the entries following `index`; Propose: the proposed entries (the leader assigns
+    /// their index and term).
     pub entries: Vec<Entry>,
+    /// Append: the leader's commit index; Heartbeat: the same, capped at what the follower matched.
     pub commit: u64,
+    /// AppendResponse: the follower's log does not match at `index`; vote responses: not granted.
     pub reject: bool,
     /// AppendResponse rejection: the follower's index to retry from (its last index or the
     /// last index whose term is at most `log_term`).
     pub reject_hint: u64,
+    /// Snapshot: the snapshot to install; `None` in every other type.
     pub snapshot: Option<SnapshotMessage>,
 }
 
@@ -190,7 +206,9 @@ const VERSION: u8 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bad message at byte {offset}: {what}")]
 pub struct DecodeError {
+    /// Byte offset in the input at which decoding stopped.
     pub offset: usize,
+    /// What was wrong there (a field cut short, an unknown type, bytes after the end, ...).
     pub what: String,
 }
 

@@ -31,19 +31,33 @@ pub(crate) fn data_bytes(entries: &[crate::storage::Entry]) -> u64 {
 /// A node's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
+    /// Takes the leader's appends, heartbeats and snapshots and answers votes; a voter campaigns
+    /// when an election timeout passes without hearing from a leader.
     Follower,
+    /// Asks the voters whether they would vote for it (PreVote), without raising its term.
     PreCandidate,
+    /// Has raised its term and voted for itself; asks the voters for their votes.
     Candidate,
+    /// Accepts proposals, replicates the log to the other nodes and advances the commit index.
     Leader,
 }
 
 /// Why a proposal was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
+    /// This node is not the leader and knows of none (or a forwarded proposal reached a node that
+    /// is no longer leader).
     #[error("no leader is known; retry after an election")]
     NoLeader,
+    /// This node follows a known leader, but `Config::disable_proposal_forwarding` is set.
     #[error("this node is not the leader and proposal forwarding is disabled")]
     ForwardingDisabled,
+    /// The leader holds too much uncommitted entry data (`Config::max_uncommitted_size`).
     #[error("{uncommitted} bytes are uncommitted; the limit is {limit}")]
-    UncommittedSizeExceeded { uncommitted: u64, limit: u64 },
+    UncommittedSizeExceeded {
+        /// Bytes of entry data proposed on this leader and not yet handed out to apply.
+        uncommitted: u64,
+        /// `Config::max_uncommitted_size`.
+        limit: u64,
+    },
 }

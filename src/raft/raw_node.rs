@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 /// Volatile state the application may want to observe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SoftState {
+    /// The leader this node knows of in its current term; 0 for none.
     pub leader_id: u64,
+    /// This node's role.
     pub role: Role,
 }
 
@@ -68,10 +70,15 @@ impl<S: StorageMut> RawNode<S> {
 /// A snapshot of the node's state, for monitoring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
+    /// This node's id (`Config::id`).
     pub id: u64,
+    /// The node's term, vote and commit index now, including changes not yet persisted.
     pub hard_state: HardState,
+    /// The leader this node knows of and its role.
     pub soft_state: SoftState,
+    /// The last index handed out to apply (in a `Ready`'s `committed_entries`, or by a snapshot).
     pub applied: u64,
+    /// The last index of this node's log, persisted or not.
     pub last_index: u64,
     /// Leader only: each peer's (matched, next, state).
     pub progress: BTreeMap<u64, (u64, u64, ProgressState)>,
@@ -80,8 +87,10 @@ pub struct Status {
 /// Why a node could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum NewNodeError {
+    /// The configuration is invalid, or the storage's ConfState does not list this node.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Reading the initial state or the log bounds from storage failed.
     #[error("reading the initial state from storage: {0}")]
     Storage(#[from] crate::Error),
 }

@@ -10,19 +10,30 @@ use std::sync::Arc;
 /// The Raft state that must be durable before messages depending on it leave the node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct HardState {
+    /// The node's current term: the highest it has seen. Never decreases.
     pub term: u64,
     /// The node voted for in `term`; 0 for none.
     pub vote: u64,
+    /// The highest index known committed. Never decreases; after a crash it may be lower than
+    /// it was (a commit-only change need not be synced), never higher.
     pub commit: u64,
 }
 
 /// Cluster membership, with room for joint consensus (`voters_outgoing`, `learners_next`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ConfState {
+    /// Ids of the nodes that vote in elections and count towards commit (a quorum is a majority).
     pub voters: Vec<u64>,
+    /// Ids of the nodes that receive the log but neither vote nor count towards commit.
     pub learners: Vec<u64>,
+    /// Joint consensus: the voters of the configuration being left; empty outside a joint
+    /// change. Stored and sent, not yet used by the Raft core.
     pub voters_outgoing: Vec<u64>,
+    /// Joint consensus: voters that become learners when the joint configuration is left.
+    /// Stored and sent, not yet used by the Raft core.
     pub learners_next: Vec<u64>,
+    /// Joint consensus: leave the joint configuration on its own once it is committed. Stored
+    /// and sent, not yet used by the Raft core.
     pub auto_leave: bool,
 }
 
@@ -36,7 +47,9 @@ impl ConfState {
 /// What `initial_state` returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RaftState {
+    /// The persisted term, vote and commit index.
     pub hard_state: HardState,
+    /// The persisted membership: voters and learners.
     pub conf_state: ConfState,
 }
 
@@ -44,9 +57,14 @@ pub struct RaftState {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum EntryType {
+    /// Application data; a new leader's first entry of its term is an empty one.
     #[default]
     Normal = 0,
+    /// A membership change (etcd's `EntryConfChange`). Stored and replicated like any entry; the
+    /// Raft core does not act on it yet.
     ConfChange = 1,
+    /// A joint-consensus membership change (etcd's `EntryConfChangeV2`). Stored and replicated like
+    /// any entry; the Raft core does not act on it yet.
     ConfChangeV2 = 2,
 }
 
@@ -64,9 +82,13 @@ impl EntryType {
 /// A Raft log entry. Read from `DiskStorage`, `data` points into the mapped segment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {
+    /// The entry's position in the Raft log; the first entry ever is index 1.
     pub index: u64,
+    /// The term of the leader that created the entry.
     pub term: u64,
+    /// Whether `data` is application data or a membership change.
     pub entry_type: EntryType,
+    /// The entry's bytes, opaque to keel: what `size_bytes` and the `max_bytes` limits count.
     pub data: Payload,
 }
 
@@ -98,7 +120,9 @@ pub struct SnapshotMetadata {
 /// swapped pair compiles.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SnapshotId {
+    /// The last index the snapshot includes.
     pub index: u64,
+    /// The term of the entry at `index`.
     pub term: u64,
 }
 
@@ -118,6 +142,7 @@ impl SnapshotMetadata {
 /// A snapshot: metadata and a way to stream its data (which may be larger than memory).
 #[derive(Clone)]
 pub struct Snapshot {
+    /// What the snapshot covers: its last index, that index's term, the membership then.
     pub metadata: SnapshotMetadata,
     pub(crate) data: Arc<dyn SnapshotSource>,
 }

@@ -43,6 +43,7 @@ pub enum SyncPolicy {
 pub struct GroupCommitOptions {
     /// A batch stops growing at this many payload bytes (at least one request is always taken).
     pub batch_bytes_max: u64,
+    /// When the writer syncs, and so what a completed ticket promises (durable by default).
     pub sync: SyncPolicy,
     /// If set, a batch smaller than `batch_bytes_max` waits up to this long for more requests
     /// before it is written. No delay by default: batches form while the disk is busy.
@@ -60,8 +61,12 @@ impl Default for GroupCommitOptions {
 /// writer has written it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedNewEntry {
+    /// The entry's Raft index. One append's entries are contiguous; a first index at or below
+    /// the last index truncates the suffix from there.
     pub index: u64,
+    /// The term of the leader that created the entry.
     pub term: u64,
+    /// The entry's bytes, stored as one record's payload; what `batch_bytes_max` counts.
     pub payload: Vec<u8>,
 }
 

@@ -81,8 +81,13 @@ impl Default for LogOptions {
 /// An entry to append: borrowed payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewEntry<'a> {
+    /// The entry's Raft index. One append's entries are contiguous; a first index at or below
+    /// the last index truncates the suffix from there.
     pub index: u64,
+    /// The term of the leader that created the entry.
     pub term: u64,
+    /// The entry's bytes, stored as one record's payload; more than
+    /// `limits::payload_bytes_max(segment_bytes)` is refused.
     pub payload: &'a [u8],
 }
 
@@ -91,8 +96,11 @@ pub struct NewEntry<'a> {
 /// `DiskStorage` builds from it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct LogEntry {
+    /// The entry's Raft index: its position in the log.
     pub index: u64,
+    /// The term of the leader that created the entry.
     pub term: u64,
+    /// The entry's bytes: a shared handle into the segment's map, its checksum verified on read.
     pub payload: Payload,
 }
 

@@ -38,6 +38,7 @@ use std::sync::Arc;
 /// What [`Log::open`] found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
+    /// The log directory opened.
     pub dir: PathBuf,
     /// Segment files found in the directory.
     pub segments_found: usize,
@@ -47,7 +48,9 @@ pub struct RecoveryReport {
     pub segments_scanned: usize,
     /// Entries in the log after recovery.
     pub entries_recovered: u64,
+    /// The log's first index after recovery (`last_index + 1` when it holds no entry).
     pub first_index: u64,
+    /// The log's last index after recovery (`first_index - 1` when it holds no entry).
     pub last_index: u64,
     /// Torn tails dropped, each with the decision-table rule that allowed it.
     pub truncations: Vec<Truncation>,
@@ -58,7 +61,9 @@ pub struct RecoveryReport {
 /// A torn tail that recovery dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Truncation {
+    /// The segment file that held the torn tail.
     pub path: PathBuf,
+    /// That segment's id, as in its file name.
     pub segment_id: u64,
     /// Where the dropped bytes start.
     pub offset: u64,
@@ -73,7 +78,9 @@ pub struct Truncation {
 /// A segment file that recovery removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemovedSegment {
+    /// The segment file, now deleted.
     pub path: PathBuf,
+    /// Why it held nothing to keep (below the compaction boundary, no valid record, ...).
     pub reason: String,
 }
 
