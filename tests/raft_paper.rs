@@ -532,3 +532,32 @@ fn config_and_membership_errors_are_typed() {
     let s = storage(&[1], &[], 0);
     assert_eq!(s.last_index().unwrap(), 0);
 }
+
+#[test]
+fn a_snapshot_the_follower_already_holds_is_acknowledged_only_up_to_its_commit() {
+    // §7 (log compaction) and etcd's handleSnapshot: a follower whose log already holds the
+    // snapshot's last entry commits through it, but its entries after that index may be from
+    // an older leader and differ from the current one's. Its answer must claim no more than
+    // it knows matches (its commit), or the leader counts those entries towards a quorum.
+    let mut node = RawNode::new(&config(2, false, false), storage(&[1, 2, 3], &[1, 1, 1, 2, 2], 3)).unwrap();
+    let mut snap = msg(MessageType::Snapshot, 1, 2, 3);
+    snap.snapshot = Some(keel::raft::SnapshotMessage {
+        metadata: keel::storage::SnapshotMetadata {
+            index: 3,
+            term: 1,
+            conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
+        },
+        data: b"state".to_vec().into(),
+    });
+    node.step(snap).unwrap();
+    let rd = node.ready();
+    let ack = rd
+        .messages
+        .iter()
+        .chain(&rd.persisted_messages)
+        .find(|m| m.kind == MessageType::AppendResponse)
+        .expect("the follower answers the snapshot");
+    assert!(!ack.reject);
+    assert_eq!(ack.index, 3, "acknowledged through the snapshot's index, not the follower's last index (5)");
+    assert_eq!(node.status().hard_state.commit, 3);
+}

@@ -652,9 +652,10 @@ impl<S: Storage> Raft<S> {
         if index <= self.log.committed {
             r.index = self.log.committed;
         } else if self.log.match_term(index, term) {
-            // We already hold the entry it ends with: commit through it instead.
+            // We already hold the entry it ends with: commit through it instead. Entries after
+            // it may be an older leader's, so claim only what is committed (etcd does the same).
             self.log.commit_to(index);
-            r.index = self.log.last_index();
+            r.index = self.log.committed;
         } else {
             let cs = &snapshot.metadata.conf_state;
             self.voters = cs.voters.iter().copied().collect();
