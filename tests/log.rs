@@ -63,6 +63,7 @@ fn misuse_gives_typed_errors() {
     let big = vec![0u8; SEGMENT_BYTES as usize];
     assert!(matches!(log.append(&[NewEntry { index: 11, term: 1, payload: &big }]), Err(Error::InvalidArgument(_))));
     assert!(matches!(log.entry(11), Err(Error::Unavailable { index: 11, last_index: 10 })));
+    assert!(matches!(log.term(u64::MAX), Err(Error::Unavailable { .. })), "no overflow panic");
     assert!(matches!(log.entries(1, 12, 0), Err(Error::Unavailable { .. })));
     log.compact(5).unwrap();
     assert!(matches!(log.entry(4), Err(Error::Compacted { index: 4, first_index: 5 })));

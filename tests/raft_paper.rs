@@ -561,3 +561,21 @@ fn a_snapshot_the_follower_already_holds_is_acknowledged_only_up_to_its_commit()
     assert_eq!(ack.index, 3, "acknowledged through the snapshot's index, not the follower's last index (5)");
     assert_eq!(node.status().hard_state.commit, 3);
 }
+
+#[test]
+fn a_malformed_append_from_the_network_is_dropped_not_trusted() {
+    // Messages are untrusted input: an Append whose entries do not follow its index one by one
+    // (decodable, but no correct leader sends it) must neither panic the node nor change its log.
+    for (index, entry_indexes) in [(1, vec![3, 4]), (0, vec![5]), (2, vec![3, 3]), (u64::MAX, vec![0])] {
+        let mut node = RawNode::new(&config(2, false, false), storage(&[1, 2, 3], &[1, 1], 1)).unwrap();
+        let mut a = msg(MessageType::Append, 1, 2, 1);
+        a.index = index;
+        a.log_term = 1;
+        a.commit = 2;
+        a.entries = entry_indexes.iter().map(|&i| Entry::new(i, 1, b"e".to_vec())).collect();
+        node.step(a).unwrap();
+        let rd = node.ready();
+        assert!(rd.entries.is_empty(), "index {index}, entries {entry_indexes:?}: {rd:?}");
+        assert_eq!(node.status().last_index, 2);
+    }
+}

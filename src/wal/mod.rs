@@ -236,7 +236,7 @@ impl Log {
     /// The term of entry `index`. For `first_index - 1` it answers from the last compaction or
     /// reset when known; below that, [`Error::Compacted`].
     pub fn term(&self, index: u64) -> Result<u64> {
-        if index + 1 == self.first_index
+        if index.checked_add(1) == Some(self.first_index)
             && let Some(t) = self.prev_term
         {
             return Ok(t);
