@@ -93,6 +93,7 @@ fn fresh_storage_is_empty<H: Harness>() {
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 0));
         assert_eq!(s.term(0).unwrap(), 0);
         assert!(matches!(s.term(1), Err(Error::Unavailable { .. })));
+        assert!(matches!(s.term(u64::MAX), Err(Error::Unavailable { .. })), "no overflow panic");
         assert!(s.entries(1, 1, u64::MAX).unwrap().is_empty());
         assert!(matches!(s.snapshot(0), Err(Error::SnapshotTemporarilyUnavailable)));
     });

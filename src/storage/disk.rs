@@ -411,7 +411,7 @@ impl Storage for DiskStorage {
             // The log knows the term before its first entry after any compaction or reset; the
             // snapshot answers only if that knowledge was lost.
             Err(Error::Compacted { .. })
-                if index + 1 == self.log.first_index()
+                if index.checked_add(1) == Some(self.log.first_index())
                     && self.snapshots.last().is_some_and(|s| s.metadata.index == index) =>
             {
                 Ok(self.snapshots.last().expect("checked").metadata.term)

@@ -100,7 +100,7 @@ impl Storage for MemStorage {
     }
 
     fn term(&self, index: u64) -> Result<u64> {
-        if index + 1 == self.first_index {
+        if index.checked_add(1) == Some(self.first_index) {
             return Ok(self.prev_term);
         }
         if index < self.first_index {
