@@ -331,15 +331,20 @@ fn hard_state_and_conf_state_persist<H: Harness>() {
 
 fn hard_state_rules_are_enforced<H: Harness>() {
     let mut h = H::new();
+    h.s().append(&ents(1, 12, 5)).unwrap();
     h.s().set_hard_state(&HardState { term: 5, vote: 2, commit: 10 }).unwrap();
     for bad in [
         HardState { term: 4, vote: 2, commit: 10 },
         HardState { term: 5, vote: 2, commit: 9 },
         HardState { term: 5, vote: 3, commit: 10 },
+        HardState { term: 5, vote: 2, commit: 13 }, // above the last index (12)
     ] {
         assert!(matches!(h.s().set_hard_state(&bad), Err(Error::InvalidArgument(_))), "{bad:?}");
     }
     h.s().set_hard_state(&HardState { term: 6, vote: 3, commit: 10 }).unwrap();
+    // Raft never replaces a committed entry, and neither does storage.
+    assert!(matches!(h.s().append(&ents(10, 11, 6)), Err(Error::InvalidArgument(_))));
+    h.s().append(&ents(11, 12, 6)).unwrap();
     twice(&mut h, |s| assert_eq!(s.initial_state().unwrap().hard_state, HardState { term: 6, vote: 3, commit: 10 }));
 }
 

@@ -311,12 +311,12 @@ fn arbitrary_bytes_in_hard_state_and_snapshot_files_never_panic() {
 
 #[test]
 fn commit_only_changes_cost_no_fdatasync() {
-    // etcd's MustSync rule: moving only the commit index writes nothing; a term or vote change
-    // is written and synced at once; a clean close keeps the newest commit.
+    // etcd's MustSync rule: moving only the commit index writes without an fdatasync; a term or
+    // vote change is written and synced at once; a clean close keeps the newest commit.
     let dir = tempfile::tempdir().unwrap();
     let (faults, options) = faulty_options();
     let (mut s, _) = DiskStorage::open(dir.path(), options.clone()).unwrap();
-    s.append(&ents(1, 10, 1)).unwrap();
+    s.append(&ents(1, 12, 1)).unwrap();
     s.set_hard_state(&HardState { term: 1, vote: 1, commit: 0 }).unwrap();
     let before = faults.syncs.load(Ordering::SeqCst);
     for commit in 1..=10 {

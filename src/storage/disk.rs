@@ -98,9 +98,6 @@ pub struct DiskStorage {
     _lock: Box<dyn Any + Send + Sync>,
     log: Log,
     hard_state: HardStateFile,
-    /// A commit index newer than the HardState file's, from a commit-only change: not written
-    /// (etcd's MustSync rule); written with the next term, vote or ConfState change, or at drop.
-    commit_unsynced: Option<u64>,
     /// Oldest to newest.
     snapshots: Vec<Arc<SnapshotFile>>,
     snapshots_kept: usize,
@@ -142,13 +139,14 @@ impl DiskStorage {
         check_fallback(&log, &snapshots, &report.corrupt_snapshots)?;
         report.snapshot_install_completed =
             roll_forward_install(fs.as_ref(), dir, &snapshots, &mut hard_state, &mut log)?;
+        sync_snapshots_and_directory(fs.as_ref(), dir, &snapshots)?;
+        check_commit_held(&hard_state, &log, &snapshots)?;
         let mut storage = DiskStorage {
             dir: dir.to_path_buf(),
             fs,
             _lock: lock,
             log,
             hard_state,
-            commit_unsynced: None,
             snapshots,
             snapshots_kept: options.snapshots_kept,
             in_progress: Arc::new(AtomicUsize::new(0)),
@@ -281,6 +279,42 @@ fn roll_forward_install(
     Ok(true)
 }
 
+/// Makes durable what open read and did besides the log (which `Log::open` syncs, with its
+/// directory and this one) and the HardState file (synced when opened): the snapshot files it
+/// will serve, and this directory after the removals and renames above. A killed process may
+/// have left any of them only in the page cache.
+fn sync_snapshots_and_directory(fs: &dyn FileSystem, dir: &Path, snapshots: &[Arc<SnapshotFile>]) -> Result<()> {
+    for sf in snapshots {
+        fs.open(&sf.path).and_then(|f| f.sync_data()).map_err(Error::at("fdatasync", &sf.path))?;
+    }
+    fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
+    match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => fs.sync_dir(p).map_err(Error::at("fsync directory", p)),
+        _ => Ok(()),
+    }
+}
+
+/// The HardState's commit index must be held by the log or the newest snapshot: Raft
+/// acknowledged those entries to clients. If recovery dropped them (damage it could not tell
+/// from a torn tail, such as inside the last synced write), starting would silently lose them,
+/// so open refuses in every recovery mode.
+fn check_commit_held(hard_state: &HardStateFile, log: &Log, snapshots: &[Arc<SnapshotFile>]) -> Result<()> {
+    let commit = hard_state.current().hard_state.commit;
+    let held = log.last_index().max(snapshots.last().map_or(0, |s| s.metadata.index));
+    if commit <= held {
+        return Ok(());
+    }
+    let kind = CorruptionKind::Malformed(format!(
+        "the HardState's commit index is {commit} but the log and snapshots end at index {held}: committed \
+         entries {}..={commit} are missing",
+        held + 1
+    ));
+    let mut c = Corruption::new(log.dir(), 0, kind);
+    c.rule = Some("COMMIT_ABOVE_LOG");
+    c.affected_indexes = Some((held + 1, commit));
+    Err(c.into_error())
+}
+
 impl DiskStorage {
     /// Closes the storage, writing a commit index that only moved since the last synced change
     /// (see `set_hard_state`) and reporting a failure, which dropping it cannot.
@@ -290,11 +324,11 @@ impl DiskStorage {
 
     /// Writes an unsynced commit index, if any.
     fn flush_commit(&mut self) -> Result<()> {
-        if self.commit_unsynced.is_none() || self.failed.is_some() {
+        if !self.hard_state.unsynced() || self.failed.is_some() {
             return Ok(());
         }
-        let (hs, cs) = (self.current_hard_state(), self.hard_state.current().conf_state.clone());
-        self.write_hard_state(hs, cs)
+        let r = self.hard_state.sync();
+        self.latch(r)
     }
 
     /// The underlying log (read-only).
@@ -319,17 +353,12 @@ impl DiskStorage {
 
     /// The HardState as Raft last set it (the file's, with any unwritten commit).
     fn current_hard_state(&self) -> HardState {
-        let mut hs = self.hard_state.current().hard_state;
-        hs.commit = hs.commit.max(self.commit_unsynced.unwrap_or(0));
-        hs
+        self.hard_state.current().hard_state
     }
 
-    /// Writes a HardState slot (fdatasync), folding in any unwritten commit.
+    /// Writes a HardState slot (fdatasync).
     fn write_hard_state(&mut self, hard_state: HardState, conf_state: ConfState) -> Result<()> {
         let r = self.hard_state.write(hard_state, conf_state);
-        if r.is_ok() {
-            self.commit_unsynced = None;
-        }
         self.latch(r)
     }
 
@@ -446,7 +475,7 @@ impl StorageMut for DiskStorage {
 
     fn append(&mut self, entries: &[Entry]) -> Result<()> {
         self.check_writable()?;
-        super::check_append(entries, self.log.first_index(), self.log.last_index())?;
+        super::check_append(entries, self.log.first_index(), self.log.last_index(), self.current_hard_state().commit)?;
         // Each log payload is the entry type byte followed by the data.
         self.buf.clear();
         let mut ranges = Vec::with_capacity(entries.len());
@@ -471,14 +500,15 @@ impl StorageMut for DiskStorage {
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<()> {
         self.check_writable()?;
         let current = self.current_hard_state();
-        super::check_hard_state(&current, hard_state)?;
-        if hard_state.term == current.term && hard_state.vote == current.vote {
-            // Only the commit index moved: Raft can relearn it, so no write and no fdatasync
-            // (etcd's MustSync rule). It reaches the file with the next synced change.
-            self.commit_unsynced = Some(hard_state.commit);
-            return Ok(());
-        }
+        super::check_hard_state(&current, hard_state, self.log.last_index())?;
         let cs = self.hard_state.current().conf_state.clone();
+        if hard_state.term == current.term && hard_state.vote == current.vote {
+            // Only the commit index moved: Raft can relearn it, so no fdatasync (etcd's MustSync
+            // rule), but it is written, so that a process kill (page cache kept) never moves
+            // commit backwards; only a power loss may, to the last synced value.
+            let r = self.hard_state.write_unsynced(*hard_state, cs);
+            return self.latch(r);
+        }
         self.write_hard_state(*hard_state, cs)
     }
 

@@ -2,8 +2,14 @@
 //! newest update and never produces a mix. Layout in `segments/FORMAT.md` ("HardState file").
 //!
 //! Invariants:
-//! - a write goes to the slot that does not hold the current state, with sequence number + 1;
+//! - a write goes to the slot that does not hold the durable state, with sequence number + 1,
+//!   so the durable state is never overwritten before its successor is synced;
+//! - a commit-only change is written without fdatasync (etcd's rule): a process kill keeps it
+//!   (the page cache survives), a power loss may lose it; later ones overwrite it in the same
+//!   slot, and the next synced write does too;
 //! - the current state is the valid slot with the higher sequence number;
+//! - the file is synced whole at open, so what a killed process left in the page cache is
+//!   durable before anything is built on it;
 //! - the file is created whole (temporary name, fdatasync, rename, directory fsync).
 
 use super::types::{ConfState, HardState};
@@ -179,6 +185,8 @@ pub(crate) struct HardStateFile {
     current: Slot,
     /// Which slot (0 or 1) holds `current`.
     current_slot: usize,
+    /// Which slot holds the newest synced state: `current_slot` unless `current` is unsynced.
+    durable_slot: usize,
 }
 
 impl HardStateFile {
@@ -215,7 +223,12 @@ impl HardStateFile {
             }
         }
         match best {
-            Some((current_slot, current)) => Ok(HardStateFile { path, file, current, current_slot }),
+            Some((current_slot, current)) => {
+                // What recovery read may exist only in the page cache (a killed process's last,
+                // unsynced write): make it durable before a vote or a term is built on it.
+                file.sync_data().map_err(|e| Error::io("fdatasync", &path, e))?;
+                Ok(HardStateFile { path, file, current, current_slot, durable_slot: current_slot })
+            }
             None => {
                 let (k, kind) = damage.into_iter().next().expect("two slots, none valid");
                 let mut c = Corruption::new(&path, (k * SLOT_BYTES) as u64, kind);
@@ -229,16 +242,37 @@ impl HardStateFile {
         &self.current
     }
 
-    /// Writes `hard_state` and `conf_state` to the other slot and fdatasyncs it. On error the
-    /// caller must latch: the slot may be torn and the kernel may have dropped the pages.
+    /// Writes `hard_state` and `conf_state` to the slot not holding the durable state and
+    /// fdatasyncs it. On error the caller must latch: the slot may be torn and the kernel may
+    /// have dropped the pages.
     pub(crate) fn write(&mut self, hard_state: HardState, conf_state: ConfState) -> Result<()> {
+        self.write_unsynced(hard_state, conf_state)?;
+        self.sync()
+    }
+
+    /// Writes like [`HardStateFile::write`] without the fdatasync: for a change Raft can
+    /// relearn (the commit index). The durable slot is untouched.
+    pub(crate) fn write_unsynced(&mut self, hard_state: HardState, conf_state: ConfState) -> Result<()> {
         let next = Slot { sequence: self.current.sequence + 1, hard_state, conf_state };
-        let target = 1 - self.current_slot;
+        let target = 1 - self.durable_slot;
         let bytes = encode_slot(&next);
         self.file.write_at(&bytes, (target * SLOT_BYTES) as u64).map_err(|e| Error::io("write", &self.path, e))?;
-        self.file.sync_data().map_err(|e| Error::io("fdatasync", &self.path, e))?;
         self.current = next;
         self.current_slot = target;
+        Ok(())
+    }
+
+    /// Whether the current state was written without an fdatasync since.
+    pub(crate) fn unsynced(&self) -> bool {
+        self.current_slot != self.durable_slot
+    }
+
+    /// Makes the current state durable (nothing to do if it is).
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        if self.unsynced() {
+            self.file.sync_data().map_err(|e| Error::io("fdatasync", &self.path, e))?;
+            self.durable_slot = self.current_slot;
+        }
         Ok(())
     }
 }

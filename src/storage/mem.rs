@@ -134,7 +134,7 @@ impl StorageMut for MemStorage {
     type SnapshotWriter = MemSnapshotWriter;
 
     fn append(&mut self, entries: &[Entry]) -> Result<()> {
-        super::check_append(entries, self.first_index, self.last())?;
+        super::check_append(entries, self.first_index, self.last(), self.hard_state.commit)?;
         let Some(first) = entries.first() else { return Ok(()) };
         self.entries.truncate((first.index - self.first_index) as usize);
         self.entries.extend(entries.iter().cloned());
@@ -142,7 +142,7 @@ impl StorageMut for MemStorage {
     }
 
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<()> {
-        super::check_hard_state(&self.hard_state, hard_state)?;
+        super::check_hard_state(&self.hard_state, hard_state, self.last())?;
         self.hard_state = *hard_state;
         Ok(())
     }

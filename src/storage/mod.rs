@@ -53,9 +53,17 @@ pub trait StorageMut: Storage {
     /// Appends entries (contiguous), truncating a conflicting suffix first; durable on return.
     fn append(&mut self, entries: &[Entry]) -> Result<()>;
     /// Persists the HardState (keeping the ConfState). A term or commit below the current one,
-    /// or a changed vote within the same term, is refused with `InvalidArgument`. A change of
-    /// the commit index alone may be kept in memory until the next term, vote or ConfState
-    /// change (etcd's MustSync rule): after a crash the commit index can be lower, never higher.
+    /// a commit raised above the last index, or a changed vote within the same term, is refused
+    /// with `InvalidArgument`.
+    ///
+    /// A change of the term or vote is durable on return. A change of the commit index alone is
+    /// written but not synced (etcd's MustSync rule, `Ready::must_sync`): what an application may
+    /// assume afterwards is
+    /// - after a clean close (`DiskStorage::close`, or drop): the newest commit index;
+    /// - after a process kill (SIGKILL, abort, the OOM killer; the machine stays up): the newest
+    ///   commit index as well, because the page cache keeps the write and the next open syncs it;
+    /// - after a power loss or kernel crash: at least the commit index of the last synced change
+    ///   (a term, vote, ConfState or snapshot write), at most the newest; never higher.
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<()>;
     /// Persists the ConfState (keeping the HardState).
     fn set_conf_state(&mut self, conf_state: &ConfState) -> Result<()>;
@@ -81,9 +89,17 @@ pub trait StorageMut: Storage {
 }
 
 /// Checks an append against the log's bounds, the same way for every implementation (and as
-/// the log itself does).
-pub(crate) fn check_append(entries: &[Entry], first_index: u64, last_index: u64) -> Result<()> {
-    crate::wal::check_append_indexes(entries, |e| (e.index, e.term), first_index, last_index)
+/// the log itself does), and that it replaces no committed entry: Raft never does (etcd-raft
+/// panics on it), and a log shorter than the commit index would read as acknowledged entries
+/// lost at the next open.
+pub(crate) fn check_append(entries: &[Entry], first_index: u64, last_index: u64, commit: u64) -> Result<()> {
+    crate::wal::check_append_indexes(entries, |e| (e.index, e.term), first_index, last_index)?;
+    match entries.first() {
+        Some(first) if first.index <= last_index && first.index <= commit => Err(crate::Error::InvalidArgument(
+            format!("append: index {} would replace committed entries (the commit index is {commit})", first.index),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Checks the bounds of `entries(lo, hi, _)`.
@@ -154,8 +170,13 @@ pub(crate) fn check_apply_snapshot(index: u64, term: u64, first_index: u64, newe
 
 /// Checks that a HardState update keeps Raft's rules: the term and the commit index never go
 /// backwards, and a vote cast in a term is never changed within that term.
-pub(crate) fn check_hard_state(current: &HardState, new: &HardState) -> Result<()> {
+pub(crate) fn check_hard_state(current: &HardState, new: &HardState, last_index: u64) -> Result<()> {
     let bad = |what: String| Err(crate::Error::InvalidArgument(format!("set_hard_state: {what}")));
+    if new.commit > current.commit && new.commit > last_index {
+        // Raft commits only what the log holds; a commit above it would read as lost entries at
+        // the next open (refused there as corruption).
+        return bad(format!("commit {} is above the last index {last_index}", new.commit));
+    }
     if new.term < current.term {
         return bad(format!("term {} is below the persisted term {}", new.term, current.term));
     }

@@ -13,9 +13,11 @@
 //!    table), `keep` (which calls `apply_marker`); last `settle_empty_newest`;
 //! 4. `check_dense`, `replay_records`: no segment is missing between kept ones; replay their
 //!    records in file order into the entry index;
-//! 5. `Recovery::make_durable`: zero and sync torn tails, remove dead segments, sync the
-//!    directory, and sync the active segment or install a new one, so that everything
-//!    recovered is durable;
+//! 5. `Recovery::make_durable`: zero and sync torn tails, sync every kept segment
+//!    (`sync_kept_segments`) and the log directory and its parent (`sync_directories`), and only
+//!    then remove dead segments (`remove_dead_segments`: below the boundary oldest first) and
+//!    install a new active segment if needed: nothing recovery read is trusted until synced,
+//!    because a killed process leaves unsynced writes in the page cache;
 //! 6. `Recovery::start`: build the `Log` and finish the report.
 //!
 //! No step decides what damage is tolerated: each looks it up with `recovery_table::decide`.
@@ -614,15 +616,45 @@ impl<'a> Recovery<'a> {
         }
     }
 
-    /// Step 5: zero and sync torn tails, remove dead segments, sync the directory, make sure a
-    /// durable active segment exists.
+    /// Step 5: make durable everything recovery read before anything is removed or written:
+    /// zero and sync torn tails, sync every kept segment and the directories, then remove dead
+    /// segments, then make sure a durable active segment exists.
+    ///
+    /// What recovery read may exist only in the page cache (a killed process leaves its unsynced
+    /// writes there), so nothing is trusted until it has been synced: a sealed segment whose seal
+    /// was never synced, a rename (a rotation's `next.prep` to `<id>.seg`) whose directory fsync
+    /// never ran, the compaction marker that justifies removing older segments. Removals come
+    /// last, once what justifies them is durable.
     fn make_durable(&mut self) -> Result<Durable> {
         self.zero_torn_tails()?;
+        self.sync_kept_segments()?;
+        self.sync_directories()?;
         self.remove_dead_segments()?;
         let o = &self.options;
         let mut preparer = Preparer::new(Arc::clone(&o.fs), self.dir, o.segment_bytes, o.preparation);
         let (segments, active) = self.install_active(&mut preparer)?;
         Ok(Durable { segments, active, preparer })
+    }
+
+    /// Every kept segment, sealed or not (a torn tail's segment was synced after zeroing).
+    fn sync_kept_segments(&self) -> Result<()> {
+        for k in self.kept.iter().filter(|k| k.tail.is_none()) {
+            k.segment.file.sync_data().map_err(|e| Error::io("fdatasync", &k.segment.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// The log directory (its segment names, renames included) and the directory holding it
+    /// (the log directory's own entry).
+    fn sync_directories(&self) -> Result<()> {
+        let fs = self.options.fs.as_ref();
+        fs.sync_dir(self.dir).map_err(|e| Error::io("fsync directory", self.dir, e))?;
+        let parent = match self.dir.parent() {
+            Some(p) if p.as_os_str().is_empty() => Path::new("."),
+            Some(p) => p,
+            None => return Ok(()),
+        };
+        fs.sync_dir(parent).map_err(|e| Error::io("fsync directory", parent, e))
     }
 
     fn zero_torn_tails(&mut self) -> Result<()> {
@@ -643,10 +675,13 @@ impl<'a> Recovery<'a> {
         Ok(())
     }
 
-    /// Removes the segments below the compaction boundary, then the dead ones.
+    /// Removes the segments below the compaction boundary, oldest first, then the dead ones
+    /// after the kept segments, newest first: a power loss that keeps only some of the removals
+    /// then leaves no hole between kept segments, only more of the same to remove next time.
     fn remove_dead_segments(&mut self) -> Result<()> {
         let fs = self.options.fs.as_ref();
-        for r in &self.report.removed_segments {
+        // Classified newest first.
+        for r in self.report.removed_segments.iter().rev() {
             fs.remove(&r.path).map_err(|e| Error::io("remove", &r.path, e))?;
         }
         for (path, reason) in std::mem::take(&mut self.dead) {
@@ -674,10 +709,7 @@ impl<'a> Recovery<'a> {
         };
         let mut segments: VecDeque<Arc<Segment>> = kept.into_iter().map(|k| Arc::new(k.segment)).collect();
         if let Some(active) = active {
-            let seg = segments.back().expect("kept");
-            // What recovery read may not be durable yet (a process crash leaves it in the page
-            // cache): sync it, so every record's synced_offset claim stays true.
-            seg.file.sync_data().map_err(|e| Error::io("fdatasync", &seg.path, e))?;
+            // Synced by `sync_kept_segments`, so every record's synced_offset claim holds.
             return Ok((segments, active));
         }
         let (dir, prepared) = (self.dir, self.dir.join(PREPARED_NAME));
