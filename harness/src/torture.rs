@@ -9,9 +9,17 @@
 //! lost), and `DiskStorage` must open each in the default recovery mode and hold exactly the
 //! state after the last completed call or after the call in progress: every acknowledged entry,
 //! HardState and snapshot identical, nothing that was never written, no entry of a truncated
-//! suffix. (Two things a crash may legitimately undo: a commit-only HardState change, which is
-//! not synced by design, and a compaction, whose entries must then come back intact.) After
+//! suffix. (Two things a power loss may legitimately undo: a commit-only HardState change, which
+//! is not synced by design, and a compaction, whose entries must then come back intact.) After
 //! recovery the storage must take an append.
+//!
+//! Each image also stands for a process kill (`CrashImage::restart`: the page cache is kept),
+//! after which nothing may be undone, not even those two. Three futures follow a kill: the
+//! restarted open alone; the open and then a power loss; and the fourth, the open, a random run
+//! of further calls on the restarted storage (each synced and acknowledged, the model continued
+//! from the recovered state), then a power loss at the end or at any sync of that run. In the
+//! fourth, nothing acknowledged before the kill, nothing the restarted open read (the node builds
+//! on it) and nothing acknowledged after may be lost, and a term or vote never goes back.
 //!
 //! Fault cases inject `EIO` on an fdatasync or a write, a short write, or `ENOSPC`, check that
 //! the failing call reports a typed error, that no later write is acknowledged, and that after
@@ -57,6 +65,18 @@ struct Expected {
     /// Entries compacted away since the log last restarted: an unsynced compaction may bring
     /// them back after a crash, and then they must be exactly these.
     compacted: BTreeMap<u64, Entry>,
+    /// The model and the workload's term at this state, to continue the workload from it after
+    /// a process kill (the fourth future).
+    model: MemStorage,
+    term: u64,
+}
+
+impl Expected {
+    /// What a process kill (page cache kept) allows: exactly this state, unsynced commit and
+    /// unsynced compaction included, because the restarted open reads and syncs them.
+    fn after_kill(&self) -> Expected {
+        Expected { commit_floor: self.state.hard_state.commit, compacted: BTreeMap::new(), ..self.clone() }
+    }
 }
 
 /// One storage call's outcome on the disk and on the model.
@@ -235,7 +255,13 @@ impl<'a> Case<'a> {
 
     fn record(&mut self) {
         let state = read_state(&self.model).expect("the model reads");
-        self.expected.push(Expected { state, commit_floor: self.commit_floor, compacted: self.compacted.clone() });
+        self.expected.push(Expected {
+            state,
+            commit_floor: self.commit_floor,
+            compacted: self.compacted.clone(),
+            model: self.model.clone(),
+            term: self.term,
+        });
     }
 
     /// Runs one random call on disk and model; returns the disk's error if only the disk failed.
@@ -400,7 +426,7 @@ fn check_restart_then_crash(case: &Case, tag: u64, image: &CrashImage, crash_see
     let fs = image.restart().expect("restart");
     match DiskStorage::open(DIR, options(&fs)) {
         Ok((d, report)) => {
-            if let Err(e) = check_recovered(&d, &[before, after]) {
+            if let Err(e) = check_recovered(&d, &[&before.after_kill(), &after.after_kill()]) {
                 case.fail(tag, &what("restarted", format!("{e}\n  recovery report: {report}")));
             }
         }
@@ -418,6 +444,89 @@ fn check_restart_then_crash(case: &Case, tag: u64, image: &CrashImage, crash_see
         }
         Err(e) => case.fail(tag, &what("then power lost", format!("recovery refused: {e}"))),
     }
+}
+
+/// The fourth future: the process is killed at the image's moment and restarted, the restarted
+/// storage opens and takes a run of further calls, each synced and acknowledged, and then power
+/// is lost, at the end or at any sync during the open or the calls. Nothing acknowledged before
+/// the kill may be lost, nor anything the restarted node read at open and built on, nor any
+/// call acknowledged after it; a term or vote never goes backwards. Returns the power-loss
+/// states checked.
+fn check_restart_work_then_crash(
+    case: &Case,
+    tag: u64,
+    image: &CrashImage,
+    crash_seed: u64,
+    model: &FaultModel,
+) -> u64 {
+    let before = &case.expected[tag.saturating_sub(1) as usize];
+    let after = &case.expected[(tag as usize).min(case.expected.len() - 1)];
+    let what = |stage: &str, e: String| format!("kill during step {tag}, {stage} (crash seed {crash_seed}): {e}");
+    let fs = image.restart().expect("restart");
+    fs.capture_crash_points(true, 10, crash_seed);
+    fs.set_tag(0);
+    let (disk, report) = match DiskStorage::open(DIR, options(&fs)) {
+        Ok(opened) => opened,
+        Err(e) => case.fail(tag, &what("restarted", format!("recovery refused: {e}"))),
+    };
+    let got = read_state(&disk).unwrap_or_else(|e| case.fail(tag, &what("restarted", e)));
+    let base =
+        [before, after].into_iter().find(|w| check_against(&got, &w.after_kill()).is_ok()).unwrap_or_else(|| {
+            case.fail(tag, &what("restarted", format!("matches neither state; recovery report: {report}")))
+        });
+    // Continue the workload from the recovered state, on the restarted disk.
+    let mut work = Case {
+        seed: case.seed, // failure messages name the seed that replays the whole run
+        rng: Choices::Rng(Rng::new(crash_seed)),
+        fs: fs.clone(),
+        disk: Some(disk),
+        model: base.model.clone(),
+        term: base.term,
+        commit_floor: got.hard_state.commit, // synced by the open
+        compacted: BTreeMap::new(),
+        expected: Vec::new(),
+    };
+    work.record();
+    let steps = 1 + work.rng.below(8);
+    for step in 1..=steps {
+        fs.set_tag(step);
+        if let Some(e) = work.step() {
+            case.fail(tag, &what("working after the restart", format!("step {step} failed: {e}")));
+        }
+        work.record();
+    }
+    let mut images = fs.take_captures();
+    images.push((steps, fs.image()));
+    // Bound the cost: the final image and up to three of the others, chosen by the seed.
+    let mut pick = Rng::new(crash_seed ^ 0x4B11);
+    let last = images.pop().expect("the final image");
+    images.retain(|_| pick.chance(30));
+    images.truncate(3);
+    images.push(last);
+    for (n, (work_tag, image)) in images.iter().enumerate() {
+        // During the open (tag 0) nothing new was acknowledged yet: the states allowed at the
+        // kill. After it, the restarted state and every call acknowledged since.
+        let allowed: Vec<&Expected> = if *work_tag == 0 {
+            vec![before, after]
+        } else {
+            vec![&work.expected[*work_tag as usize - 1], &work.expected[*work_tag as usize]]
+        };
+        let stage = format!("restarted, {} calls, then power lost during call {work_tag}", steps);
+        let lost = image.materialize(crash_seed ^ ((n as u64) << 32), model).expect("materialize");
+        match DiskStorage::open(DIR, options(&lost)) {
+            Ok((mut d, report)) => {
+                if let Err(e) = check_recovered(&d, &allowed) {
+                    case.fail(tag, &what(&stage, format!("{e}\n  recovery report: {report}")));
+                }
+                if let Err(e) = check_appendable(&mut d) {
+                    case.fail(tag, &what(&stage, e));
+                }
+            }
+            Err(e) => case.fail(tag, &what(&stage, format!("recovery refused: {e}"))),
+        }
+    }
+    drop(work.disk.take());
+    images.len() as u64
 }
 
 /// With misdirected writes, synced data may be destroyed, so only this holds: recovery either
@@ -491,10 +600,14 @@ fn crash_run(mut case: Case<'_>, steps: u64, misdirect: bool, per_image: u64) ->
     for (n, (tag, image)) in images.iter().enumerate() {
         for k in 0..per_image {
             let crash_seed = case.seed.wrapping_mul(1_000_003) ^ (n as u64 * per_image + k);
+            // Of every six states: four power losses, one kill then power loss, one kill, more
+            // synced work, then power loss (which counts each power-loss state it checks).
             if misdirect {
                 check_image_misdirected(&case, *tag, image, crash_seed, &model);
-            } else if (n as u64 + k) % 3 == 2 {
+            } else if (n as u64 + k) % 6 == 2 {
                 check_restart_then_crash(&case, *tag, image, crash_seed, &model);
+            } else if (n as u64 + k) % 6 == 5 {
+                states += check_restart_work_then_crash(&case, *tag, image, crash_seed, &model) - 1;
             } else {
                 check_image(&case, *tag, image, crash_seed, &model);
             }
