@@ -94,7 +94,7 @@ impl Cluster {
         use keel::raft::MessageType;
         let vote = m.kind == MessageType::RequestVoteResponse && !m.reject;
         let ack = m.kind == MessageType::AppendResponse && !m.reject;
-        if !vote && !(ack && self.rng.chance(5)) {
+        if !(vote || (ack && self.rng.chance(5))) {
             return;
         }
         let model = FaultModel { keep_percent: 0, torn_percent: 0, ..FaultModel::default() };
