@@ -331,3 +331,37 @@ fn commit_only_changes_cost_no_fdatasync() {
     let (s, _) = DiskStorage::open(dir.path(), options).unwrap();
     assert_eq!(s.initial_state().unwrap().hard_state, HardState { term: 2, vote: 0, commit: 11 });
 }
+
+#[test]
+fn a_commit_above_what_the_log_holds_is_refused_as_corruption() {
+    // Damage inside the last synced write cannot be told from a torn write, so the log drops it
+    // as a tail; but the HardState says entry 10 was committed, i.e. acknowledged to clients.
+    // Starting without it would lose it silently: open refuses in every recovery mode, naming
+    // the missing indexes.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 9, 1)).unwrap();
+    s.append(&ents(10, 10, 1)).unwrap();
+    s.set_hard_state(&HardState { term: 1, vote: 1, commit: 10 }).unwrap();
+    s.close().unwrap();
+    let segment = common::last_segment(&dir.path().join("log"));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let last = bytes.iter().rposition(|&b| b != 0).unwrap(); // inside entry 10's payload
+    bytes[last] ^= 0xFF;
+    std::fs::write(&segment, &bytes).unwrap();
+    for mode in [keel::wal::RecoveryMode::TolerateTailCorruption, keel::wal::RecoveryMode::AbsoluteConsistency] {
+        let mut options = opts();
+        options.log.recovery_mode = mode;
+        match DiskStorage::open(dir.path(), options) {
+            Err(Error::Corruption(c)) if mode == keel::wal::RecoveryMode::AbsoluteConsistency => {
+                // Refused already by the log's own rule for a damaged tail.
+                assert!(c.rule.is_some(), "{c}");
+            }
+            Err(Error::Corruption(c)) => {
+                assert_eq!(c.rule, Some("COMMIT_ABOVE_LOG"), "{c}");
+                assert_eq!(c.affected_indexes, Some((10, 10)), "{c}");
+            }
+            other => panic!("{mode:?}: opened without committed entry 10: {:?}", other.map(|(_, r)| r.to_string())),
+        }
+    }
+}
