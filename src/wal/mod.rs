@@ -536,6 +536,16 @@ impl Log {
     /// Seals the active segment (footer written and synced) and starts the next one.
     fn rotate(&mut self) -> Result<()> {
         let seg = Arc::clone(self.segments.back().expect("an active segment"));
+        // A footer that survives a power loss must not list records that did not: a disk may
+        // keep a later write and lose an earlier one, and recovery trusts a valid footer. So
+        // records not yet synced (appends under group commit, or without `sync`) are synced
+        // before the footer is written.
+        if self.active.synced_offset < self.active.write_offset {
+            if let Err(e) = seg.file.sync_data() {
+                return Err(self.fail("fdatasync", &seg.path, e));
+            }
+            self.active.synced_offset = self.active.write_offset;
+        }
         let (footer, at) =
             segment::encode_footer(seg.id, seg.segment_bytes, self.active.write_offset, &self.active.records);
         if let Err(e) = seg.file.write_at(&footer, at) {
