@@ -57,7 +57,10 @@ pub enum RecoveryMode {
 /// Options for [`Log::open`].
 #[derive(Debug, Clone)]
 pub struct LogOptions {
-    /// Preallocated size of each new segment file (existing segments keep their own size).
+    /// Preallocated size of each new segment file: a multiple of 4096 within
+    /// [`limits::SEGMENT_BYTES_MIN`] and [`limits::SEGMENT_BYTES_MAX`]. Existing segments keep
+    /// their own size; after a reopen with a larger size, a write that does not fit the
+    /// (smaller) active segment goes to a new segment of the new size.
     pub segment_bytes: u64,
     /// What recovery tolerates.
     pub recovery_mode: RecoveryMode,
@@ -482,9 +485,13 @@ impl Log {
                     whole = fit;
                 }
             }
-            if fit < rest.len() && (whole > 0 || !self.active.records.is_empty()) {
+            // An active segment smaller than new ones (made before a reopen with a larger
+            // `segment_bytes`) is left, even empty, for a write it cannot hold whole: new
+            // segments get the size the log was opened with.
+            let smaller = seg.segment_bytes < self.segment_bytes;
+            if fit < rest.len() && (whole > 0 || !self.active.records.is_empty() || smaller) {
                 // Stop at the last whole write; if none fits, rotate and retry in an empty
-                // segment. Only a write larger than an empty segment is split.
+                // segment. Only a write larger than an empty new segment is split.
                 fit = whole;
             }
             self.buf.clear();
@@ -515,8 +522,9 @@ impl Log {
             }
             rest = &rest[fit..];
             if !rest.is_empty() {
-                // Payload sizes were checked against an empty segment's capacity.
-                assert!(!self.active.records.is_empty(), "a record fits no segment");
+                // Payload sizes were checked against an empty new segment's capacity, so an
+                // empty segment is only left if it is smaller than that.
+                assert!(!self.active.records.is_empty() || smaller, "a record fits no segment");
                 self.rotate()?;
             }
         }
