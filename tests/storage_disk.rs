@@ -93,6 +93,56 @@ fn damaged_newest_snapshot_falls_back_to_the_previous_one() {
     assert!(dir.path().read_dir().unwrap().any(|e| e.unwrap().path().to_string_lossy().ends_with(".snap.corrupt")));
 }
 
+/// Every file under `dir`, recursively, with its bytes: what "open touched nothing" compares.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(tree(&p));
+        } else {
+            let bytes = std::fs::read(&p).unwrap();
+            out.push((p, bytes));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn snapshot_of_a_newer_format_version_refuses_open_and_touches_nothing() {
+    // Proves a snapshot written by a newer keel is neither set aside as `*.corrupt` (hiding it
+    // from that keel too) nor removed: open fails with IncompatibleVersion naming the file and
+    // version, and leaves every file as it was (a leftover temporary file included), whether
+    // the header checksum is one this build computes or not (a newer header layout).
+    for checksum_known in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path());
+        s.append(&ents(1, 30, 1)).unwrap();
+        s.create_snapshot(10, &ConfState::default(), &mut &b"state at 10"[..]).unwrap();
+        s.create_snapshot(20, &ConfState::default(), &mut &b"state at 20"[..]).unwrap();
+        drop(s);
+        std::fs::write(dir.path().join("snap-0000000000000001-000000000000001e.snap.tmp"), b"half").unwrap();
+        let newest = snapshot_files(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&newest).unwrap();
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        if checksum_known {
+            let header_len = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&bytes[..12]);
+            crc.update(&bytes[16..header_len]);
+            bytes[12..16].copy_from_slice(&crc.finalize().to_le_bytes());
+        }
+        std::fs::write(&newest, &bytes).unwrap();
+        let before = tree(dir.path());
+        match DiskStorage::open(dir.path(), opts()) {
+            Err(Error::IncompatibleVersion { path, found: 2, supported: 1 }) => assert_eq!(path, newest),
+            other => panic!("checksum known {checksum_known}: {other:?}"),
+        }
+        assert_eq!(tree(dir.path()), before, "checksum known {checksum_known}: open changed the directory");
+    }
+}
+
 #[test]
 fn damaged_snapshot_without_a_usable_fallback_is_refused() {
     // The log was compacted past the older snapshot: the state cannot be rebuilt, so open fails

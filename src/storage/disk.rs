@@ -131,6 +131,8 @@ impl DiskStorage {
             return Err(Error::InvalidArgument("snapshots_kept must be at least 1".into()));
         }
         let lock = ops::lock_dir(fs.as_ref(), dir)?;
+        // A newer keel's snapshot refuses open before anything is changed.
+        snapshot::refuse_newer(fs.as_ref(), dir, &list_names(fs.as_ref(), dir)?)?;
         let mut report = StorageReport::default();
         let names = remove_temp_files(fs.as_ref(), dir, &mut report.removed_temp_files)?;
         let mut hard_state = open_hard_state(fs.as_ref(), dir, &names, !report.removed_temp_files.is_empty())?;
@@ -160,10 +162,15 @@ impl DiskStorage {
     }
 }
 
+/// The names in `dir` that are valid UTF-8 (keel names no other file).
+fn list_names(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<String>> {
+    let names = fs.list(dir).map_err(Error::at("list", dir))?;
+    Ok(names.into_iter().filter_map(|n| n.into_string().ok()).collect())
+}
+
 /// Removes the temporary files of interrupted writes (into `removed`); returns the names in `dir`.
 fn remove_temp_files(fs: &dyn FileSystem, dir: &Path, removed: &mut Vec<PathBuf>) -> Result<Vec<String>> {
-    let names = fs.list(dir).map_err(Error::at("list", dir))?;
-    let names: Vec<String> = names.into_iter().filter_map(|n| n.into_string().ok()).collect();
+    let names = list_names(fs, dir)?;
     for n in names.iter().filter(|n| n.ends_with(".tmp")) {
         let p = dir.join(n);
         fs.remove(&p).map_err(Error::at("remove", &p))?;
@@ -196,7 +203,7 @@ fn open_hard_state(fs: &dyn FileSystem, dir: &Path, names: &[String], removed_te
 
 /// The snapshots, oldest to newest, each header checked. From the newest down to the first that
 /// checks out (in full if `verify_newest`), each damaged one is renamed `*.corrupt` and reported
-/// in `corrupt`.
+/// in `corrupt`. A file of another format version is not damage: it refuses open, untouched.
 fn load_snapshots(
     fs: &Arc<dyn FileSystem>,
     dir: &Path,
@@ -222,7 +229,7 @@ fn load_snapshots(
                 newest_checked = true;
                 snapshots.push(Arc::new(sf));
             }
-            Err(e @ (Error::Corruption(_) | Error::IncompatibleVersion { .. })) if !newest_checked => {
+            Err(e @ Error::Corruption(_)) if !newest_checked => {
                 let aside = dir.join(format!("{name}.corrupt"));
                 fs.rename(&path, &aside).map_err(Error::at("rename", &aside))?;
                 fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;

@@ -93,6 +93,40 @@ fn encode_header(meta: &SnapshotMetadata, installed: bool, data_len: u64) -> Vec
     h
 }
 
+/// Refuses a snapshot file whose magic is keel's and whose version is newer than this build's.
+///
+/// Checked before the header length and checksum: a newer format may lay out and checksum its
+/// header differently, and taking its file for damage would set aside (hide) a snapshot that
+/// the newer keel can read. A flipped bit that raises the version of a version-1 file is then
+/// refused too: open fails and nothing is changed, which is the safe side.
+pub(crate) fn check_not_newer(head: &[u8], path: &Path) -> Result<()> {
+    if head.len() < OFF_HEADER_CRC || head[..8] != MAGIC {
+        return Ok(());
+    }
+    let version = LE::read_u32(&head[OFF_VERSION..]);
+    if version > VERSION {
+        return Err(Error::IncompatibleVersion { path: path.to_path_buf(), found: version, supported: VERSION });
+    }
+    Ok(())
+}
+
+/// Refuses (with [`Error::IncompatibleVersion`]) if any snapshot file in `dir`, named as in
+/// `names`, was written by a newer format version. Reads only the first bytes of each.
+pub(crate) fn refuse_newer(fs: &dyn FileSystem, dir: &Path, names: &[String]) -> Result<()> {
+    for name in names.iter().filter(|n| parse_file_name(n).is_some()) {
+        let path = dir.join(name);
+        let file = fs.open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
+        let mut head = [0u8; OFF_HEADER_CRC];
+        if len < head.len() as u64 {
+            continue; // too short to be a snapshot: `SnapshotFile::open` reports it
+        }
+        file.read_at(&mut head, 0).map_err(|e| Error::io("read", &path, e))?;
+        check_not_newer(&head, &path)?;
+    }
+    Ok(())
+}
+
 /// A snapshot file whose header has been checked.
 #[derive(Debug)]
 pub(crate) struct SnapshotFile {
@@ -121,6 +155,7 @@ impl SnapshotFile {
         if fixed[..8] != MAGIC {
             return Err(bad(0, Malformed("snapshot magic is wrong".into())));
         }
+        check_not_newer(&fixed, path)?;
         let len = LE::read_u32(&fixed[OFF_HEADER_LEN..]) as usize;
         if !(FIXED_HEADER_BYTES..=HEADER_BYTES_MAX).contains(&len) || (len as u64) + TRAILER_BYTES > size {
             return Err(bad(OFF_HEADER_LEN as u64, Malformed(format!("snapshot header length {len} is impossible"))));
