@@ -144,6 +144,35 @@ fn snapshot_of_a_newer_format_version_refuses_open_and_touches_nothing() {
 }
 
 #[test]
+fn two_writers_of_the_same_snapshot_do_not_destroy_each_other() {
+    // Proves each snapshot writer has a temporary file of its own: two writers of the snapshot
+    // at the same (term, index), streaming more than a buffer's worth on two threads at once,
+    // then finished one after the other. The first becomes the snapshot, byte for byte; the
+    // second is refused as out of date and leaves no file behind. (They shared one `.tmp`
+    // name: the second unlinked the first's file and the first renamed the second's.)
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 30, 1)).unwrap();
+    let data = |fill: u8| vec![fill; 3 << 20];
+    let mut a = s.begin_snapshot(20, &ConfState::default()).unwrap();
+    let mut b = s.begin_snapshot(20, &ConfState::default()).unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| std::io::Write::write_all(&mut a, &data(0xA)).unwrap());
+        scope.spawn(|| std::io::Write::write_all(&mut b, &data(0xB)).unwrap());
+    });
+    s.finish_snapshot(a).unwrap();
+    assert!(matches!(s.finish_snapshot(b), Err(Error::SnapshotOutOfDate { index: 20, covered: 20 })));
+    assert_eq!(s.snapshot(20).unwrap().read_to_vec().unwrap(), data(0xA));
+    drop(s);
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    let (s, report) = open(dir.path());
+    assert!(report.corrupt_snapshots.is_empty(), "{report}");
+    assert_eq!(s.snapshot(20).unwrap().read_to_vec().unwrap(), data(0xA));
+}
+
+#[test]
 fn damaged_snapshot_without_a_usable_fallback_is_refused() {
     // The log was compacted past the older snapshot: the state cannot be rebuilt, so open fails
     // rather than serve a corrupt snapshot or a hole.

@@ -33,7 +33,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The log's directory inside the storage directory.
 const LOG_DIR: &str = "log";
@@ -105,6 +105,8 @@ pub struct DiskStorage {
     snapshots: Vec<Arc<SnapshotFile>>,
     snapshots_kept: usize,
     in_progress: Arc<AtomicUsize>,
+    /// The number of the next snapshot writer: each names its own temporary file with it.
+    next_writer: AtomicU64,
     failed: Option<String>,
     buf: Vec<u8>,
 }
@@ -154,6 +156,7 @@ impl DiskStorage {
             snapshots,
             snapshots_kept: options.snapshots_kept,
             in_progress: Arc::new(AtomicUsize::new(0)),
+            next_writer: AtomicU64::new(0),
             failed: None,
             buf: Vec::new(),
         };
@@ -511,6 +514,7 @@ impl StorageMut for DiskStorage {
             metadata.clone(),
             true,
             Arc::clone(&self.in_progress),
+            self.next_writer.fetch_add(1, Ordering::Relaxed),
         );
         let mut w = self.latch(created)?;
         if let Err(e) = std::io::copy(data, &mut w) {
@@ -538,7 +542,8 @@ impl StorageMut for DiskStorage {
         super::check_begin_snapshot(index, self.newest_snapshot_index(), self.log.last_index())?;
         let term = self.term(index)?;
         let metadata = SnapshotMetadata { index, term, conf_state: conf_state.clone() };
-        SnapshotWriter::create(Arc::clone(&self.fs), &self.dir, metadata, false, Arc::clone(&self.in_progress))
+        let writer = self.next_writer.fetch_add(1, Ordering::Relaxed);
+        SnapshotWriter::create(Arc::clone(&self.fs), &self.dir, metadata, false, Arc::clone(&self.in_progress), writer)
     }
 
     fn finish_snapshot(&mut self, writer: SnapshotWriter) -> Result<()> {

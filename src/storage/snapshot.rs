@@ -56,6 +56,14 @@ pub(crate) fn file_name(id: SnapshotId) -> String {
     format!("snap-{:016x}-{:016x}.snap", id.term, id.index)
 }
 
+/// The temporary file a snapshot writer streams into before renaming it to `file_name(id)`:
+/// that name, then `writer` (a number no other writer of the open storage uses, in 16 hex
+/// digits), then `.tmp`. A name per writer, so that two writers of the same snapshot never
+/// write, remove or rename each other's file.
+pub(crate) fn temp_file_name(id: SnapshotId, writer: u64) -> String {
+    format!("{}.{writer:016x}.tmp", file_name(id))
+}
+
 /// The snapshot a file name names (`snap-<term>-<index>.snap`, both 16 hex digits).
 pub(crate) fn parse_file_name(name: &str) -> Option<SnapshotId> {
     let rest = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
@@ -307,8 +315,8 @@ impl Read for SnapshotReader {
     }
 }
 
-/// Writes a snapshot to a temporary file; [`SnapshotWriter::finish`] makes it durable under its
-/// final name. Dropped unfinished, it removes the temporary file.
+/// Writes a snapshot to a temporary file of its own; [`SnapshotWriter::finish`] makes it durable
+/// under its final name. Dropped unfinished, it removes the temporary file.
 #[derive(Debug)]
 pub struct SnapshotWriter {
     fs: Arc<dyn FileSystem>,
@@ -334,9 +342,10 @@ impl SnapshotWriter {
         metadata: SnapshotMetadata,
         installed: bool,
         in_progress: Arc<AtomicUsize>,
+        writer: u64,
     ) -> Result<SnapshotWriter> {
-        let tmp = dir.join(format!("{}.tmp", file_name(metadata.id())));
-        let _ = fs.remove(&tmp);
+        // Never removed first: if the name exists, it is another writer's (or a bug), not ours.
+        let tmp = dir.join(temp_file_name(metadata.id(), writer));
         let file = fs.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
         in_progress.fetch_add(1, Ordering::SeqCst);
         Ok(SnapshotWriter {
@@ -440,5 +449,7 @@ mod tests {
         assert_eq!(parse_file_name(&file_name(id)), Some(id));
         assert_eq!(parse_file_name("snap-3-77.snap"), None);
         assert_eq!(parse_file_name("snap-0000000000000003-000000000000004d.snap.tmp"), None);
+        assert_eq!(temp_file_name(id, 10), "snap-0000000000000003-000000000000004d.snap.000000000000000a.tmp");
+        assert_eq!(parse_file_name(&temp_file_name(id, 10)), None);
     }
 }
