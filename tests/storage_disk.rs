@@ -206,6 +206,46 @@ fn leftover_temporary_files_are_removed_and_reported() {
 }
 
 #[test]
+fn only_temporary_files_named_by_keel_are_removed() {
+    // Proves open removes the leftovers of keel's own interrupted writes (snapshot temporaries,
+    // this version's and the earlier `<name>.tmp`, and `hardstate.tmp`) and nothing else: a
+    // user's `notes.tmp` and files that merely look like keel's stay, untouched.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 5, 1)).unwrap();
+    drop(s);
+    let keels = [
+        "snap-0000000000000001-0000000000000004.snap.tmp",
+        "snap-0000000000000001-0000000000000004.snap.0000000000000003.tmp",
+        "hardstate.tmp",
+    ];
+    let users = [
+        "notes.tmp",
+        "snap-1-4.snap.tmp",
+        "snap-0000000000000001-0000000000000004.snap.3.tmp",
+        "snap-0000000000000001-0000000000000004.snap.000000000000000G.tmp",
+        "snap-+000000000000001-0000000000000004.snap.tmp",
+        "log.tmp",
+        "hardstate.tmp.tmp",
+    ];
+    for name in keels.iter().chain(&users) {
+        std::fs::write(dir.path().join(name), name.as_bytes()).unwrap();
+    }
+    let (_s, report) = open(dir.path());
+    let mut removed = report.removed_temp_files.clone();
+    removed.sort();
+    let mut expected: Vec<PathBuf> = keels.iter().map(|n| dir.path().join(n)).collect();
+    expected.sort();
+    assert_eq!(removed, expected, "{report}");
+    for name in keels {
+        assert!(!dir.path().join(name).exists(), "{name} was left");
+    }
+    for name in users {
+        assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), name.as_bytes(), "{name} was touched");
+    }
+}
+
+#[test]
 fn interrupted_snapshot_install_is_completed_at_open() {
     // A crash after the snapshot file of apply_snapshot became durable, before the HardState
     // and the log reset: open rolls forward to the state after the call.

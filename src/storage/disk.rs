@@ -171,10 +171,17 @@ fn list_names(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<String>> {
     Ok(names.into_iter().filter_map(|n| n.into_string().ok()).collect())
 }
 
-/// Removes the temporary files of interrupted writes (into `removed`); returns the names in `dir`.
+/// Whether `name` is the temporary file of one of keel's own interrupted writes: a snapshot
+/// writer's or the HardState file's creation. Nothing else in the directory is keel's to remove.
+fn is_temp_file_name(name: &str) -> bool {
+    snapshot::is_temp_file_name(name) || name.strip_suffix(".tmp") == Some(hard_state::FILE_NAME)
+}
+
+/// Removes the temporary files of keel's interrupted writes (into `removed`); returns the names
+/// in `dir`.
 fn remove_temp_files(fs: &dyn FileSystem, dir: &Path, removed: &mut Vec<PathBuf>) -> Result<Vec<String>> {
     let names = list_names(fs, dir)?;
-    for n in names.iter().filter(|n| n.ends_with(".tmp")) {
+    for n in names.iter().filter(|n| is_temp_file_name(n)) {
         let p = dir.join(n);
         fs.remove(&p).map_err(Error::at("remove", &p))?;
         removed.push(p);

@@ -64,14 +64,27 @@ pub(crate) fn temp_file_name(id: SnapshotId, writer: u64) -> String {
     format!("{}.{writer:016x}.tmp", file_name(id))
 }
 
+/// Whether `s` is 16 lower-case hex digits, as keel writes numbers in file names.
+fn is_hex16(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The snapshot a file name names (`snap-<term>-<index>.snap`, both 16 hex digits).
 pub(crate) fn parse_file_name(name: &str) -> Option<SnapshotId> {
     let rest = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
     let (t, i) = rest.split_once('-')?;
-    if t.len() != 16 || i.len() != 16 {
+    if !is_hex16(t) || !is_hex16(i) {
         return None;
     }
     Some(SnapshotId { term: u64::from_str_radix(t, 16).ok()?, index: u64::from_str_radix(i, 16).ok()? })
+}
+
+/// Whether `name` is a snapshot writer's temporary file: [`temp_file_name`]'s form, or the
+/// `<snapshot name>.tmp` that writers used before they were numbered.
+pub(crate) fn is_temp_file_name(name: &str) -> bool {
+    let Some(rest) = name.strip_suffix(".tmp") else { return false };
+    parse_file_name(rest).is_some()
+        || rest.rsplit_once('.').is_some_and(|(snap, writer)| parse_file_name(snap).is_some() && is_hex16(writer))
 }
 
 fn header_len(cs: &ConfState) -> usize {
@@ -451,5 +464,10 @@ mod tests {
         assert_eq!(parse_file_name("snap-0000000000000003-000000000000004d.snap.tmp"), None);
         assert_eq!(temp_file_name(id, 10), "snap-0000000000000003-000000000000004d.snap.000000000000000a.tmp");
         assert_eq!(parse_file_name(&temp_file_name(id, 10)), None);
+        assert!(is_temp_file_name(&temp_file_name(id, u64::MAX)));
+        assert!(is_temp_file_name("snap-0000000000000003-000000000000004d.snap.tmp"));
+        assert!(!is_temp_file_name(&file_name(id)));
+        assert!(!is_temp_file_name("snap-0000000000000003-000000000000004D.snap.tmp"));
+        assert!(!is_temp_file_name("notes.tmp"));
     }
 }
