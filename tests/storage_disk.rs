@@ -305,6 +305,121 @@ fn missing_hard_state_beside_a_log_is_corruption() {
     std::fs::remove_file(dir.path().join("hardstate")).unwrap();
     let err = DiskStorage::open(dir.path(), opts()).unwrap_err();
     assert!(err.to_string().contains("HardState file is missing"), "{err}");
+    assert_eq!(err.corruption().and_then(|c| c.rule), Some("STORAGE_HARDSTATE_MISSING"));
+    // Snapshot files vouch for a HardState file too, even with the log gone as well.
+    let (mut s, _) = open(dir.path().join("other").as_path());
+    s.append(&ents(1, 5, 1)).unwrap();
+    s.create_snapshot(3, &ConfState::default(), &mut &b"x"[..]).unwrap();
+    drop(s);
+    std::fs::remove_file(dir.path().join("other/hardstate")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("other/log")).unwrap();
+    let err = DiskStorage::open(dir.path().join("other"), opts()).unwrap_err();
+    assert_eq!(err.corruption().and_then(|c| c.rule), Some("STORAGE_HARDSTATE_MISSING"), "{err}");
+}
+
+/// The storage options in each recovery mode.
+fn every_mode() -> [StorageOptions; 2] {
+    use keel::wal::RecoveryMode::{AbsoluteConsistency, TolerateTailCorruption};
+    [TolerateTailCorruption, AbsoluteConsistency]
+        .map(|recovery_mode| StorageOptions { log: LogOptions { recovery_mode, ..opts().log }, ..opts() })
+}
+
+#[test]
+fn a_hard_state_without_its_log_is_corruption() {
+    // Proves the reverse of the check above: a HardState file that was written (or snapshot
+    // files) beside a log directory that is missing or holds no segment is a lost log, refused
+    // in every mode with the log directory named, instead of opening as an empty log.
+    for lose in ["directory", "segments"] {
+        for options in every_mode() {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut s, _) = DiskStorage::open(dir.path(), options.clone()).unwrap();
+            s.append(&ents(1, 5, 1)).unwrap();
+            s.set_hard_state(&HardState { term: 1, vote: 1, commit: 5 }).unwrap();
+            drop(s);
+            let log_dir = dir.path().join("log");
+            if lose == "directory" {
+                std::fs::remove_dir_all(&log_dir).unwrap();
+            } else {
+                for p in std::fs::read_dir(&log_dir).unwrap().map(|e| e.unwrap().path()) {
+                    if p.extension().is_some_and(|x| x == "seg") {
+                        std::fs::remove_file(p).unwrap();
+                    }
+                }
+            }
+            match DiskStorage::open(dir.path(), options.clone()) {
+                Err(Error::Corruption(c)) => {
+                    assert_eq!(c.path, log_dir, "{c}");
+                    assert_eq!(c.rule, Some("STORAGE_LOG_MISSING"), "{c}");
+                }
+                other => panic!("log {lose} lost, {:?}: {other:?}", options.log.recovery_mode),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_first_open_cut_short_before_the_log_still_opens() {
+    // Proves the check above leaves a new storage alone: a HardState file as created (never
+    // written) and no snapshot, beside no log, is a first open that stopped before creating the
+    // log; nothing can have been lost, and open completes it.
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 3, 1)).unwrap();
+    assert_eq!(s.last_index().unwrap(), 3);
+}
+
+#[test]
+fn a_log_reset_past_a_missing_snapshot_is_corruption() {
+    // Proves a log that restarted after an installed snapshot (a reset marker at 21) refuses to
+    // open when no snapshot covers index 20: the state before 21 is gone. Refused in every mode,
+    // naming the missing snapshot file, instead of opening with nothing to serve below 21.
+    for options in every_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = DiskStorage::open(dir.path(), options.clone()).unwrap();
+        s.append(&ents(1, 5, 1)).unwrap();
+        let meta = SnapshotMetadata { index: 20, term: 3, conf_state: ConfState::default() };
+        s.apply_snapshot(&meta, &mut &b"leader state"[..]).unwrap();
+        s.append(&ents(21, 25, 3)).unwrap();
+        drop(s);
+        let snap = snapshot_files(dir.path()).pop().unwrap();
+        std::fs::remove_file(&snap).unwrap();
+        match DiskStorage::open(dir.path(), options.clone()) {
+            Err(Error::Corruption(c)) => {
+                assert_eq!(c.path, snap, "{c}");
+                assert_eq!(c.rule, Some("STORAGE_SNAPSHOT_MISSING"), "{c}");
+            }
+            other => panic!("{:?}: {other:?}", options.log.recovery_mode),
+        }
+    }
+}
+
+#[test]
+fn compaction_without_a_snapshot_and_installed_snapshots_still_open() {
+    // Proves the check above refuses only a reset with no snapshot: a compaction marker justifies
+    // a log that starts after 1 without any snapshot, and after an install, local snapshots and
+    // compactions (the reset snapshot pruned by newer ones) reopen as before.
+    for options in every_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = DiskStorage::open(dir.path(), options.clone()).unwrap();
+        s.append(&ents(1, 10, 1)).unwrap();
+        s.compact(6).unwrap();
+        drop(s);
+        let (mut s, _) = DiskStorage::open(dir.path(), options.clone()).unwrap();
+        assert_eq!(s.first_index().unwrap(), 6);
+        s.apply_snapshot(&SnapshotMetadata { index: 20, term: 3, conf_state: ConfState::default() }, &mut &b"x"[..])
+            .unwrap();
+        s.append(&ents(21, 40, 3)).unwrap();
+        for i in [25, 30, 35] {
+            s.create_snapshot(i, &ConfState::default(), &mut &b"y"[..]).unwrap();
+            s.compact(i + 1).unwrap();
+        }
+        drop(s);
+        let (s, report) = DiskStorage::open(dir.path(), options.clone()).unwrap();
+        assert_eq!(report.snapshot.map(|id| id.index), Some(35), "{report}");
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (36, 40));
+    }
 }
 
 #[test]

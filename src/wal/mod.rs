@@ -151,6 +151,9 @@ pub struct Log {
     /// Term of `first_index - 1`, when known (after a compaction or reset, or 0 for index 0).
     prev_term: Option<u64>,
     locs: VecDeque<Loc>,
+    /// The newest reset marker still in the log (index, term of index - 1): the log restarted
+    /// after a snapshot there, so that snapshot (or a later one) must exist.
+    reset: Option<(u64, u64)>,
     /// The first write or sync failure; set once, cleared only by reopening.
     failed: Option<String>,
     unsynced: bool,
@@ -229,6 +232,13 @@ impl Log {
     /// Whether the log refuses writes after a failure (see [`Error::Failed`]).
     pub fn is_failed(&self) -> bool {
         self.failed.is_some()
+    }
+
+    /// The newest reset marker still in the log, as (index, term of index - 1): the log was
+    /// restarted there by [`Log::reset`] (a snapshot install). `None` if no reset marker is left
+    /// (never reset, or compaction removed the segment holding it).
+    pub(crate) fn newest_reset(&self) -> Option<(u64, u64)> {
+        self.reset
     }
 
     /// The first write or sync failure, if the log is latched.
@@ -612,6 +622,7 @@ impl Log {
         self.locs.clear();
         self.first_index = index;
         self.prev_term = Some(term);
+        self.reset = Some((index, term));
         self.remove_segments_below(boundary)
     }
 

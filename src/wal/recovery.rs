@@ -691,7 +691,7 @@ impl<'a> Recovery<'a> {
 
     /// Step 6: the log, ready for appends, and the report of what recovery found and did.
     fn start(self, lock: Box<dyn Any + Send + Sync>, replayed: Replayed, durable: Durable) -> (Log, RecoveryReport) {
-        let Replayed { first_index, prev_term, locs } = replayed;
+        let Replayed { first_index, prev_term, locs, reset } = replayed;
         let Durable { segments, active, preparer } = durable;
         let mut log = Log {
             dir: self.dir.to_path_buf(),
@@ -704,6 +704,7 @@ impl<'a> Recovery<'a> {
             first_index,
             prev_term,
             locs,
+            reset,
             failed: None,
             unsynced: false,
             buf: Vec::new(),
@@ -782,6 +783,8 @@ struct Replay {
     marker: Option<(u64, u64)>,
     /// Entries below this index are compacted (the newest marker's index).
     floor: u64,
+    /// The newest reset marker: (index, term of index - 1).
+    reset: Option<(u64, u64)>,
 }
 
 impl Replay {
@@ -828,6 +831,7 @@ impl Replay {
                 self.base = None;
                 self.floor = r.index;
                 self.marker = Some((r.index, r.term));
+                self.reset = Some((r.index, r.term));
             }
         }
         Ok(())
@@ -847,7 +851,7 @@ impl Replay {
             _ if first == 1 => Some(0),
             _ => None,
         };
-        Ok(Replayed { first_index: first, prev_term, locs: self.locs })
+        Ok(Replayed { first_index: first, prev_term, locs: self.locs, reset: self.reset })
     }
 }
 
@@ -857,6 +861,8 @@ struct Replayed {
     /// The term of `first_index - 1`, if known.
     prev_term: Option<u64>,
     locs: VecDeque<Loc>,
+    /// The newest reset marker replayed: (index, term of index - 1).
+    reset: Option<(u64, u64)>,
 }
 
 #[cfg(test)]
