@@ -17,9 +17,10 @@
 //!    indexed: a Raft truncation appends a superseding record instead of overwriting the old one.
 //!    Recovery zeroes a torn tail before the map is made.
 //!
-//! A read of a mapped page whose disk block fails raises `SIGBUS` rather than an error. keel
-//! accepts that: the same read through `pread` would return `EIO`, which the log could only
-//! report, and the page cache keeps mapped data resident once written.
+//! A read of a mapped page whose disk block fails raises `SIGBUS` rather than an error. So the
+//! reads that cover whole segments, recovery's scans and `Log::verify`, go through `pread`
+//! (`wal/reader.rs`) and report `EIO` as an error naming the file and offset. Entry reads come
+//! from the map and accept `SIGBUS` on a bad sector as the price of zero-copy payloads.
 
 use memmap2::{Mmap, MmapOptions};
 use std::fs::File;

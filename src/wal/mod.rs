@@ -21,6 +21,7 @@
 
 mod group_commit;
 mod prepare;
+mod reader;
 pub(crate) mod record;
 mod recovery;
 pub(crate) mod recovery_table;
@@ -652,14 +653,17 @@ impl Log {
     }
 
     /// Reads and checks every record of every segment (sealed segments are otherwise checked
-    /// only when read). Returns the number of records checked, or the first corruption.
+    /// only when read). Returns the number of records checked, or the first corruption. Reads
+    /// through `pread`, not the maps, so a disk that fails a read gives [`Error::Io`] naming the
+    /// file and offset.
     pub fn verify(&self) -> Result<u64> {
         let mut checked = 0u64;
         for (i, seg) in self.segments.iter().enumerate() {
+            let mut reader = seg.reader();
             let records = if i + 1 == self.segments.len() {
                 self.active.records.clone()
             } else {
-                match segment::check_footer(seg.bytes(), seg.id) {
+                match segment::check_footer(&mut reader, seg.id)? {
                     segment::FooterCheck::Sealed { entries, .. } => entries,
                     segment::FooterCheck::Absent => {
                         return Err(seg
@@ -677,7 +681,7 @@ impl Log {
             for r in records {
                 let offset = u64::from(r.offset);
                 let refuse = |kind| seg.read_refusal(offset, r.index, kind);
-                match record::decode(&seg.bytes()[offset as usize..], seg.id, offset, seg.segment_bytes) {
+                match reader.record(offset, seg.id)? {
                     Ok((h, _)) if h.index == r.index && h.term == r.term && h.kind == r.kind => checked += 1,
                     Ok((h, _)) => {
                         return Err(refuse(CorruptionKind::Malformed(format!(
