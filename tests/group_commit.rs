@@ -174,3 +174,18 @@ fn dropping_the_shared_log_finishes_what_was_queued() {
     let (log, _) = Log::open(dir.path(), options(SEGMENT_BYTES)).unwrap();
     check(&log, 1, 50, |_| 1);
 }
+
+#[test]
+fn an_entry_for_a_larger_new_segment_size_does_not_kill_the_writer() {
+    // Proves the writer thread survives an append that fits only the segment size given at
+    // reopen, not the empty active segment's (it panicked, and every later request failed).
+    let dir = tempfile::tempdir().unwrap();
+    drop(Log::open(dir.path(), options(4096)).unwrap());
+    let (log, _) = Log::open(dir.path(), options(16 * 1024)).unwrap();
+    let shared = SharedLog::new(log, GroupCommitOptions::default()).unwrap();
+    let big = OwnedNewEntry { index: 1, term: 1, payload: vec![7u8; 8000] };
+    settle(&shared.append_async(vec![big.clone()])).unwrap();
+    settle(&shared.append_async(vec![owned(2, 1)])).unwrap();
+    assert_eq!(&*shared.read().entry(1).unwrap().payload, &big.payload[..]);
+    assert_eq!(shared.read().last_index(), 2);
+}

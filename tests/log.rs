@@ -293,3 +293,28 @@ fn a_recycled_file_full_of_valid_old_records_reads_as_empty() {
     assert!(report.truncations.is_empty() && report.removed_segments.is_empty(), "{report}");
     check(&log, 1, log.last_index(), |_| 1);
 }
+
+#[test]
+fn a_larger_segment_size_applies_to_new_segments_after_an_empty_active_one() {
+    // Proves that a reopen with a larger `segment_bytes` takes effect even when the active
+    // segment is empty and of the old size: an entry that fits only the new size goes to a new
+    // segment of the new size (it panicked with "a record fits no segment"), and the old segment
+    // keeps its own size.
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = Log::open(dir.path(), options(4096)).unwrap();
+    drop(log);
+    let (mut log, _) = Log::open(dir.path(), options(16 * 1024)).unwrap();
+    let big = vec![0x5Au8; 8000];
+    log.append_and_sync(&[NewEntry { index: 1, term: 1, payload: &big }]).unwrap();
+    assert_eq!(&*log.entry(1).unwrap().payload, &big[..]);
+    assert_eq!(std::fs::metadata(&segment_files(dir.path())[0]).unwrap().len(), 4096);
+    append(&mut log, 2, 50, 1);
+    drop(log);
+    let (log, report) = Log::open(dir.path(), options(16 * 1024)).unwrap();
+    assert!(report.truncations.is_empty() && report.removed_segments.is_empty(), "{report}");
+    assert_eq!(&*log.entry(1).unwrap().payload, &big[..]);
+    for e in log.entries(2, 51, u64::MAX).unwrap() {
+        assert_eq!(&*e.payload, &payload(e.index, 1)[..]);
+    }
+    assert_eq!(log.verify().unwrap(), 50);
+}

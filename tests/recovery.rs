@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use keel::wal::{Log, NewEntry};
+use keel::wal::{Log, LogOptions, NewEntry};
 use keel::{CorruptionKind, Error};
 use std::path::{Path, PathBuf};
 
@@ -374,4 +374,35 @@ fn requests_batched_into_one_write_stay_atomic_each() {
     let (log, report) = Log::open(copy.path(), options(SEGMENT_BYTES)).unwrap();
     assert_eq!(report.truncations.len(), 1, "{report}");
     check(&log, 1, 14, |_| 1);
+}
+
+#[test]
+fn a_failed_read_during_open_or_verify_is_an_io_error() {
+    // Proves that recovery and verify read segment bytes through `read_at`, not the maps: with
+    // every read past the first 4 KiB of each file failing with EIO (a bad sector), open and
+    // verify return `Error::Io` naming a segment file and the offset. Through a map the same
+    // bad sector raises SIGBUS and kills the process. Entry reads still come from the map, so
+    // they go on working here (on a real bad sector they would not).
+    let dir = tempfile::tempdir().unwrap();
+    let faults = std::sync::Arc::new(FaultyFs::default());
+    let opts = LogOptions { fs: std::sync::Arc::new(FaultyHandle(faults.clone())), ..options(SEGMENT_BYTES) };
+    let (mut log, _) = Log::open(dir.path(), opts.clone()).unwrap();
+    append(&mut log, 1, 300, 1);
+    let expect_io = |what: &str, r: keel::Result<u64>| match r {
+        Err(Error::Io { op: "read", path, source }) => {
+            assert!(path.extension().is_some_and(|x| x == "seg"), "{what}: {}", path.display());
+            assert!(source.to_string().contains("at offset"), "{what}: {source}");
+            assert_eq!(source.raw_os_error().or(Some(5)), Some(5), "{what}: {source}");
+        }
+        other => panic!("{what}: expected an I/O error, got {other:?}"),
+    };
+    faults.fail_read_from.store(4096, std::sync::atomic::Ordering::SeqCst);
+    expect_io("verify", log.verify());
+    assert_eq!(&*log.entry(300).unwrap().payload, &payload(300, 1)[..]);
+    drop(log);
+    expect_io("open", Log::open(dir.path(), opts.clone()).map(|(log, _)| log.last_index()));
+    faults.fail_read_from.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    let (log, report) = Log::open(dir.path(), opts).unwrap();
+    assert!(report.truncations.is_empty() && report.removed_segments.is_empty(), "{report}");
+    check(&log, 1, 300, |_| 1);
 }

@@ -93,6 +93,85 @@ fn damaged_newest_snapshot_falls_back_to_the_previous_one() {
     assert!(dir.path().read_dir().unwrap().any(|e| e.unwrap().path().to_string_lossy().ends_with(".snap.corrupt")));
 }
 
+/// Every file under `dir`, recursively, with its bytes: what "open touched nothing" compares.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(tree(&p));
+        } else {
+            let bytes = std::fs::read(&p).unwrap();
+            out.push((p, bytes));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn snapshot_of_a_newer_format_version_refuses_open_and_touches_nothing() {
+    // Proves a snapshot written by a newer keel is neither set aside as `*.corrupt` (hiding it
+    // from that keel too) nor removed: open fails with IncompatibleVersion naming the file and
+    // version, and leaves every file as it was (a leftover temporary file included), whether
+    // the header checksum is one this build computes or not (a newer header layout).
+    for checksum_known in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path());
+        s.append(&ents(1, 30, 1)).unwrap();
+        s.create_snapshot(10, &ConfState::default(), &mut &b"state at 10"[..]).unwrap();
+        s.create_snapshot(20, &ConfState::default(), &mut &b"state at 20"[..]).unwrap();
+        drop(s);
+        std::fs::write(dir.path().join("snap-0000000000000001-000000000000001e.snap.tmp"), b"half").unwrap();
+        let newest = snapshot_files(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&newest).unwrap();
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        if checksum_known {
+            let header_len = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&bytes[..12]);
+            crc.update(&bytes[16..header_len]);
+            bytes[12..16].copy_from_slice(&crc.finalize().to_le_bytes());
+        }
+        std::fs::write(&newest, &bytes).unwrap();
+        let before = tree(dir.path());
+        match DiskStorage::open(dir.path(), opts()) {
+            Err(Error::IncompatibleVersion { path, found: 2, supported: 1 }) => assert_eq!(path, newest),
+            other => panic!("checksum known {checksum_known}: {other:?}"),
+        }
+        assert_eq!(tree(dir.path()), before, "checksum known {checksum_known}: open changed the directory");
+    }
+}
+
+#[test]
+fn two_writers_of_the_same_snapshot_do_not_destroy_each_other() {
+    // Proves each snapshot writer has a temporary file of its own: two writers of the snapshot
+    // at the same (term, index), streaming more than a buffer's worth on two threads at once,
+    // then finished one after the other. The first becomes the snapshot, byte for byte; the
+    // second is refused as out of date and leaves no file behind. (They shared one `.tmp`
+    // name: the second unlinked the first's file and the first renamed the second's.)
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 30, 1)).unwrap();
+    let data = |fill: u8| vec![fill; 3 << 20];
+    let mut a = s.begin_snapshot(20, &ConfState::default()).unwrap();
+    let mut b = s.begin_snapshot(20, &ConfState::default()).unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| std::io::Write::write_all(&mut a, &data(0xA)).unwrap());
+        scope.spawn(|| std::io::Write::write_all(&mut b, &data(0xB)).unwrap());
+    });
+    s.finish_snapshot(a).unwrap();
+    assert!(matches!(s.finish_snapshot(b), Err(Error::SnapshotOutOfDate { index: 20, covered: 20 })));
+    assert_eq!(s.snapshot(20).unwrap().read_to_vec().unwrap(), data(0xA));
+    drop(s);
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    let (s, report) = open(dir.path());
+    assert!(report.corrupt_snapshots.is_empty(), "{report}");
+    assert_eq!(s.snapshot(20).unwrap().read_to_vec().unwrap(), data(0xA));
+}
+
 #[test]
 fn damaged_snapshot_without_a_usable_fallback_is_refused() {
     // The log was compacted past the older snapshot: the state cannot be rebuilt, so open fails
@@ -124,6 +203,46 @@ fn leftover_temporary_files_are_removed_and_reported() {
     assert_eq!(report.removed_temp_files, vec![tmp.clone()]);
     assert!(!tmp.exists());
     assert!(matches!(s.snapshot(0), Err(Error::SnapshotTemporarilyUnavailable)));
+}
+
+#[test]
+fn only_temporary_files_named_by_keel_are_removed() {
+    // Proves open removes the leftovers of keel's own interrupted writes (snapshot temporaries,
+    // this version's and the earlier `<name>.tmp`, and `hardstate.tmp`) and nothing else: a
+    // user's `notes.tmp` and files that merely look like keel's stay, untouched.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 5, 1)).unwrap();
+    drop(s);
+    let keels = [
+        "snap-0000000000000001-0000000000000004.snap.tmp",
+        "snap-0000000000000001-0000000000000004.snap.0000000000000003.tmp",
+        "hardstate.tmp",
+    ];
+    let users = [
+        "notes.tmp",
+        "snap-1-4.snap.tmp",
+        "snap-0000000000000001-0000000000000004.snap.3.tmp",
+        "snap-0000000000000001-0000000000000004.snap.000000000000000G.tmp",
+        "snap-+000000000000001-0000000000000004.snap.tmp",
+        "log.tmp",
+        "hardstate.tmp.tmp",
+    ];
+    for name in keels.iter().chain(&users) {
+        std::fs::write(dir.path().join(name), name.as_bytes()).unwrap();
+    }
+    let (_s, report) = open(dir.path());
+    let mut removed = report.removed_temp_files.clone();
+    removed.sort();
+    let mut expected: Vec<PathBuf> = keels.iter().map(|n| dir.path().join(n)).collect();
+    expected.sort();
+    assert_eq!(removed, expected, "{report}");
+    for name in keels {
+        assert!(!dir.path().join(name).exists(), "{name} was left");
+    }
+    for name in users {
+        assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), name.as_bytes(), "{name} was touched");
+    }
 }
 
 #[test]
@@ -186,6 +305,121 @@ fn missing_hard_state_beside_a_log_is_corruption() {
     std::fs::remove_file(dir.path().join("hardstate")).unwrap();
     let err = DiskStorage::open(dir.path(), opts()).unwrap_err();
     assert!(err.to_string().contains("HardState file is missing"), "{err}");
+    assert_eq!(err.corruption().and_then(|c| c.rule), Some("STORAGE_HARDSTATE_MISSING"));
+    // Snapshot files vouch for a HardState file too, even with the log gone as well.
+    let (mut s, _) = open(dir.path().join("other").as_path());
+    s.append(&ents(1, 5, 1)).unwrap();
+    s.create_snapshot(3, &ConfState::default(), &mut &b"x"[..]).unwrap();
+    drop(s);
+    std::fs::remove_file(dir.path().join("other/hardstate")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("other/log")).unwrap();
+    let err = DiskStorage::open(dir.path().join("other"), opts()).unwrap_err();
+    assert_eq!(err.corruption().and_then(|c| c.rule), Some("STORAGE_HARDSTATE_MISSING"), "{err}");
+}
+
+/// The storage options in each recovery mode.
+fn every_mode() -> [StorageOptions; 2] {
+    use keel::wal::RecoveryMode::{AbsoluteConsistency, TolerateTailCorruption};
+    [TolerateTailCorruption, AbsoluteConsistency]
+        .map(|recovery_mode| StorageOptions { log: LogOptions { recovery_mode, ..opts().log }, ..opts() })
+}
+
+#[test]
+fn a_hard_state_without_its_log_is_corruption() {
+    // Proves the reverse of the check above: a HardState file that was written (or snapshot
+    // files) beside a log directory that is missing or holds no segment is a lost log, refused
+    // in every mode with the log directory named, instead of opening as an empty log.
+    for lose in ["directory", "segments"] {
+        for options in every_mode() {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut s, _) = DiskStorage::open(dir.path(), options.clone()).unwrap();
+            s.append(&ents(1, 5, 1)).unwrap();
+            s.set_hard_state(&HardState { term: 1, vote: 1, commit: 5 }).unwrap();
+            drop(s);
+            let log_dir = dir.path().join("log");
+            if lose == "directory" {
+                std::fs::remove_dir_all(&log_dir).unwrap();
+            } else {
+                for p in std::fs::read_dir(&log_dir).unwrap().map(|e| e.unwrap().path()) {
+                    if p.extension().is_some_and(|x| x == "seg") {
+                        std::fs::remove_file(p).unwrap();
+                    }
+                }
+            }
+            match DiskStorage::open(dir.path(), options.clone()) {
+                Err(Error::Corruption(c)) => {
+                    assert_eq!(c.path, log_dir, "{c}");
+                    assert_eq!(c.rule, Some("STORAGE_LOG_MISSING"), "{c}");
+                }
+                other => panic!("log {lose} lost, {:?}: {other:?}", options.log.recovery_mode),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_first_open_cut_short_before_the_log_still_opens() {
+    // Proves the check above leaves a new storage alone: a HardState file as created (never
+    // written) and no snapshot, beside no log, is a first open that stopped before creating the
+    // log; nothing can have been lost, and open completes it.
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 3, 1)).unwrap();
+    assert_eq!(s.last_index().unwrap(), 3);
+}
+
+#[test]
+fn a_log_reset_past_a_missing_snapshot_is_corruption() {
+    // Proves a log that restarted after an installed snapshot (a reset marker at 21) refuses to
+    // open when no snapshot covers index 20: the state before 21 is gone. Refused in every mode,
+    // naming the missing snapshot file, instead of opening with nothing to serve below 21.
+    for options in every_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = DiskStorage::open(dir.path(), options.clone()).unwrap();
+        s.append(&ents(1, 5, 1)).unwrap();
+        let meta = SnapshotMetadata { index: 20, term: 3, conf_state: ConfState::default() };
+        s.apply_snapshot(&meta, &mut &b"leader state"[..]).unwrap();
+        s.append(&ents(21, 25, 3)).unwrap();
+        drop(s);
+        let snap = snapshot_files(dir.path()).pop().unwrap();
+        std::fs::remove_file(&snap).unwrap();
+        match DiskStorage::open(dir.path(), options.clone()) {
+            Err(Error::Corruption(c)) => {
+                assert_eq!(c.path, snap, "{c}");
+                assert_eq!(c.rule, Some("STORAGE_SNAPSHOT_MISSING"), "{c}");
+            }
+            other => panic!("{:?}: {other:?}", options.log.recovery_mode),
+        }
+    }
+}
+
+#[test]
+fn compaction_without_a_snapshot_and_installed_snapshots_still_open() {
+    // Proves the check above refuses only a reset with no snapshot: a compaction marker justifies
+    // a log that starts after 1 without any snapshot, and after an install, local snapshots and
+    // compactions (the reset snapshot pruned by newer ones) reopen as before.
+    for options in every_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = DiskStorage::open(dir.path(), options.clone()).unwrap();
+        s.append(&ents(1, 10, 1)).unwrap();
+        s.compact(6).unwrap();
+        drop(s);
+        let (mut s, _) = DiskStorage::open(dir.path(), options.clone()).unwrap();
+        assert_eq!(s.first_index().unwrap(), 6);
+        s.apply_snapshot(&SnapshotMetadata { index: 20, term: 3, conf_state: ConfState::default() }, &mut &b"x"[..])
+            .unwrap();
+        s.append(&ents(21, 40, 3)).unwrap();
+        for i in [25, 30, 35] {
+            s.create_snapshot(i, &ConfState::default(), &mut &b"y"[..]).unwrap();
+            s.compact(i + 1).unwrap();
+        }
+        drop(s);
+        let (s, report) = DiskStorage::open(dir.path(), options.clone()).unwrap();
+        assert_eq!(report.snapshot.map(|id| id.index), Some(35), "{report}");
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (36, 40));
+    }
 }
 
 #[test]

@@ -9,17 +9,25 @@
 //!    `flock`) for as long as it is open, so no other keel instance, in this process or another,
 //!    writes the files. (Processes that ignore the lock are outside the model, as for every
 //!    mmap-based engine.)
-//! 2. **Never truncated or deleted while mapped.** A segment file keeps its preallocated size for
-//!    its whole life; the log removes a file only after dropping its [`Map`], and readers hold
-//!    the map through an `Arc`, so a file outlives every slice into it.
-//! 3. **Only written bytes are read, and written bytes are never rewritten.** The log reads a
-//!    range only after the `pwrite` that filled it returned, and never writes over a range it has
-//!    indexed: a Raft truncation appends a superseding record instead of overwriting the old one.
-//!    Recovery zeroes a torn tail before the map is made.
+//! 2. **Never truncated while mapped; unlinked while mapped only.** A segment file keeps its
+//!    preallocated size for its whole life (nothing calls `set_len` on a segment). Compaction
+//!    and reset (`Log::remove_segments_below`) unlink segment files while maps of them are
+//!    alive: the log's own until it drops the segment, and every payload handle a reader holds
+//!    (an `Arc<Map>`), for as long as the reader keeps it. That is sound: a mapping keeps the
+//!    file's inode and blocks until it is unmapped, and nothing writes an unlinked segment.
+//!    Recovery removes segments (below the compaction boundary, or holding nothing valid) after
+//!    dropping their maps, before the log exists.
+//! 3. **Only written bytes are read, and written bytes are never rewritten while a reader may
+//!    hold them.** The log reads a range only after the `pwrite` that filled it returned, and
+//!    never writes over a range it has indexed: a Raft truncation appends a superseding record
+//!    instead of overwriting the old one. Recovery zeroes a torn tail after the segment is
+//!    mapped (`Recovery::make_durable`), but before the log is returned: no slice into the
+//!    segment has been handed out yet, and the zeroed bytes lie past every record it indexes.
 //!
-//! A read of a mapped page whose disk block fails raises `SIGBUS` rather than an error. keel
-//! accepts that: the same read through `pread` would return `EIO`, which the log could only
-//! report, and the page cache keeps mapped data resident once written.
+//! A read of a mapped page whose disk block fails raises `SIGBUS` rather than an error. So the
+//! reads that cover whole segments, recovery's scans and `Log::verify`, go through `pread`
+//! (`wal/reader.rs`) and report `EIO` as an error naming the file and offset. Entry reads come
+//! from the map and accept `SIGBUS` on a bad sector as the price of zero-copy payloads.
 
 use memmap2::{Mmap, MmapOptions};
 use std::fs::File;

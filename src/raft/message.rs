@@ -1,11 +1,12 @@
 //! Raft messages and their compact binary encoding.
 //!
 //! Encoding (little-endian): a version byte (1), the message type, `to`, `from`, `term`,
-//! `log_term`, `index`, `commit`, `reject` (one byte), `reject_hint`, `hint_term`, the entry
-//! count (`u32`) and each entry (index, term, type byte, data length `u32`, data), then a
-//! snapshot flag byte and, if set, the snapshot (index, term, the four ConfState id lists each as
-//! a `u32` count and ids, `auto_leave`, data length `u64`, data). Framing and checksums belong to
-//! the transport.
+//! `log_term`, `index`, `commit`, `reject` (one byte), `reject_hint`, the entry count (`u32`)
+//! and each entry (index, term, type byte, data length `u32`, data), then a snapshot flag byte
+//! and, if set, the snapshot (index, term, the four ConfState id lists each as a `u32` count and
+//! ids, `auto_leave`, data length `u64`, data). A rejected AppendResponse's hint is
+//! `reject_hint` with its term in `log_term`; there is no separate hint-term field. Framing and
+//! checksums belong to the transport. (A test checks this field list against `encode`.)
 
 use crate::storage::{ConfState, Entry, EntryType, SnapshotMetadata};
 use byteorder::{ByteOrder, LE};
@@ -319,6 +320,46 @@ mod tests {
         assert_eq!(Message::decode(&m.encode()).unwrap(), m);
         let plain = Message::new(MessageType::HeartbeatResponse, 3, 1, 2);
         assert_eq!(Message::decode(&plain.encode()).unwrap(), plain);
+    }
+
+    #[test]
+    fn module_doc_names_the_encoded_fields_in_order() {
+        // The field list of the module docs, checked against `encode`: each field named between
+        // "the message type," and "the entry count" must be a field of `Message`, found at the
+        // next position of the encoding (8 bytes, `reject` 1), with the entry count right after.
+        let doc: String = include_str!("message.rs")
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .map(|l| l.trim_start_matches("//!"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let list = doc.split("the message type,").nth(1).and_then(|rest| rest.split("the entry count").next());
+        let names: Vec<&str> = list.expect("the field list").split('`').skip(1).step_by(2).collect();
+        let mut m = Message::new(MessageType::AppendResponse, 2, 1, 3);
+        (m.log_term, m.index, m.commit, m.reject, m.reject_hint) = (4, 5, 6, true, 7);
+        let bytes = m.encode();
+        let mut at = 2; // version, type
+        for name in names {
+            let value = match name {
+                "to" => m.to,
+                "from" => m.from,
+                "term" => m.term,
+                "log_term" => m.log_term,
+                "index" => m.index,
+                "commit" => m.commit,
+                "reject_hint" => m.reject_hint,
+                "reject" => {
+                    assert_eq!(bytes[at], 1, "reject at byte {at}");
+                    at += 1;
+                    continue;
+                }
+                other => panic!("the module docs name `{other}`, which Message does not encode"),
+            };
+            assert_eq!(LE::read_u64(&bytes[at..]), value, "`{name}` at byte {at}");
+            at += 8;
+        }
+        assert_eq!(LE::read_u32(&bytes[at..]), 0, "the entry count follows the documented fields");
+        assert_eq!(bytes.len(), at + 4 + 1, "an empty message ends with the count and the snapshot flag");
     }
 
     #[test]

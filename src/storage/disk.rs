@@ -33,7 +33,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The log's directory inside the storage directory.
 const LOG_DIR: &str = "log";
@@ -102,6 +102,8 @@ pub struct DiskStorage {
     snapshots: Vec<Arc<SnapshotFile>>,
     snapshots_kept: usize,
     in_progress: Arc<AtomicUsize>,
+    /// The number of the next snapshot writer: each names its own temporary file with it.
+    next_writer: AtomicU64,
     failed: Option<String>,
     buf: Vec<u8>,
 }
@@ -128,6 +130,8 @@ impl DiskStorage {
             return Err(Error::InvalidArgument("snapshots_kept must be at least 1".into()));
         }
         let lock = ops::lock_dir(fs.as_ref(), dir)?;
+        // A newer keel's snapshot refuses open before anything is changed.
+        snapshot::refuse_newer(fs.as_ref(), dir, &list_names(fs.as_ref(), dir)?)?;
         let mut report = StorageReport::default();
         let names = remove_temp_files(fs.as_ref(), dir, &mut report.removed_temp_files)?;
         let mut hard_state = open_hard_state(fs.as_ref(), dir, &names, !report.removed_temp_files.is_empty())?;
@@ -137,6 +141,7 @@ impl DiskStorage {
         let snapshots = load_snapshots(&fs, dir, &names, verify, &mut report.corrupt_snapshots)?;
         report.snapshot = snapshots.last().map(|s| s.metadata.id());
         check_fallback(&log, &snapshots, &report.corrupt_snapshots)?;
+        check_reset_covered(dir, &log, &snapshots)?;
         report.snapshot_install_completed =
             roll_forward_install(fs.as_ref(), dir, &snapshots, &mut hard_state, &mut log)?;
         sync_snapshots_and_directory(fs.as_ref(), dir, &snapshots)?;
@@ -150,6 +155,7 @@ impl DiskStorage {
             snapshots,
             snapshots_kept: options.snapshots_kept,
             in_progress: Arc::new(AtomicUsize::new(0)),
+            next_writer: AtomicU64::new(0),
             failed: None,
             buf: Vec::new(),
         };
@@ -158,11 +164,23 @@ impl DiskStorage {
     }
 }
 
-/// Removes the temporary files of interrupted writes (into `removed`); returns the names in `dir`.
-fn remove_temp_files(fs: &dyn FileSystem, dir: &Path, removed: &mut Vec<PathBuf>) -> Result<Vec<String>> {
+/// The names in `dir` that are valid UTF-8 (keel names no other file).
+fn list_names(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<String>> {
     let names = fs.list(dir).map_err(Error::at("list", dir))?;
-    let names: Vec<String> = names.into_iter().filter_map(|n| n.into_string().ok()).collect();
-    for n in names.iter().filter(|n| n.ends_with(".tmp")) {
+    Ok(names.into_iter().filter_map(|n| n.into_string().ok()).collect())
+}
+
+/// Whether `name` is the temporary file of one of keel's own interrupted writes: a snapshot
+/// writer's or the HardState file's creation. Nothing else in the directory is keel's to remove.
+fn is_temp_file_name(name: &str) -> bool {
+    snapshot::is_temp_file_name(name) || name.strip_suffix(".tmp") == Some(hard_state::FILE_NAME)
+}
+
+/// Removes the temporary files of keel's interrupted writes (into `removed`); returns the names
+/// in `dir`.
+fn remove_temp_files(fs: &dyn FileSystem, dir: &Path, removed: &mut Vec<PathBuf>) -> Result<Vec<String>> {
+    let names = list_names(fs, dir)?;
+    for n in names.iter().filter(|n| is_temp_file_name(n)) {
         let p = dir.join(n);
         fs.remove(&p).map_err(Error::at("remove", &p))?;
         removed.push(p);
@@ -170,31 +188,63 @@ fn remove_temp_files(fs: &dyn FileSystem, dir: &Path, removed: &mut Vec<PathBuf>
     Ok(names)
 }
 
-/// The HardState file, created if the storage is new (a log with segments and no HardState file
-/// lost it). Also makes the removal of temporary files durable, if any.
+/// The HardState file, created if the storage is new. Also makes the removal of temporary files
+/// durable, if any.
+///
+/// The HardState file and the log vouch for each other, both ways (rules `STORAGE_*_MISSING`):
+/// - no HardState file beside a log with segments, or beside snapshot files, lost it;
+/// - a HardState file that was ever written (sequence above 1), or snapshot files, beside a log
+///   with no segment (its directory missing or empty) lost the log: every completed open leaves
+///   a segment, and nothing is written before an open completes. A HardState file as created,
+///   with no snapshot, beside no log is a first open cut short before it made the log; nothing
+///   was acknowledged yet, and the log is created now.
 fn open_hard_state(fs: &dyn FileSystem, dir: &Path, names: &[String], removed_temp: bool) -> Result<HardStateFile> {
+    let log_dir = dir.join(LOG_DIR);
+    let log_has_segments = match fs.list(&log_dir) {
+        Ok(l) => l.iter().any(|n| n.to_str().and_then(crate::wal::segment::parse_file_name).is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(Error::io("list", &log_dir, e)),
+    };
+    let snapshot_files = names.iter().filter(|n| snapshot::parse_file_name(n).is_some()).count();
     if !names.iter().any(|n| n == hard_state::FILE_NAME) {
-        let log_has_segments =
-            fs.list(&dir.join(LOG_DIR)).is_ok_and(|l| l.iter().any(|n| n.to_string_lossy().ends_with(".seg")));
-        if log_has_segments {
-            return Err(Corruption::new(
+        if log_has_segments || snapshot_files > 0 {
+            let mut c = Corruption::new(
                 dir.join(hard_state::FILE_NAME),
                 0,
-                CorruptionKind::Malformed("the HardState file is missing but the log holds segments".into()),
-            )
-            .into_error());
+                CorruptionKind::Malformed(format!(
+                    "the HardState file is missing but the log holds {} segments and there are {snapshot_files} \
+                     snapshot files: the term, vote and membership were lost",
+                    if log_has_segments { "some" } else { "no" }
+                )),
+            );
+            c.rule = Some("STORAGE_HARDSTATE_MISSING");
+            return Err(c.into_error());
         }
         // Creating the file syncs the directory, removals included.
         HardStateFile::create(fs, dir)?;
     } else if removed_temp {
         fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
     }
-    HardStateFile::open(fs, dir)
+    let hard_state = HardStateFile::open(fs, dir)?;
+    let sequence = hard_state.current().sequence;
+    if !log_has_segments && (sequence > 1 || snapshot_files > 0) {
+        let mut c = Corruption::new(
+            &log_dir,
+            0,
+            CorruptionKind::Malformed(format!(
+                "the log directory is missing or holds no segment, but the HardState file has been written \
+                 (sequence {sequence}) and there are {snapshot_files} snapshot files: the log was lost"
+            )),
+        );
+        c.rule = Some("STORAGE_LOG_MISSING");
+        return Err(c.into_error());
+    }
+    Ok(hard_state)
 }
 
 /// The snapshots, oldest to newest, each header checked. From the newest down to the first that
 /// checks out (in full if `verify_newest`), each damaged one is renamed `*.corrupt` and reported
-/// in `corrupt`.
+/// in `corrupt`. A file of another format version is not damage: it refuses open, untouched.
 fn load_snapshots(
     fs: &Arc<dyn FileSystem>,
     dir: &Path,
@@ -220,7 +270,7 @@ fn load_snapshots(
                 newest_checked = true;
                 snapshots.push(Arc::new(sf));
             }
-            Err(e @ (Error::Corruption(_) | Error::IncompatibleVersion { .. })) if !newest_checked => {
+            Err(e @ Error::Corruption(_)) if !newest_checked => {
                 let aside = dir.join(format!("{name}.corrupt"));
                 fs.rename(&path, &aside).map_err(Error::at("rename", &aside))?;
                 fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
@@ -251,6 +301,31 @@ fn check_fallback(log: &Log, snapshots: &[Arc<SnapshotFile>], corrupt: &[(PathBu
         )),
     )
     .into_error())
+}
+
+/// A log restarted by a reset marker at `r` (a snapshot install) needs a snapshot covering
+/// `r - 1`: the install made that snapshot durable before writing the marker, and only newer
+/// snapshots replace it. Without one, the state before `r` is lost (rule
+/// `STORAGE_SNAPSHOT_MISSING`). A log that starts after 1 because of a compaction marker needs
+/// no snapshot: compaction without one is allowed (the application holds that state).
+fn check_reset_covered(dir: &Path, log: &Log, snapshots: &[Arc<SnapshotFile>]) -> Result<()> {
+    let Some((index, term)) = log.newest_reset() else { return Ok(()) };
+    let covered = snapshots.last().map_or(0, |s| s.metadata.index);
+    if covered.saturating_add(1) >= index {
+        return Ok(());
+    }
+    let missing = dir.join(snapshot::file_name(SnapshotId { term, index: index - 1 }));
+    let mut c = Corruption::new(
+        missing,
+        0,
+        CorruptionKind::Malformed(format!(
+            "the log was reset to start at {index} by a snapshot install, but no snapshot covers index {} (the \
+             newest covers {covered}): this snapshot file is missing and the state before {index} is lost",
+            index - 1
+        )),
+    );
+    c.rule = Some("STORAGE_SNAPSHOT_MISSING");
+    Err(c.into_error())
 }
 
 /// Completes a snapshot install that a crash interrupted, and says whether there was one.
@@ -534,6 +609,7 @@ impl StorageMut for DiskStorage {
             metadata.clone(),
             true,
             Arc::clone(&self.in_progress),
+            self.next_writer.fetch_add(1, Ordering::Relaxed),
         );
         let mut w = self.latch(created)?;
         if let Err(e) = std::io::copy(data, &mut w) {
@@ -561,7 +637,8 @@ impl StorageMut for DiskStorage {
         super::check_begin_snapshot(index, self.newest_snapshot_index(), self.log.last_index())?;
         let term = self.term(index)?;
         let metadata = SnapshotMetadata { index, term, conf_state: conf_state.clone() };
-        SnapshotWriter::create(Arc::clone(&self.fs), &self.dir, metadata, false, Arc::clone(&self.in_progress))
+        let writer = self.next_writer.fetch_add(1, Ordering::Relaxed);
+        SnapshotWriter::create(Arc::clone(&self.fs), &self.dir, metadata, false, Arc::clone(&self.in_progress), writer)
     }
 
     fn finish_snapshot(&mut self, writer: SnapshotWriter) -> Result<()> {

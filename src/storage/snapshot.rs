@@ -56,14 +56,35 @@ pub(crate) fn file_name(id: SnapshotId) -> String {
     format!("snap-{:016x}-{:016x}.snap", id.term, id.index)
 }
 
+/// The temporary file a snapshot writer streams into before renaming it to `file_name(id)`:
+/// that name, then `writer` (a number no other writer of the open storage uses, in 16 hex
+/// digits), then `.tmp`. A name per writer, so that two writers of the same snapshot never
+/// write, remove or rename each other's file.
+pub(crate) fn temp_file_name(id: SnapshotId, writer: u64) -> String {
+    format!("{}.{writer:016x}.tmp", file_name(id))
+}
+
+/// Whether `s` is 16 lower-case hex digits, as keel writes numbers in file names.
+fn is_hex16(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The snapshot a file name names (`snap-<term>-<index>.snap`, both 16 hex digits).
 pub(crate) fn parse_file_name(name: &str) -> Option<SnapshotId> {
     let rest = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
     let (t, i) = rest.split_once('-')?;
-    if t.len() != 16 || i.len() != 16 {
+    if !is_hex16(t) || !is_hex16(i) {
         return None;
     }
     Some(SnapshotId { term: u64::from_str_radix(t, 16).ok()?, index: u64::from_str_radix(i, 16).ok()? })
+}
+
+/// Whether `name` is a snapshot writer's temporary file: [`temp_file_name`]'s form, or the
+/// `<snapshot name>.tmp` that writers used before they were numbered.
+pub(crate) fn is_temp_file_name(name: &str) -> bool {
+    let Some(rest) = name.strip_suffix(".tmp") else { return false };
+    parse_file_name(rest).is_some()
+        || rest.rsplit_once('.').is_some_and(|(snap, writer)| parse_file_name(snap).is_some() && is_hex16(writer))
 }
 
 fn header_len(cs: &ConfState) -> usize {
@@ -91,6 +112,40 @@ fn encode_header(meta: &SnapshotMetadata, installed: bool, data_len: u64) -> Vec
     let c = header_crc(&h);
     LE::write_u32(&mut h[OFF_HEADER_CRC..], c);
     h
+}
+
+/// Refuses a snapshot file whose magic is keel's and whose version is newer than this build's.
+///
+/// Checked before the header length and checksum: a newer format may lay out and checksum its
+/// header differently, and taking its file for damage would set aside (hide) a snapshot that
+/// the newer keel can read. A flipped bit that raises the version of a version-1 file is then
+/// refused too: open fails and nothing is changed, which is the safe side.
+pub(crate) fn check_not_newer(head: &[u8], path: &Path) -> Result<()> {
+    if head.len() < OFF_HEADER_CRC || head[..8] != MAGIC {
+        return Ok(());
+    }
+    let version = LE::read_u32(&head[OFF_VERSION..]);
+    if version > VERSION {
+        return Err(Error::IncompatibleVersion { path: path.to_path_buf(), found: version, supported: VERSION });
+    }
+    Ok(())
+}
+
+/// Refuses (with [`Error::IncompatibleVersion`]) if any snapshot file in `dir`, named as in
+/// `names`, was written by a newer format version. Reads only the first bytes of each.
+pub(crate) fn refuse_newer(fs: &dyn FileSystem, dir: &Path, names: &[String]) -> Result<()> {
+    for name in names.iter().filter(|n| parse_file_name(n).is_some()) {
+        let path = dir.join(name);
+        let file = fs.open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
+        let mut head = [0u8; OFF_HEADER_CRC];
+        if len < head.len() as u64 {
+            continue; // too short to be a snapshot: `SnapshotFile::open` reports it
+        }
+        file.read_at(&mut head, 0).map_err(|e| Error::io("read", &path, e))?;
+        check_not_newer(&head, &path)?;
+    }
+    Ok(())
 }
 
 /// A snapshot file whose header has been checked.
@@ -121,6 +176,7 @@ impl SnapshotFile {
         if fixed[..8] != MAGIC {
             return Err(bad(0, Malformed("snapshot magic is wrong".into())));
         }
+        check_not_newer(&fixed, path)?;
         let len = LE::read_u32(&fixed[OFF_HEADER_LEN..]) as usize;
         if !(FIXED_HEADER_BYTES..=HEADER_BYTES_MAX).contains(&len) || (len as u64) + TRAILER_BYTES > size {
             return Err(bad(OFF_HEADER_LEN as u64, Malformed(format!("snapshot header length {len} is impossible"))));
@@ -272,8 +328,8 @@ impl Read for SnapshotReader {
     }
 }
 
-/// Writes a snapshot to a temporary file; [`SnapshotWriter::finish`] makes it durable under its
-/// final name. Dropped unfinished, it removes the temporary file.
+/// Writes a snapshot to a temporary file of its own; [`SnapshotWriter::finish`] makes it durable
+/// under its final name. Dropped unfinished, it removes the temporary file.
 #[derive(Debug)]
 pub struct SnapshotWriter {
     fs: Arc<dyn FileSystem>,
@@ -299,9 +355,10 @@ impl SnapshotWriter {
         metadata: SnapshotMetadata,
         installed: bool,
         in_progress: Arc<AtomicUsize>,
+        writer: u64,
     ) -> Result<SnapshotWriter> {
-        let tmp = dir.join(format!("{}.tmp", file_name(metadata.id())));
-        let _ = fs.remove(&tmp);
+        // Never removed first: if the name exists, it is another writer's (or a bug), not ours.
+        let tmp = dir.join(temp_file_name(metadata.id(), writer));
         let file = fs.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
         in_progress.fetch_add(1, Ordering::SeqCst);
         Ok(SnapshotWriter {
@@ -405,5 +462,12 @@ mod tests {
         assert_eq!(parse_file_name(&file_name(id)), Some(id));
         assert_eq!(parse_file_name("snap-3-77.snap"), None);
         assert_eq!(parse_file_name("snap-0000000000000003-000000000000004d.snap.tmp"), None);
+        assert_eq!(temp_file_name(id, 10), "snap-0000000000000003-000000000000004d.snap.000000000000000a.tmp");
+        assert_eq!(parse_file_name(&temp_file_name(id, 10)), None);
+        assert!(is_temp_file_name(&temp_file_name(id, u64::MAX)));
+        assert!(is_temp_file_name("snap-0000000000000003-000000000000004d.snap.tmp"));
+        assert!(!is_temp_file_name(&file_name(id)));
+        assert!(!is_temp_file_name("snap-0000000000000003-000000000000004D.snap.tmp"));
+        assert!(!is_temp_file_name("notes.tmp"));
     }
 }

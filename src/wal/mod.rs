@@ -21,6 +21,7 @@
 
 mod group_commit;
 mod prepare;
+mod reader;
 pub(crate) mod record;
 mod recovery;
 pub(crate) mod recovery_table;
@@ -57,7 +58,10 @@ pub enum RecoveryMode {
 /// Options for [`Log::open`].
 #[derive(Debug, Clone)]
 pub struct LogOptions {
-    /// Preallocated size of each new segment file (existing segments keep their own size).
+    /// Preallocated size of each new segment file: a multiple of 4096 within
+    /// [`limits::SEGMENT_BYTES_MIN`] and [`limits::SEGMENT_BYTES_MAX`]. Existing segments keep
+    /// their own size; after a reopen with a larger size, a write that does not fit the
+    /// (smaller) active segment goes to a new segment of the new size.
     pub segment_bytes: u64,
     /// What recovery tolerates.
     pub recovery_mode: RecoveryMode,
@@ -148,6 +152,9 @@ pub struct Log {
     /// Term of `first_index - 1`, when known (after a compaction or reset, or 0 for index 0).
     prev_term: Option<u64>,
     locs: VecDeque<Loc>,
+    /// The newest reset marker still in the log (index, term of index - 1): the log restarted
+    /// after a snapshot there, so that snapshot (or a later one) must exist.
+    reset: Option<(u64, u64)>,
     /// The first write or sync failure; set once, cleared only by reopening.
     failed: Option<String>,
     unsynced: bool,
@@ -226,6 +233,13 @@ impl Log {
     /// Whether the log refuses writes after a failure (see [`Error::Failed`]).
     pub fn is_failed(&self) -> bool {
         self.failed.is_some()
+    }
+
+    /// The newest reset marker still in the log, as (index, term of index - 1): the log was
+    /// restarted there by [`Log::reset`] (a snapshot install). `None` if no reset marker is left
+    /// (never reset, or compaction removed the segment holding it).
+    pub(crate) fn newest_reset(&self) -> Option<(u64, u64)> {
+        self.reset
     }
 
     /// The first write or sync failure, if the log is latched.
@@ -482,9 +496,13 @@ impl Log {
                     whole = fit;
                 }
             }
-            if fit < rest.len() && (whole > 0 || !self.active.records.is_empty()) {
+            // An active segment smaller than new ones (made before a reopen with a larger
+            // `segment_bytes`) is left, even empty, for a write it cannot hold whole: new
+            // segments get the size the log was opened with.
+            let smaller = seg.segment_bytes < self.segment_bytes;
+            if fit < rest.len() && (whole > 0 || !self.active.records.is_empty() || smaller) {
                 // Stop at the last whole write; if none fits, rotate and retry in an empty
-                // segment. Only a write larger than an empty segment is split.
+                // segment. Only a write larger than an empty new segment is split.
                 fit = whole;
             }
             self.buf.clear();
@@ -515,8 +533,9 @@ impl Log {
             }
             rest = &rest[fit..];
             if !rest.is_empty() {
-                // Payload sizes were checked against an empty segment's capacity.
-                assert!(!self.active.records.is_empty(), "a record fits no segment");
+                // Payload sizes were checked against an empty new segment's capacity, so an
+                // empty segment is only left if it is smaller than that.
+                assert!(!self.active.records.is_empty() || smaller, "a record fits no segment");
                 self.rotate()?;
             }
         }
@@ -614,6 +633,7 @@ impl Log {
         self.locs.clear();
         self.first_index = index;
         self.prev_term = Some(term);
+        self.reset = Some((index, term));
         self.remove_segments_below(boundary)
     }
 
@@ -643,14 +663,17 @@ impl Log {
     }
 
     /// Reads and checks every record of every segment (sealed segments are otherwise checked
-    /// only when read). Returns the number of records checked, or the first corruption.
+    /// only when read). Returns the number of records checked, or the first corruption. Reads
+    /// through `pread`, not the maps, so a disk that fails a read gives [`Error::Io`] naming the
+    /// file and offset.
     pub fn verify(&self) -> Result<u64> {
         let mut checked = 0u64;
         for (i, seg) in self.segments.iter().enumerate() {
+            let mut reader = seg.reader();
             let records = if i + 1 == self.segments.len() {
                 self.active.records.clone()
             } else {
-                match segment::check_footer(seg.bytes(), seg.id) {
+                match segment::check_footer(&mut reader, seg.id)? {
                     segment::FooterCheck::Sealed { entries, .. } => entries,
                     segment::FooterCheck::Absent => {
                         return Err(seg
@@ -668,7 +691,7 @@ impl Log {
             for r in records {
                 let offset = u64::from(r.offset);
                 let refuse = |kind| seg.read_refusal(offset, r.index, kind);
-                match record::decode(&seg.bytes()[offset as usize..], seg.id, offset, seg.segment_bytes) {
+                match reader.record(offset, seg.id)? {
                     Ok((h, _)) if h.index == r.index && h.term == r.term && h.kind == r.kind => checked += 1,
                     Ok((h, _)) => {
                         return Err(refuse(CorruptionKind::Malformed(format!(

@@ -23,6 +23,7 @@
 //! No step decides what damage is tolerated: each looks it up with `recovery_table::decide`.
 
 use super::prepare::{PREPARED_NAME, Preparer};
+use super::reader::{self, SegmentReader};
 use super::record::{self, Kind};
 use super::recovery_table::{self as table, Action, Damaged, Position};
 use super::segment::{self, FooterCheck, FooterEntry, HeaderCheck, Segment};
@@ -167,10 +168,11 @@ struct Scan {
 }
 
 /// Reads records from the start of a segment until the first position that is not a valid
-/// record, then classifies what follows.
-fn scan(bytes: &[u8], id: u64) -> Scan {
-    let Run { records, end, torn_write, found } = read_run(bytes, id);
-    let garbage_end = last_nonzero_end(bytes, end);
+/// record, then classifies what follows. Reads through `pread` (`r`), never the map: a bad
+/// sector is an `Error::Io`, not a `SIGBUS`.
+fn scan(r: &mut SegmentReader<'_>, id: u64) -> Result<Scan> {
+    let Run { records, end, torn_write, found } = read_run(r, id)?;
+    let garbage_end = last_nonzero_end(r.file(), r.path(), end, r.size())?;
     // A record with a valid header whose `synced_offset` lies past its own offset: no writer
     // puts one there, so the bytes it covers were synced (corruption in the middle).
     let misplaced = match &found {
@@ -194,7 +196,7 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
                 "the write that starts at offset {end} is incomplete: its records stop at offset {damage_offset}"
             )),
         ),
-        None if garbage_end == end => return Scan { records, end, damage: None },
+        None if garbage_end == end => return Ok(Scan { records, end, damage: None }),
         None => (
             Damaged::RecordHeader,
             CorruptionKind::Malformed(format!(
@@ -202,9 +204,9 @@ fn scan(bytes: &[u8], id: u64) -> Scan {
             )),
         ),
     };
-    let (proof, later_indexes) = records_after(bytes, id, end, garbage_end, misplaced);
+    let RecordsAfter { proof, later_indexes } = records_after(r, id, end, garbage_end, misplaced)?;
     let damage = ScanDamage { offset: damage_offset, damaged, kind, proof, damaged_index, later_indexes, garbage_end };
-    Scan { records, end, damage: Some(damage) }
+    Ok(Scan { records, end, damage: Some(damage) })
 }
 
 /// The valid records at the start of a segment, and what ended them.
@@ -220,19 +222,18 @@ struct Run {
 
 /// Decodes records from the start of a segment until the first position that is not a valid
 /// record; a write whose last record is missing is dropped whole.
-fn read_run(bytes: &[u8], id: u64) -> Run {
-    let size = bytes.len() as u64;
+fn read_run(r: &mut SegmentReader<'_>, id: u64) -> Result<Run> {
+    let size = r.size();
     let mut records = Vec::new();
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut found = None;
     // (offset, records.len()) where the current write began, while its last record is missing.
     let mut open_write: Option<(u64, usize)> = None;
     while offset + RECORD_HEADER_BYTES <= size {
-        let at = &bytes[offset as usize..];
-        if record::is_zero_header(at) {
+        if record::is_zero_header(r.bytes(offset, RECORD_HEADER_BYTES)?) {
             break;
         }
-        match record::decode(at, id, offset, size) {
+        match r.record(offset, id)? {
             Ok((h, _)) => {
                 if h.continues {
                     open_write.get_or_insert((offset, records.len()));
@@ -255,28 +256,27 @@ fn read_run(bytes: &[u8], id: u64) -> Run {
         torn_write = Some(offset);
         offset = write_start;
     }
-    Run { records, end: offset, torn_write, found }
+    Ok(Run { records, end: offset, torn_write, found })
 }
 
 /// Valid records after damage at `end`, looked for at every aligned offset below
 /// `garbage_end`: the offset of the first whose `synced_offset` lies past `end` (proof that the
 /// damaged bytes had been synced; `proof` if already known), and their lowest and highest index.
 fn records_after(
-    bytes: &[u8],
+    r: &mut SegmentReader<'_>,
     id: u64,
     end: u64,
     garbage_end: u64,
     mut proof: Option<u64>,
-) -> (Option<u64>, Option<(u64, u64)>) {
-    let size = bytes.len() as u64;
+) -> Result<RecordsAfter> {
     let mut later_indexes: Option<(u64, u64)> = None;
     let mut p = end + RECORD_ALIGN_BYTES;
     while p + RECORD_HEADER_BYTES <= garbage_end {
-        let at = &bytes[p as usize..];
+        let at = r.bytes(p, RECORD_HEADER_BYTES)?;
         // Cheap filter before checksumming: a known kind and zero reserved bytes.
         let plausible = record::Kind::from_u8(at[record::OFF_KIND]).is_some()
             && at[record::OFF_RESERVED..RECORD_HEADER_BYTES as usize].iter().all(|&b| b == 0);
-        if plausible && let Ok((h, _)) = record::decode(at, id, p, size) {
+        if plausible && let Ok((h, _)) = r.record(p, id)? {
             if u64::from(h.synced_offset) > end && proof.is_none() {
                 proof = Some(p);
             }
@@ -287,34 +287,59 @@ fn records_after(
         }
         p += RECORD_ALIGN_BYTES;
     }
-    (proof, later_indexes)
+    Ok(RecordsAfter { proof, later_indexes })
 }
 
-/// One past the last non-zero byte in `bytes[from..]`, or `from` if all are zero.
+/// What `records_after` found after damage.
+struct RecordsAfter {
+    /// The first valid record whose `synced_offset` lies past the damage (its offset).
+    proof: Option<u64>,
+    /// Lowest and highest index among the valid records after the damage.
+    later_indexes: Option<(u64, u64)>,
+}
+
+/// One past the last non-zero byte in `[from, to)` of `file`, or `from` if all are zero.
 ///
 /// Opening a log reads the unused rest of the active segment (up to a whole segment) to prove
 /// it is zero; that read is memory-bound and most of R1's time, so a large range is split in
-/// two halves checked on two threads.
-fn last_nonzero_end(bytes: &[u8], from: u64) -> u64 {
-    const PARALLEL_ABOVE: usize = 8 << 20;
-    let tail = &bytes[from as usize..];
-    if tail.len() < PARALLEL_ABOVE {
-        return from + last_nonzero_in(tail) as u64;
+/// two halves checked on two threads, each reading its half in chunks through `pread`.
+fn last_nonzero_end(file: &dyn DataFile, path: &Path, from: u64, to: u64) -> Result<u64> {
+    const PARALLEL_ABOVE: u64 = 8 << 20;
+    if to - from < PARALLEL_ABOVE {
+        return last_nonzero_in_range(file, path, from, to);
     }
-    let mid = tail.len() / 2;
-    let (low, high) = tail.split_at(mid);
+    let mid = from + (to - from) / 2;
     let (low_end, high_end) = std::thread::scope(|s| {
         // Without a second thread (spawn refused), check both halves here.
-        let checker = std::thread::Builder::new().spawn_scoped(s, || last_nonzero_in(high)).ok();
-        let low_end = last_nonzero_in(low);
+        let checker = std::thread::Builder::new().spawn_scoped(s, || last_nonzero_in_range(file, path, mid, to)).ok();
+        let low_end = last_nonzero_in_range(file, path, from, mid);
         let high_end = match checker {
             // A checker that cannot report counts as "non-zero to the end": never silently clean.
-            Some(c) => c.join().unwrap_or(high.len()),
-            None => last_nonzero_in(high),
+            Some(c) => c.join().unwrap_or(Ok(to)),
+            None => last_nonzero_in_range(file, path, mid, to),
         };
         (low_end, high_end)
     });
-    from + if high_end > 0 { (mid + high_end) as u64 } else { low_end as u64 }
+    let high_end = high_end?;
+    if high_end > mid { Ok(high_end) } else { low_end }
+}
+
+/// One past the last non-zero byte in `[from, to)` of `file`, or `from`: read forwards (so the
+/// kernel's read-ahead helps) in chunks into one buffer.
+fn last_nonzero_in_range(file: &dyn DataFile, path: &Path, from: u64, to: u64) -> Result<u64> {
+    let mut buf = vec![0u8; (to - from).min(reader::CHUNK_BYTES) as usize];
+    let mut last = from;
+    let mut at = from;
+    while at < to {
+        let chunk = &mut buf[..(to - at).min(reader::CHUNK_BYTES) as usize];
+        reader::read_exact_at(file, path, chunk, at)?;
+        let end = last_nonzero_in(chunk);
+        if end > 0 {
+            last = at + end as u64;
+        }
+        at += chunk.len() as u64;
+    }
+    Ok(last)
 }
 
 /// One past the last non-zero byte of `tail`, or 0.
@@ -493,10 +518,10 @@ impl<'a> Recovery<'a> {
     /// otherwise damage in the middle. The decision table says which is refused.
     fn classify_bad_header(&mut self, id: u64, path: PathBuf, file: &dyn DataFile, kind: CorruptionKind) -> Result<()> {
         // Can records still be found under the id the file name gives?
-        let len = file.len().unwrap_or(0);
-        let map_len = len - len % RECORD_ALIGN_BYTES;
-        let has_records =
-            map_len >= limits::SEGMENT_BYTES_MIN && file.map(map_len).is_ok_and(|m| !scan(&m, id).records.is_empty());
+        let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
+        let scan_len = len - len % RECORD_ALIGN_BYTES;
+        let has_records = scan_len >= limits::SEGMENT_BYTES_MIN
+            && !scan(&mut SegmentReader::new(file, &path, scan_len), id)?.records.is_empty();
         let position = if self.later_valid || has_records { Position::Middle } else { Position::Tail };
         let rule = table::decide(position, Damaged::SegmentHeader, self.options.recovery_mode);
         if rule.action == Action::Refuse {
@@ -516,8 +541,8 @@ impl<'a> Recovery<'a> {
 
     /// The records from the footer if the segment is sealed, otherwise scanned one by one.
     fn find_records(&mut self, seg: &Segment) -> Result<Found> {
-        let bytes = seg.bytes();
-        match segment::check_footer(bytes, seg.id) {
+        let mut r = seg.reader();
+        match segment::check_footer(&mut r, seg.id)? {
             FooterCheck::Sealed { entries, records_end } => {
                 self.report.segments_sealed += 1;
                 Ok(Found { records: entries, sealed: true, end: records_end, damage: None })
@@ -538,7 +563,7 @@ impl<'a> Recovery<'a> {
             // Never sealed, or a torn seal with nothing after it: read record by record.
             FooterCheck::Absent | FooterCheck::Damaged { .. } => {
                 self.report.segments_scanned += 1;
-                let s = scan(bytes, seg.id);
+                let s = scan(&mut r, seg.id)?;
                 Ok(Found { records: s.records, sealed: false, end: s.end, damage: s.damage })
             }
         }
@@ -723,7 +748,7 @@ impl<'a> Recovery<'a> {
 
     /// Step 6: the log, ready for appends, and the report of what recovery found and did.
     fn start(self, lock: Box<dyn Any + Send + Sync>, replayed: Replayed, durable: Durable) -> (Log, RecoveryReport) {
-        let Replayed { first_index, prev_term, locs } = replayed;
+        let Replayed { first_index, prev_term, locs, reset } = replayed;
         let Durable { segments, active, preparer } = durable;
         let mut log = Log {
             dir: self.dir.to_path_buf(),
@@ -736,6 +761,7 @@ impl<'a> Recovery<'a> {
             first_index,
             prev_term,
             locs,
+            reset,
             failed: None,
             unsynced: false,
             buf: Vec::new(),
@@ -784,7 +810,9 @@ fn replay_records(dir: &Path, kept: &[Kept]) -> Result<Replayed> {
 /// The segment boundary a compaction or reset marker names (its payload).
 fn marker_boundary(seg: &Segment, r: &FooterEntry) -> Result<u64> {
     let offset = u64::from(r.offset);
-    let (h, payload) = record::decode(&seg.bytes()[offset as usize..], seg.id, offset, seg.segment_bytes)
+    let mut reader = SegmentReader::exact(seg.file.as_ref(), &seg.path, seg.segment_bytes);
+    let (h, payload) = reader
+        .record(offset, seg.id)?
         .map_err(|d| refuse(&seg.path, offset, d.into_kind(), table::READ_RECORD_REFUSE, None))?;
     if payload.len() != 8 || h.index != r.index || h.kind != r.kind {
         return Err(refuse(
@@ -814,6 +842,8 @@ struct Replay {
     marker: Option<(u64, u64)>,
     /// Entries below this index are compacted (the newest marker's index).
     floor: u64,
+    /// The newest reset marker: (index, term of index - 1).
+    reset: Option<(u64, u64)>,
 }
 
 impl Replay {
@@ -860,6 +890,7 @@ impl Replay {
                 self.base = None;
                 self.floor = r.index;
                 self.marker = Some((r.index, r.term));
+                self.reset = Some((r.index, r.term));
             }
         }
         Ok(())
@@ -879,7 +910,7 @@ impl Replay {
             _ if first == 1 => Some(0),
             _ => None,
         };
-        Ok(Replayed { first_index: first, prev_term, locs: self.locs })
+        Ok(Replayed { first_index: first, prev_term, locs: self.locs, reset: self.reset })
     }
 }
 
@@ -889,11 +920,24 @@ struct Replayed {
     /// The term of `first_index - 1`, if known.
     prev_term: Option<u64>,
     locs: VecDeque<Loc>,
+    /// The newest reset marker replayed: (index, term of index - 1).
+    reset: Option<(u64, u64)>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::reader::MemFile;
+
+    fn scan(bytes: &[u8], id: u64) -> Scan {
+        let file = MemFile(bytes.to_vec());
+        super::scan(&mut SegmentReader::new(&file, Path::new("s"), bytes.len() as u64), id).unwrap()
+    }
+
+    fn last_nonzero_end(bytes: &[u8], from: u64) -> u64 {
+        let file = MemFile(bytes.to_vec());
+        super::last_nonzero_end(&file, Path::new("s"), from, bytes.len() as u64).unwrap()
+    }
 
     #[test]
     fn records_of_another_segment_are_never_read() {

@@ -10,6 +10,7 @@
 use crate::error::{Corruption, CorruptionKind, Result};
 use crate::io::{DataFile, Map};
 use crate::limits::{FOOTER_ENTRY_BYTES, FOOTER_TRAILER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::wal::reader::SegmentReader;
 use crate::wal::record::Kind;
 use byteorder::{ByteOrder, LittleEndian as LE};
 use std::path::{Path, PathBuf};
@@ -211,16 +212,18 @@ pub(crate) enum FooterCheck {
     Damaged { offset: u64, kind: CorruptionKind },
 }
 
-/// Reads the footer of segment `id` from its mapped bytes (`segment.len() == segment_bytes`).
-pub(crate) fn check_footer(segment: &[u8], id: u64) -> FooterCheck {
+/// Reads the footer of segment `id` through `r`, whose size is the segment's `segment_bytes`
+/// (the trailer, then the entries it counts). `Err` only if the bytes cannot be read.
+pub(crate) fn check_footer(r: &mut SegmentReader<'_>, id: u64) -> Result<FooterCheck> {
     use CorruptionKind::{Checksum, Malformed};
-    let size = segment.len() as u64;
+    let size = r.size();
     let tstart = size - FOOTER_TRAILER_BYTES;
-    let trailer = &segment[tstart as usize..];
+    let trailer: [u8; FOOTER_TRAILER_BYTES as usize] =
+        r.bytes(tstart, FOOTER_TRAILER_BYTES)?.try_into().expect("a segment is larger than its trailer");
     if trailer[OFF_FT_MAGIC..OFF_FT_MAGIC + 8] != FOOTER_MAGIC {
-        return FooterCheck::Absent;
+        return Ok(FooterCheck::Absent);
     }
-    let damaged = |offset, kind| FooterCheck::Damaged { offset, kind };
+    let damaged = |offset, kind| Ok(FooterCheck::Damaged { offset, kind });
     let count = u64::from(LE::read_u32(&trailer[OFF_FT_ENTRY_COUNT..]));
     let records_end = LE::read_u64(&trailer[OFF_FT_RECORDS_END..]);
     let max_count = (size - SEGMENT_HEADER_BYTES - FOOTER_TRAILER_BYTES) / FOOTER_ENTRY_BYTES;
@@ -228,7 +231,7 @@ pub(crate) fn check_footer(segment: &[u8], id: u64) -> FooterCheck {
         return damaged(tstart, Malformed(format!("footer claims {count} entries, more than fit")));
     }
     let start = size - footer_bytes(count);
-    let footer = &segment[start as usize..];
+    let footer = r.bytes(start, size - start)?;
     let stored = LE::read_u32(&trailer[OFF_FT_CRC..]);
     let actual = footer_crc(id, footer);
     if stored != actual {
@@ -270,7 +273,7 @@ pub(crate) fn check_footer(segment: &[u8], id: u64) -> FooterCheck {
         prev_offset = Some(off);
         entries.push(e);
     }
-    FooterCheck::Sealed { entries, records_end }
+    Ok(FooterCheck::Sealed { entries, records_end })
 }
 
 /// An open segment: its file and the read-only map of all of it.
@@ -300,8 +303,15 @@ impl Segment {
         c.into_error()
     }
 
+    /// The segment's bytes through its map: for entry reads only. A failed page-in there raises
+    /// `SIGBUS`; scans read through [`Segment::reader`].
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.map
+    }
+
+    /// A reader of the segment's bytes through `pread`, for scans (recovery, `Log::verify`).
+    pub(crate) fn reader(&self) -> SegmentReader<'_> {
+        SegmentReader::new(self.file.as_ref(), &self.path, self.segment_bytes)
     }
 
     /// Builds a segment from an opened file, checking the size the header promises.
@@ -314,6 +324,12 @@ impl Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::reader::MemFile;
+
+    fn check_footer(segment: &[u8], id: u64) -> FooterCheck {
+        let file = MemFile(segment.to_vec());
+        super::check_footer(&mut SegmentReader::new(&file, Path::new("s"), segment.len() as u64), id).unwrap()
+    }
 
     #[test]
     fn names_round_trip() {

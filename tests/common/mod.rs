@@ -75,6 +75,9 @@ pub struct FaultyFs {
     /// Only the `sync_data` call with this number fails (counting `all_syncs` from 1): the
     /// fsyncgate case, where a retry or a later sync would seem to succeed.
     pub fail_sync_at: AtomicU64,
+    /// A `read_at` of a range reaching this offset or beyond fails with EIO: a bad sector
+    /// (reads through a map do not see it; on a real disk they raise SIGBUS).
+    pub fail_read_from: AtomicU64,
     owner: std::thread::ThreadId,
 }
 
@@ -86,6 +89,7 @@ impl Default for FaultyFs {
             syncs: Arc::default(),
             all_syncs: AtomicU64::new(0),
             fail_sync_at: AtomicU64::new(u64::MAX),
+            fail_read_from: AtomicU64::new(u64::MAX),
             owner: std::thread::current().id(),
         }
     }
@@ -129,6 +133,9 @@ impl FileSystem for FaultyHandle {
 
 impl DataFile for FaultyFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if offset + buf.len() as u64 > self.fs.fail_read_from.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
