@@ -599,3 +599,20 @@ fn a_commit_above_what_the_log_holds_is_refused_as_corruption() {
         }
     }
 }
+
+#[test]
+fn directories_open_creates_are_durable_in_their_parents() {
+    // A data directory created by open must survive a power loss with the files synced in it:
+    // each directory open creates is fsynced into its parent, and open syncs the data and log
+    // directories and their parents before it answers (a killed process may have left any of
+    // these entries only in the page cache).
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("a").join("b");
+    let (faults, options) = faulty_options();
+    let (s, _) = DiskStorage::open(&dir, options).unwrap();
+    drop(s);
+    let synced = faults.synced_dirs.lock().unwrap().clone();
+    for must in [root.path().to_path_buf(), root.path().join("a"), dir.clone(), dir.join("log")] {
+        assert!(synced.contains(&must), "{} never synced: {synced:?}", must.display());
+    }
+}

@@ -11,9 +11,21 @@ use std::path::Path;
 const ZERO_WRITE_BYTES_MAX: u64 = 1 << 20;
 
 /// Creates `dir` if missing and takes its exclusive lock (the `LOCK` file), held until the
-/// returned guard drops. Another holder gives [`Error::Locked`].
+/// returned guard drops. Another holder gives [`Error::Locked`]. Every directory it creates is
+/// made durable in its parent (`fsync` of the parent), so a power loss cannot take the data
+/// directory's entry away from under files synced inside it.
 pub(crate) fn lock_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Box<dyn Any + Send + Sync>> {
+    let mut created = Vec::new();
+    let mut missing = Some(dir);
+    while let Some(d) = missing.filter(|d| !d.as_os_str().is_empty() && fs.list(d).is_err()) {
+        created.push(d);
+        missing = d.parent();
+    }
     fs.create_dir_all(dir).map_err(Error::at("create directory", dir))?;
+    for parent in created.iter().rev().filter_map(|d| d.parent()) {
+        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+        fs.sync_dir(parent).map_err(Error::at("fsync directory", parent))?;
+    }
     fs.lock(dir).map_err(|e| match e.kind() {
         io::ErrorKind::WouldBlock => Error::Locked { dir: dir.to_path_buf() },
         _ => Error::io("lock", dir.join("LOCK"), e),

@@ -78,6 +78,8 @@ pub struct FaultyFs {
     /// A `read_at` of a range reaching this offset or beyond fails with EIO: a bad sector
     /// (reads through a map do not see it; on a real disk they raise SIGBUS).
     pub fail_read_from: AtomicU64,
+    /// Every directory `sync_dir` was called on, in order.
+    pub synced_dirs: std::sync::Mutex<Vec<std::path::PathBuf>>,
     owner: std::thread::ThreadId,
 }
 
@@ -90,6 +92,7 @@ impl Default for FaultyFs {
             all_syncs: AtomicU64::new(0),
             fail_sync_at: AtomicU64::new(u64::MAX),
             fail_read_from: AtomicU64::new(u64::MAX),
+            synced_dirs: std::sync::Mutex::default(),
             owner: std::thread::current().id(),
         }
     }
@@ -124,6 +127,7 @@ impl FileSystem for FaultyHandle {
         StdFileSystem.list(dir)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.0.synced_dirs.lock().unwrap().push(dir.to_path_buf());
         StdFileSystem.sync_dir(dir)
     }
     fn lock(&self, dir: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
