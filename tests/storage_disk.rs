@@ -26,6 +26,17 @@ fn faulty_options() -> (Arc<FaultyFs>, StorageOptions) {
     (faults, StorageOptions { log, ..opts() })
 }
 
+/// Asserts that opening refused with corruption naming `path` under decision rule `rule`.
+fn assert_refused<T: std::fmt::Debug>(opened: keel::Result<T>, path: &Path, rule: &str, context: &str) {
+    match opened {
+        Err(Error::Corruption(c)) => {
+            assert_eq!(c.path, path, "{context}: {c}");
+            assert_eq!(c.rule, Some(rule), "{context}: {c}");
+        }
+        other => panic!("{context}: expected corruption {rule}, got {other:?}"),
+    }
+}
+
 fn open(dir: &Path) -> (DiskStorage, keel::storage::StorageReport) {
     DiskStorage::open(dir, opts()).unwrap()
 }
@@ -62,13 +73,7 @@ fn torn_hard_state_write_loses_only_the_newest_update() {
     // Both slots damaged: a typed error naming the file, never a silent default.
     bytes[4096 + 100] ^= 0xFF;
     std::fs::write(&path, &bytes).unwrap();
-    match DiskStorage::open(dir.path(), opts()) {
-        Err(Error::Corruption(c)) => {
-            assert_eq!(c.path, path);
-            assert_eq!(c.rule, Some("HARDSTATE_BOTH_SLOTS_INVALID"));
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_refused(DiskStorage::open(dir.path(), opts()), &path, "HARDSTATE_BOTH_SLOTS_INVALID", "both slots");
 }
 
 #[test]
@@ -346,13 +351,8 @@ fn a_hard_state_without_its_log_is_corruption() {
                     }
                 }
             }
-            match DiskStorage::open(dir.path(), options.clone()) {
-                Err(Error::Corruption(c)) => {
-                    assert_eq!(c.path, log_dir, "{c}");
-                    assert_eq!(c.rule, Some("STORAGE_LOG_MISSING"), "{c}");
-                }
-                other => panic!("log {lose} lost, {:?}: {other:?}", options.log.recovery_mode),
-            }
+            let context = format!("log {lose} lost, {:?}", options.log.recovery_mode);
+            assert_refused(DiskStorage::open(dir.path(), options.clone()), &log_dir, "STORAGE_LOG_MISSING", &context);
         }
     }
 }
@@ -385,13 +385,8 @@ fn a_log_reset_past_a_missing_snapshot_is_corruption() {
         drop(s);
         let snap = snapshot_files(dir.path()).pop().unwrap();
         std::fs::remove_file(&snap).unwrap();
-        match DiskStorage::open(dir.path(), options.clone()) {
-            Err(Error::Corruption(c)) => {
-                assert_eq!(c.path, snap, "{c}");
-                assert_eq!(c.rule, Some("STORAGE_SNAPSHOT_MISSING"), "{c}");
-            }
-            other => panic!("{:?}: {other:?}", options.log.recovery_mode),
-        }
+        let context = format!("{:?}", options.log.recovery_mode);
+        assert_refused(DiskStorage::open(dir.path(), options.clone()), &snap, "STORAGE_SNAPSHOT_MISSING", &context);
     }
 }
 

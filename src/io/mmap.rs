@@ -61,18 +61,17 @@ impl Map {
             return Ok(Map { inner: None });
         }
         let len = usize::try_from(len).map_err(|_| io::Error::other("map length exceeds the address space"))?;
-        // SAFETY: memmap2 requires that the mapped file is not modified or truncated by others
-        // while the map lives; this function's own contract passes that requirement on to the
-        // caller.
+        // SAFETY: memmap2 needs the file neither modified nor truncated by others while the map
+        // lives; this function's `# Safety` contract passes that requirement on to its caller.
         let map = unsafe { MmapOptions::new().len(len).map(file)? };
         Ok(Map { inner: Some(map) })
     }
 
     /// Maps a file of keel's data directory, for [`StdFileSystem`](super::StdFileSystem).
     pub(crate) fn data_directory_file(file: &File, len: u64) -> io::Result<Map> {
-        // SAFETY: the module doc gives the argument: the directory lock excludes other writers,
-        // files are never truncated while mapped, and mapped bytes that were handed out are never
-        // rewritten. These are exactly `Map::new`'s conditions.
+        // The module doc gives the argument: the directory lock excludes other writers, files are
+        // never truncated while mapped, and mapped bytes that were handed out are never rewritten.
+        // SAFETY: those are exactly `Map::new`'s conditions (module doc, "Soundness").
         unsafe { Map::new(file, len) }
     }
 
