@@ -579,3 +579,34 @@ fn a_malformed_append_from_the_network_is_dropped_not_trusted() {
         assert_eq!(node.status().last_index, 2);
     }
 }
+
+#[test]
+fn a_restart_with_applied_above_the_stored_commit_raises_the_commit() {
+    // After a power loss a commit-only HardState change may be lost while the application's
+    // state machine kept what it applied: restarting with `Config::applied` above the stored
+    // commit must not hand those entries out again, and the commit is raised to it (they were
+    // committed, or the application could not have applied them) and persisted.
+    let mut s = storage(&[1, 2, 3], &[1, 1, 1, 1, 1], 1);
+    s.set_hard_state(&HardState { term: 1, vote: 0, commit: 3 }).unwrap();
+    let mut c = config(2, false, false);
+    c.applied = 5;
+    let mut node = RawNode::new(&c, s).unwrap();
+    assert_eq!((node.status().applied, node.status().hard_state.commit), (5, 5));
+    let rd = node.ready();
+    assert!(rd.committed_entries.is_empty(), "handed out again: {:?}", rd.committed_entries);
+    assert_eq!(rd.hard_state.map(|hs| hs.commit), Some(5), "the raised commit is persisted");
+    node.persist(&rd).unwrap();
+    node.advance(&rd);
+    assert_eq!(node.storage().initial_state().unwrap().hard_state.commit, 5);
+}
+
+#[test]
+fn applied_above_the_log_is_a_typed_error() {
+    // The application claims entries the log does not hold: refuse, naming both.
+    let mut c = config(2, false, false);
+    c.applied = 7;
+    match RawNode::new(&c, storage(&[1, 2, 3], &[1, 1, 1, 1, 1], 1)) {
+        Err(keel::raft::NewNodeError::AppliedAboveLog { applied: 7, last_index: 5 }) => {}
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}

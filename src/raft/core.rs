@@ -15,6 +15,7 @@ use super::config::Config;
 use super::log::RaftLog;
 use super::message::{Message, MessageType, SnapshotMessage};
 use super::progress::{Progress, ProgressState};
+use super::raw_node::NewNodeError;
 use super::{ProposeError, Role, data_bytes};
 use crate::rng::Rng;
 use crate::storage::{Entry, HardState, Storage};
@@ -56,7 +57,7 @@ pub(crate) struct Raft<S: Storage> {
 }
 
 impl<S: Storage> Raft<S> {
-    pub(crate) fn new(config: &Config, storage: S) -> crate::Result<Raft<S>> {
+    pub(crate) fn new(config: &Config, storage: S) -> Result<Raft<S>, NewNodeError> {
         let state = storage.initial_state()?;
         let log = RaftLog::new(storage, config.applied)?;
         let mut r = Raft {

@@ -7,6 +7,7 @@
 //! `Ready` and are being persisted; only persisted entries are handed out to apply.
 
 use super::message::SnapshotMessage;
+use super::raw_node::NewNodeError;
 use crate::Error;
 use crate::storage::{Entry, Storage};
 
@@ -26,10 +27,21 @@ pub(crate) struct RaftLog<S: Storage> {
 }
 
 impl<S: Storage> RaftLog<S> {
-    pub(crate) fn new(storage: S, applied: u64) -> crate::Result<RaftLog<S>> {
+    /// The log over `storage`, with the application's applied index. An applied index above
+    /// the stored commit raises the commit to it: the application applied those entries, so
+    /// they were committed (a power loss may lose a commit-only HardState change, never the
+    /// entries). Neither the stored commit nor `applied` may be above the last index.
+    pub(crate) fn new(storage: S, applied: u64) -> Result<RaftLog<S>, NewNodeError> {
         let first = storage.first_index()?;
         let last = storage.last_index()?;
-        let committed = storage.initial_state()?.hard_state.commit.max(first - 1);
+        let stored = storage.initial_state()?.hard_state.commit;
+        if stored > last {
+            return Err(NewNodeError::CommitAboveLog { commit: stored, last_index: last });
+        }
+        if applied > last {
+            return Err(NewNodeError::AppliedAboveLog { applied, last_index: last });
+        }
+        let committed = stored.max(first - 1).max(applied);
         Ok(RaftLog {
             storage,
             unstable: Vec::new(),
@@ -38,7 +50,7 @@ impl<S: Storage> RaftLog<S> {
             snapshot_in_progress: false,
             in_progress: last,
             committed,
-            applied: applied.max(first - 1).min(committed),
+            applied: applied.max(first - 1),
         })
     }
 

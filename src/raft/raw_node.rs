@@ -93,6 +93,22 @@ pub enum NewNodeError {
     /// Reading the initial state or the log bounds from storage failed.
     #[error("reading the initial state from storage: {0}")]
     Storage(#[from] crate::Error),
+    /// The storage's HardState commits entries its log does not hold.
+    #[error("the stored commit index {commit} is above the last index {last_index}")]
+    CommitAboveLog {
+        /// The commit index the storage holds.
+        commit: u64,
+        /// The storage's last index.
+        last_index: u64,
+    },
+    /// `Config::applied` says the application applied entries the log does not hold.
+    #[error("Config::applied {applied} is above the storage's last index {last_index}")]
+    AppliedAboveLog {
+        /// `Config::applied`.
+        applied: u64,
+        /// The storage's last index.
+        last_index: u64,
+    },
 }
 
 /// A Raft node driven by the application.
@@ -129,7 +145,9 @@ impl<S: Storage> RawNode<S> {
             return Err(ConfigError::NotAMember(config.id).into());
         }
         let prev_soft = SoftState { leader_id: raft.leader_id, role: raft.role };
-        let prev_hard = raft.hard_state();
+        // What storage holds, so that a commit raised to `Config::applied` is persisted by the
+        // first Ready.
+        let prev_hard = raft.log.storage.initial_state()?.hard_state;
         Ok(RawNode { raft, prev_soft, prev_hard, outstanding: false })
     }
 
