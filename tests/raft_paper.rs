@@ -3,7 +3,7 @@
 //! and CheckQuorum (§9.6 of Ongaro's thesis), flow control, batching, proposal errors, and the
 //! persistence split of `Ready` (thesis §10.2.1).
 
-use keel::raft::{Config, Message, MessageType, ProgressState, ProposeError, RawNode, Role};
+use keel::raft::{Config, Message, MessageType, ProgressState, ProposeError, RawNode, Role, StepError};
 use keel::storage::{ConfState, Entry, HardState, MemStorage, Storage, StorageMut};
 use std::collections::BTreeMap;
 
@@ -563,20 +563,35 @@ fn a_snapshot_the_follower_already_holds_is_acknowledged_only_up_to_its_commit()
 }
 
 #[test]
-fn a_malformed_append_from_the_network_is_dropped_not_trusted() {
-    // Messages are untrusted input: an Append whose entries do not follow its index one by one
-    // (decodable, but no correct leader sends it) must neither panic the node nor change its log.
-    for (index, entry_indexes) in [(1, vec![3, 4]), (0, vec![5]), (2, vec![3, 3]), (u64::MAX, vec![0])] {
+fn a_malformed_message_from_the_network_is_refused_not_trusted() {
+    // Messages are untrusted input: an Append whose entries do not follow its index one by one,
+    // whose terms go backwards or pass the message's term, or a Snapshot message without a
+    // snapshot, decodes fine but no correct peer sends it. It must neither panic the node nor
+    // change its log; the application gets a typed error.
+    let append = |index: u64, terms: &[(u64, u64)]| {
+        let mut a = msg(MessageType::Append, 1, 2, 3);
+        (a.index, a.log_term, a.commit) = (index, 1, 2);
+        a.entries = terms.iter().map(|&(i, t)| Entry::new(i, t, b"e".to_vec())).collect();
+        a
+    };
+    let cases = [
+        append(1, &[(3, 1), (4, 1)]),
+        append(0, &[(5, 1)]),
+        append(2, &[(3, 1), (3, 1)]),
+        append(u64::MAX, &[(0, 1)]),
+        append(2, &[(3, 2), (4, 1)]), // terms go backwards
+        append(2, &[(3, 4)]),         // an entry of a later term than the leader's
+        msg(MessageType::Snapshot, 1, 2, 3),
+    ];
+    for m in cases {
         let mut node = RawNode::new(&config(2, false, false), storage(&[1, 2, 3], &[1, 1], 1)).unwrap();
-        let mut a = msg(MessageType::Append, 1, 2, 1);
-        a.index = index;
-        a.log_term = 1;
-        a.commit = 2;
-        a.entries = entry_indexes.iter().map(|&i| Entry::new(i, 1, b"e".to_vec())).collect();
-        node.step(a).unwrap();
-        let rd = node.ready();
-        assert!(rd.entries.is_empty(), "index {index}, entries {entry_indexes:?}: {rd:?}");
-        assert_eq!(node.status().last_index, 2);
+        let described = format!("{m:?}");
+        match node.step(m) {
+            Err(StepError::Malformed { from: 1, .. }) => {}
+            other => panic!("{described}: {other:?}"),
+        }
+        assert!(!node.has_ready() || node.ready().entries.is_empty(), "{described}");
+        assert_eq!((node.status().last_index, node.status().hard_state.term), (2, 1), "{described}");
     }
 }
 

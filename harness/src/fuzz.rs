@@ -143,11 +143,59 @@ fn open_storage(files: &[(String, &[u8])]) {
 }
 
 /// Raft message decoding (bytes from the network): a decoded message re-encodes to the same
-/// bytes (the encoding has no slack), and nothing panics.
+/// bytes (the encoding has no slack), and nothing panics; then the message is stepped into a
+/// follower and into a leader (addressed to each), whose Ready is persisted and advanced: what
+/// acts on decoded input must not panic either, and a refused message changes nothing.
 pub fn message(data: &[u8]) {
-    if let Ok(m) = keel::raft::Message::decode(data) {
-        assert_eq!(m.encode(), data, "a decoded message re-encodes to its bytes");
+    let Ok(m) = keel::raft::Message::decode(data) else { return };
+    assert_eq!(m.encode(), data, "a decoded message re-encodes to its bytes");
+    for leader in [false, true] {
+        let mut node = node_with_log(leader);
+        let mut m = m.clone();
+        m.to = 1;
+        let before = node.status();
+        if node.step(m).is_err() {
+            let after = node.status();
+            assert_eq!((before.hard_state, before.last_index), (after.hard_state, after.last_index));
+        }
+        for _ in 0..2 {
+            if node.has_ready() {
+                let rd = node.ready();
+                node.persist(&rd).expect("MemStorage persists");
+                node.advance(&rd);
+            }
+            node.tick();
+        }
     }
+}
+
+/// Node 1 of three over `MemStorage` holding entries 1..=6 (terms 1, 1, 2, 2, 3, 3) with four
+/// committed, at term 3: a follower, or the leader of term 4 once node 2 granted its vote.
+fn node_with_log(leader: bool) -> keel::raft::RawNode<keel::storage::MemStorage> {
+    use keel::raft::{Config, Message, MessageType, RawNode};
+    use keel::storage::{ConfState, Entry, HardState, MemStorage, StorageMut};
+    let mut storage = MemStorage::new();
+    storage.set_conf_state(&ConfState { voters: vec![1, 2, 3], ..ConfState::default() }).expect("conf state");
+    let entries: Vec<Entry> = (1..=6).map(|i| Entry::new(i, i.div_ceil(2), vec![i as u8; 8])).collect();
+    storage.append(&entries).expect("entries");
+    storage.set_hard_state(&HardState { term: 3, vote: 0, commit: 4 }).expect("hard state");
+    let mut config = Config::new(1);
+    config.pre_vote = false;
+    let mut node = RawNode::new(&config, storage).expect("a valid node");
+    if leader {
+        node.campaign();
+        let rd = node.ready();
+        node.persist(&rd).expect("MemStorage persists");
+        node.advance(&rd);
+        let mut vote = Message::new(MessageType::RequestVoteResponse, 2, 1, 4);
+        vote.reject = false;
+        node.step(vote).expect("a vote");
+        let rd = node.ready();
+        node.persist(&rd).expect("MemStorage persists");
+        node.advance(&rd);
+        assert_eq!(node.status().soft_state.role, keel::raft::Role::Leader);
+    }
+    node
 }
 
 /// The model-based target: see [`torture::model_case`].

@@ -616,12 +616,7 @@ impl<S: Storage> Raft<S> {
     }
 
     fn handle_append(&mut self, m: Message) {
-        // Messages come from the network: entries that do not follow `index` one by one are a
-        // malformed message (no correct leader sends one), dropped rather than trusted.
-        let contiguous = m.entries.iter().enumerate().all(|(k, e)| m.index.checked_add(k as u64 + 1) == Some(e.index));
-        if !contiguous {
-            return;
-        }
+        // `RawNode::step` dropped any Append whose entries do not follow `index` one by one.
         let mut r = Message::new(MessageType::AppendResponse, self.id, m.from, self.term);
         if m.index < self.log.committed {
             r.index = self.log.committed;

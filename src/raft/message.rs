@@ -100,6 +100,45 @@ pub struct Message {
 }
 
 impl Message {
+    /// Checks the rules a message from a correct peer always keeps and that the state machine
+    /// relies on; [`RawNode::step`](super::RawNode::step) drops a message that breaks one with
+    /// [`StepError::Malformed`](super::StepError::Malformed). An `Append`'s entries follow
+    /// `index` one by one, with terms that never decrease, starting at or above `log_term`, and
+    /// none above the message's term (a leader's log holds no entry of a later term); a
+    /// `Snapshot` carries a snapshot of a term no later than the message's.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.kind {
+            MessageType::Append => {
+                let mut prev_term = self.log_term;
+                for (k, e) in self.entries.iter().enumerate() {
+                    if self.index.checked_add(k as u64 + 1) != Some(e.index) {
+                        return Err(format!("entry {k} has index {}, not index {} + {}", e.index, self.index, k + 1));
+                    }
+                    if e.term < prev_term || e.term > self.term {
+                        return Err(format!(
+                            "entry {} has term {}: terms must not decrease (from {prev_term}) nor pass the \
+                             message's term {}",
+                            e.index, e.term, self.term
+                        ));
+                    }
+                    prev_term = e.term;
+                }
+                if self.log_term > self.term {
+                    return Err(format!("log_term {} is above the message's term {}", self.log_term, self.term));
+                }
+                Ok(())
+            }
+            MessageType::Snapshot => match &self.snapshot {
+                None => Err("a snapshot message without a snapshot".into()),
+                Some(s) if s.metadata.term > self.term => {
+                    Err(format!("snapshot term {} is above the message's term {}", s.metadata.term, self.term))
+                }
+                Some(_) => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
     /// A message with every other field zero.
     pub fn new(kind: MessageType, from: u64, to: u64, term: u64) -> Message {
         Message {

@@ -42,6 +42,26 @@ pub enum Role {
     Leader,
 }
 
+/// Why [`RawNode::step`] did not take a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// A forwarded proposal was refused.
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+    /// The message breaks a rule no correct peer breaks (see [`Message::validate`]): it was
+    /// dropped and changed nothing. Messages come from the network; this is the node's answer
+    /// to bytes that decoded but do not make sense.
+    #[error("malformed {kind:?} message from node {from}: {reason}")]
+    Malformed {
+        /// What the message claimed to be.
+        kind: MessageType,
+        /// The sender it claimed.
+        from: u64,
+        /// The rule it broke.
+        reason: String,
+    },
+}
+
 /// Why a proposal was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {

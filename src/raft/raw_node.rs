@@ -14,7 +14,7 @@ use super::config::{Config, ConfigError};
 use super::core::Raft;
 use super::message::{Message, SnapshotMessage};
 use super::progress::ProgressState;
-use super::{ProposeError, Role};
+use super::{ProposeError, Role, StepError};
 use crate::storage::{Entry, HardState, Storage, StorageMut};
 use std::collections::BTreeMap;
 
@@ -172,11 +172,14 @@ impl<S: Storage> RawNode<S> {
     }
 
     /// Handles a message from a peer. Messages addressed to another node are ignored.
-    pub fn step(&mut self, m: Message) -> Result<(), ProposeError> {
+    pub fn step(&mut self, m: Message) -> Result<(), StepError> {
         if m.to != self.raft.id {
             return Ok(());
         }
-        self.raft.step(m)
+        if let Err(reason) = m.validate() {
+            return Err(StepError::Malformed { kind: m.kind, from: m.from, reason });
+        }
+        Ok(self.raft.step(m)?)
     }
 
     /// The peer is unreachable: stop pipelining to it until it answers again.
