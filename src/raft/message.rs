@@ -102,11 +102,28 @@ pub struct Message {
 impl Message {
     /// Checks the rules a message from a correct peer always keeps and that the state machine
     /// relies on; [`RawNode::step`](super::RawNode::step) drops a message that breaks one with
-    /// [`StepError::Malformed`](super::StepError::Malformed). An `Append`'s entries follow
+    /// [`StepError::Malformed`](super::StepError::Malformed). No index or term is above
+    /// [`limits::INDEX_MAX`](crate::limits::INDEX_MAX) (storage refuses them). An `Append`'s entries follow
     /// `index` one by one, with terms that never decrease, starting at or above `log_term`, and
     /// none above the message's term (a leader's log holds no entry of a later term); a
     /// `Snapshot` carries a snapshot of a term no later than the message's.
     pub fn validate(&self) -> Result<(), String> {
+        let max = crate::limits::INDEX_MAX;
+        let fields = [
+            ("term", self.term),
+            ("log_term", self.log_term),
+            ("index", self.index),
+            ("commit", self.commit),
+            ("reject_hint", self.reject_hint),
+        ];
+        let snapshot = self
+            .snapshot
+            .iter()
+            .flat_map(|s| [("snapshot index", s.metadata.index), ("snapshot term", s.metadata.term)]);
+        let entries = self.entries.iter().flat_map(|e| [("entry index", e.index), ("entry term", e.term)]);
+        if let Some((what, value)) = fields.into_iter().chain(snapshot).chain(entries).find(|&(_, v)| v > max) {
+            return Err(format!("{what} {value} is above the largest index or term, {max}"));
+        }
         match self.kind {
             MessageType::Append => {
                 let mut prev_term = self.log_term;
