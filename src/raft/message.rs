@@ -131,10 +131,10 @@ impl Message {
                     if self.index.checked_add(k as u64 + 1) != Some(e.index) {
                         return Err(format!("entry {k} has index {}, not index {} + {}", e.index, self.index, k + 1));
                     }
-                    if e.term < prev_term || e.term > self.term {
+                    if e.term == 0 || e.term < prev_term || e.term > self.term {
                         return Err(format!(
-                            "entry {} has term {}: terms must not decrease (from {prev_term}) nor pass the \
-                             message's term {}",
+                            "entry {} has term {}: terms are at least 1, never decrease (from {prev_term}) and \
+                             never pass the message's term {}",
                             e.index, e.term, self.term
                         ));
                     }
@@ -149,6 +149,13 @@ impl Message {
                 None => Err("a snapshot message without a snapshot".into()),
                 Some(s) if s.metadata.term > self.term => {
                     Err(format!("snapshot term {} is above the message's term {}", s.metadata.term, self.term))
+                }
+                // The log restarts after the snapshot, at an index that must exist too.
+                Some(s) if s.metadata.index >= max => {
+                    Err(format!("snapshot index {} leaves no index after it", s.metadata.index))
+                }
+                Some(s) if s.metadata.index > 0 && s.metadata.term == 0 => {
+                    Err(format!("snapshot at index {} has term 0; every entry's term is at least 1", s.metadata.index))
                 }
                 Some(_) => Ok(()),
             },
