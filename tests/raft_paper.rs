@@ -588,6 +588,13 @@ fn a_malformed_message_from_the_network_is_refused_not_trusted() {
         append(2, &[(3, 2), (4, 1)]), // terms go backwards
         append(2, &[(3, 4)]),         // an entry of a later term than the leader's
         msg(MessageType::Snapshot, 1, 2, 3),
+        {
+            // A rejection whose hint is past the index it rejects (would make a leader probe
+            // the same index forever).
+            let mut r = msg(MessageType::AppendResponse, 1, 2, 3);
+            (r.reject, r.index, r.reject_hint) = (true, 4, 9);
+            r
+        },
     ];
     for m in cases {
         let mut node = RawNode::new(&config(2, false, false), storage(&[1, 2, 3], &[1, 1], 1)).unwrap();

@@ -106,7 +106,8 @@ impl Message {
     /// [`limits::INDEX_MAX`](crate::limits::INDEX_MAX) (storage refuses them). An `Append`'s entries follow
     /// `index` one by one, with terms that never decrease, starting at or above `log_term`, and
     /// none above the message's term (a leader's log holds no entry of a later term); a
-    /// `Snapshot` carries a snapshot of a term no later than the message's.
+    /// `Snapshot` carries a snapshot of a term no later than the message's; a rejecting
+    /// `AppendResponse` hints at or below the index it rejects.
     pub fn validate(&self) -> Result<(), String> {
         let max = crate::limits::INDEX_MAX;
         let fields = [
@@ -144,6 +145,10 @@ impl Message {
                     return Err(format!("log_term {} is above the message's term {}", self.log_term, self.term));
                 }
                 Ok(())
+            }
+            // A follower's hint points at or below the index it rejects.
+            MessageType::AppendResponse if self.reject && self.reject_hint > self.index => {
+                Err(format!("reject_hint {} is above the rejected index {}", self.reject_hint, self.index))
             }
             MessageType::Snapshot => match &self.snapshot {
                 None => Err("a snapshot message without a snapshot".into()),

@@ -156,7 +156,9 @@ impl Progress {
         if self.next == 0 || self.next - 1 != rejected {
             return false;
         }
-        self.next = hint.min(rejected).max(self.matched) + 1;
+        // etcd's rule: probe just after the hint, never at or after the rejected index again (a
+        // hint at or past it would resend the same probe forever), never at or below `matched`.
+        self.next = hint.saturating_add(1).min(rejected).max(self.matched + 1);
         self.paused = false;
         true
     }
@@ -220,5 +222,19 @@ mod tests {
         assert!(!p.maybe_decr_to(3, 0), "below matched");
         assert!(p.maybe_decr_to(7, 0));
         assert_eq!(p.next, 5);
+    }
+
+    #[test]
+    fn a_hint_at_or_past_the_rejected_index_still_moves_the_probe_back() {
+        // A probe after 10 rejected with hint 10 (or more) must next probe after 9, not resend
+        // the probe after 10, which the follower would reject again, forever.
+        for hint in [10, 11, u64::MAX] {
+            let mut p = Progress::new(11, 4, 1 << 20);
+            assert!(p.maybe_decr_to(10, hint));
+            assert_eq!(p.next, 10, "hint {hint}");
+        }
+        let mut p = Progress::new(11, 4, 1 << 20);
+        assert!(p.maybe_decr_to(10, 3));
+        assert_eq!(p.next, 4, "a smaller hint is followed");
     }
 }
