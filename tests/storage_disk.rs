@@ -611,3 +611,17 @@ fn directories_open_creates_are_durable_in_their_parents() {
         assert!(synced.contains(&must), "{} never synced: {synced:?}", must.display());
     }
 }
+
+#[test]
+fn a_hard_state_whose_fdatasync_failed_is_not_reported_as_current() {
+    // After a failed fdatasync nobody knows what the disk holds; the storage latches and keeps
+    // reporting the last state it made durable, never the one that failed.
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, options) = faulty_options();
+    let (mut s, _) = DiskStorage::open(dir.path(), options).unwrap();
+    s.set_hard_state(&HardState { term: 1, vote: 1, commit: 0 }).unwrap();
+    faults.fail_sync.store(true, Ordering::SeqCst);
+    assert!(s.set_hard_state(&HardState { term: 2, vote: 3, commit: 0 }).is_err());
+    assert_eq!(s.initial_state().unwrap().hard_state, HardState { term: 1, vote: 1, commit: 0 });
+    assert!(matches!(s.set_hard_state(&HardState { term: 3, vote: 0, commit: 0 }), Err(Error::Failed { .. })));
+}

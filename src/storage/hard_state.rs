@@ -243,23 +243,30 @@ impl HardStateFile {
     }
 
     /// Writes `hard_state` and `conf_state` to the slot not holding the durable state and
-    /// fdatasyncs it. On error the caller must latch: the slot may be torn and the kernel may
-    /// have dropped the pages.
+    /// fdatasyncs it; the current state changes only once that succeeded. On error the caller
+    /// must latch: the slot may be torn and the kernel may have dropped the pages.
     pub(crate) fn write(&mut self, hard_state: HardState, conf_state: ConfState) -> Result<()> {
-        self.write_unsynced(hard_state, conf_state)?;
-        self.sync()
+        let (next, target) = self.write_slot(hard_state, conf_state)?;
+        self.file.sync_data().map_err(|e| Error::io("fdatasync", &self.path, e))?;
+        (self.current, self.current_slot, self.durable_slot) = (next, target, target);
+        Ok(())
     }
 
     /// Writes like [`HardStateFile::write`] without the fdatasync: for a change Raft can
     /// relearn (the commit index). The durable slot is untouched.
     pub(crate) fn write_unsynced(&mut self, hard_state: HardState, conf_state: ConfState) -> Result<()> {
+        let (next, target) = self.write_slot(hard_state, conf_state)?;
+        (self.current, self.current_slot) = (next, target);
+        Ok(())
+    }
+
+    /// Writes the successor of the current state to the slot not holding the durable state.
+    fn write_slot(&self, hard_state: HardState, conf_state: ConfState) -> Result<(Slot, usize)> {
         let next = Slot { sequence: self.current.sequence + 1, hard_state, conf_state };
         let target = 1 - self.durable_slot;
         let bytes = encode_slot(&next);
         self.file.write_at(&bytes, (target * SLOT_BYTES) as u64).map_err(|e| Error::io("write", &self.path, e))?;
-        self.current = next;
-        self.current_slot = target;
-        Ok(())
+        Ok((next, target))
     }
 
     /// Whether the current state was written without an fdatasync since.
