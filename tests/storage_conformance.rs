@@ -342,8 +342,12 @@ fn hard_state_rules_are_enforced<H: Harness>() {
         assert!(matches!(h.s().set_hard_state(&bad), Err(Error::InvalidArgument(_))), "{bad:?}");
     }
     h.s().set_hard_state(&HardState { term: 6, vote: 3, commit: 10 }).unwrap();
-    // Raft never replaces a committed entry, and neither does storage.
+    // Raft never replaces a committed entry, and neither does storage: not by an append, nor by
+    // installing a snapshot below the commit index (which would drop entries after it).
     assert!(matches!(h.s().append(&ents(10, 11, 6)), Err(Error::InvalidArgument(_))));
+    let old_snapshot = SnapshotMetadata { index: 9, term: 5, conf_state: conf(&[1]) };
+    let refused = h.s().apply_snapshot(&old_snapshot, &mut &b"old"[..]);
+    assert!(matches!(refused, Err(Error::SnapshotOutOfDate { index: 9, covered: 10 })), "{refused:?}");
     h.s().append(&ents(11, 12, 6)).unwrap();
     twice(&mut h, |s| assert_eq!(s.initial_state().unwrap().hard_state, HardState { term: 6, vote: 3, commit: 10 }));
 }

@@ -601,6 +601,7 @@ impl StorageMut for DiskStorage {
             metadata.term,
             self.log.first_index(),
             self.newest_snapshot_index(),
+            self.current_hard_state().commit,
         )?;
         Self::check_conf_state(&metadata.conf_state)?;
         let created = SnapshotWriter::create(

@@ -153,7 +153,13 @@ impl StorageMut for MemStorage {
     }
 
     fn apply_snapshot(&mut self, metadata: &SnapshotMetadata, data: &mut dyn Read) -> Result<()> {
-        super::check_apply_snapshot(metadata.index, metadata.term, self.first_index, self.newest_snapshot_index())?;
+        super::check_apply_snapshot(
+            metadata.index,
+            metadata.term,
+            self.first_index,
+            self.newest_snapshot_index(),
+            self.hard_state.commit,
+        )?;
         let mut bytes = Vec::new();
         data.read_to_end(&mut bytes).map_err(|e| Error::io("read snapshot data", "<snapshot data>", e))?;
         self.entries.clear();

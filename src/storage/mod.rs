@@ -157,12 +157,21 @@ pub(crate) fn check_begin_snapshot(index: u64, newest_snapshot: u64, last_index:
 
 /// Checks that a snapshot received at `index` is newer than what the log covers and than the
 /// newest snapshot held.
-pub(crate) fn check_apply_snapshot(index: u64, term: u64, first_index: u64, newest_snapshot: u64) -> Result<()> {
+///
+/// A snapshot below the commit index is out of date too: installing it would drop committed
+/// entries after it (Raft never does: a follower ignores such a snapshot).
+pub(crate) fn check_apply_snapshot(
+    index: u64,
+    term: u64,
+    first_index: u64,
+    newest_snapshot: u64,
+    commit: u64,
+) -> Result<()> {
     if index >= crate::limits::INDEX_MAX || term > crate::limits::INDEX_MAX {
         return Err(crate::Error::InvalidArgument(format!("snapshot index {index} or term {term} is out of range")));
     }
-    let covered = (first_index - 1).max(newest_snapshot);
-    if index < first_index || index <= newest_snapshot {
+    let covered = (first_index - 1).max(newest_snapshot).max(commit);
+    if index < first_index || index <= newest_snapshot || index < commit {
         return Err(crate::Error::SnapshotOutOfDate { index, covered });
     }
     Ok(())
