@@ -131,20 +131,20 @@ impl DiskStorage {
         }
         let lock = ops::lock_dir(fs.as_ref(), dir)?;
         // A newer keel's snapshot refuses open before anything is changed.
-        snapshot::refuse_newer(fs.as_ref(), dir, &list_names(fs.as_ref(), dir)?)?;
+        let names = list_names(fs.as_ref(), dir)?;
+        snapshot::refuse_newer(fs.as_ref(), dir, &names)?;
         let mut report = StorageReport::default();
-        let names = remove_temp_files(fs.as_ref(), dir, &mut report.removed_temp_files)?;
-        let mut hard_state = open_hard_state(fs.as_ref(), dir, &names, !report.removed_temp_files.is_empty())?;
+        remove_temp_files(fs.as_ref(), dir, &names, &mut report.removed_temp_files)?;
+        let mut hard_state = open_hard_state(fs.as_ref(), dir, &names)?;
         let (mut log, log_report) = Log::open(dir.join(LOG_DIR), options.log.clone())?;
         report.log = log_report;
         let verify = options.verify_snapshot_on_open;
         let snapshots = load_snapshots(&fs, dir, &names, verify, &mut report.corrupt_snapshots)?;
         report.snapshot = snapshots.last().map(|s| s.metadata.id());
+        sync_snapshots_and_directory(fs.as_ref(), dir, &snapshots)?;
         check_fallback(&log, &snapshots, &report.corrupt_snapshots)?;
         check_reset_covered(dir, &log, &snapshots)?;
-        report.snapshot_install_completed =
-            roll_forward_install(fs.as_ref(), dir, &snapshots, &mut hard_state, &mut log)?;
-        sync_snapshots_and_directory(fs.as_ref(), dir, &snapshots)?;
+        report.snapshot_install_completed = roll_forward_install(&snapshots, &mut hard_state, &mut log)?;
         check_commit_held(&hard_state, &log, &snapshots)?;
         let mut storage = DiskStorage {
             dir: dir.to_path_buf(),
@@ -178,14 +178,13 @@ fn is_temp_file_name(name: &str) -> bool {
 
 /// Removes the temporary files of keel's interrupted writes (into `removed`); returns the names
 /// in `dir`.
-fn remove_temp_files(fs: &dyn FileSystem, dir: &Path, removed: &mut Vec<PathBuf>) -> Result<Vec<String>> {
-    let names = list_names(fs, dir)?;
+fn remove_temp_files(fs: &dyn FileSystem, dir: &Path, names: &[String], removed: &mut Vec<PathBuf>) -> Result<()> {
     for n in names.iter().filter(|n| is_temp_file_name(n)) {
         let p = dir.join(n);
         fs.remove(&p).map_err(Error::at("remove", &p))?;
         removed.push(p);
     }
-    Ok(names)
+    Ok(())
 }
 
 /// The HardState file, created if the storage is new. Also makes the removal of temporary files
@@ -198,7 +197,7 @@ fn remove_temp_files(fs: &dyn FileSystem, dir: &Path, removed: &mut Vec<PathBuf>
 ///   a segment, and nothing is written before an open completes. A HardState file as created,
 ///   with no snapshot, beside no log is a first open cut short before it made the log; nothing
 ///   was acknowledged yet, and the log is created now.
-fn open_hard_state(fs: &dyn FileSystem, dir: &Path, names: &[String], removed_temp: bool) -> Result<HardStateFile> {
+fn open_hard_state(fs: &dyn FileSystem, dir: &Path, names: &[String]) -> Result<HardStateFile> {
     let log_dir = dir.join(LOG_DIR);
     let log_has_segments = match fs.list(&log_dir) {
         Ok(l) => l.iter().any(|n| n.to_str().and_then(crate::wal::segment::parse_file_name).is_some()),
@@ -220,10 +219,7 @@ fn open_hard_state(fs: &dyn FileSystem, dir: &Path, names: &[String], removed_te
             c.rule = Some("STORAGE_HARDSTATE_MISSING");
             return Err(c.into_error());
         }
-        // Creating the file syncs the directory, removals included.
         HardStateFile::create(fs, dir)?;
-    } else if removed_temp {
-        fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
     }
     let hard_state = HardStateFile::open(fs, dir)?;
     let sequence = hard_state.current().sequence;
@@ -336,8 +332,6 @@ fn check_reset_covered(dir: &Path, log: &Log, snapshots: &[Arc<SnapshotFile>]) -
 /// first: the process may have died between its rename and the directory fsync, and the page
 /// cache shows what the disk may not hold; nothing may come to depend on it before it is durable.
 fn roll_forward_install(
-    fs: &dyn FileSystem,
-    dir: &Path,
     snapshots: &[Arc<SnapshotFile>],
     hard_state: &mut HardStateFile,
     log: &mut Log,
@@ -345,9 +339,9 @@ fn roll_forward_install(
     let Some(sf) = snapshots.last().filter(|s| s.installed && log.first_index() <= s.metadata.index) else {
         return Ok(false);
     };
+    // The snapshot file and its name are durable (`sync_snapshots_and_directory` ran first), so
+    // the install is decided before the HardState and the log are brought up to it.
     let m = &sf.metadata;
-    fs.open(&sf.path).and_then(|f| f.sync_data()).map_err(Error::at("fdatasync", &sf.path))?;
-    fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
     let slot = hard_state.current().clone();
     hard_state.write(super::hard_state_after_snapshot(slot.hard_state, m), m.conf_state.clone())?;
     log.reset(m.index + 1, m.term)?;
@@ -356,8 +350,9 @@ fn roll_forward_install(
 
 /// Makes durable what open read and did besides the log (which `Log::open` syncs, with its
 /// directory and this one) and the HardState file (synced when opened): the snapshot files it
-/// will serve, and this directory after the removals and renames above. A killed process may
-/// have left any of them only in the page cache.
+/// will serve, this directory after the removals and renames above, and its parent. A killed
+/// process may have left any of them only in the page cache. Runs before anything is built on
+/// them (the roll-forward of an interrupted install, the answers open gives).
 fn sync_snapshots_and_directory(fs: &dyn FileSystem, dir: &Path, snapshots: &[Arc<SnapshotFile>]) -> Result<()> {
     for sf in snapshots {
         fs.open(&sf.path).and_then(|f| f.sync_data()).map_err(Error::at("fdatasync", &sf.path))?;
