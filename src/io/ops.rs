@@ -22,14 +22,24 @@ pub(crate) fn lock_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Box<dyn Any + 
         missing = d.parent();
     }
     fs.create_dir_all(dir).map_err(Error::at("create directory", dir))?;
-    for parent in created.iter().rev().filter_map(|d| d.parent()) {
-        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-        fs.sync_dir(parent).map_err(Error::at("fsync directory", parent))?;
+    for d in created.iter().rev() {
+        sync_parent(fs, d)?;
     }
     fs.lock(dir).map_err(|e| match e.kind() {
         io::ErrorKind::WouldBlock => Error::Locked { dir: dir.to_path_buf() },
         _ => Error::io("lock", dir.join("LOCK"), e),
     })
+}
+
+/// Makes `dir`'s own entry durable: an `fsync` of the directory holding it (`.` for a relative
+/// name with no parent; nothing for the root).
+pub(crate) fn sync_parent(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    let parent = match dir.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => return Ok(()),
+    };
+    fs.sync_dir(parent).map_err(Error::at("fsync directory", parent))
 }
 
 /// Writes zeros over `[from, to)` of `file`, in order, one write per MiB (the last one shorter).

@@ -358,10 +358,7 @@ fn sync_snapshots_and_directory(fs: &dyn FileSystem, dir: &Path, snapshots: &[Ar
         fs.open(&sf.path).and_then(|f| f.sync_data()).map_err(Error::at("fdatasync", &sf.path))?;
     }
     fs.sync_dir(dir).map_err(Error::at("fsync directory", dir))?;
-    match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => fs.sync_dir(p).map_err(Error::at("fsync directory", p)),
-        _ => Ok(()),
-    }
+    ops::sync_parent(fs, dir)
 }
 
 /// The HardState's commit index must be held by the log or the newest snapshot: Raft

@@ -674,12 +674,7 @@ impl<'a> Recovery<'a> {
     fn sync_directories(&self) -> Result<()> {
         let fs = self.options.fs.as_ref();
         fs.sync_dir(self.dir).map_err(|e| Error::io("fsync directory", self.dir, e))?;
-        let parent = match self.dir.parent() {
-            Some(p) if p.as_os_str().is_empty() => Path::new("."),
-            Some(p) => p,
-            None => return Ok(()),
-        };
-        fs.sync_dir(parent).map_err(|e| Error::io("fsync directory", parent, e))
+        ops::sync_parent(fs, self.dir)
     }
 
     fn zero_torn_tails(&mut self) -> Result<()> {
