@@ -36,7 +36,7 @@ impl<S: StorageMut> Cluster<S> {
             })
             .collect();
         let mut c = Cluster { nodes, queue: Vec::new() };
-        c.nodes[0].campaign();
+        c.nodes[0].campaign().unwrap();
         while c.nodes[0].status().soft_state.role != Role::Leader {
             c.round(&mut |_| {});
         }
@@ -50,14 +50,14 @@ impl<S: StorageMut> Cluster<S> {
             if !node.has_ready() {
                 continue;
             }
-            let rd = node.ready();
+            let rd = node.ready().unwrap();
             self.queue.extend(rd.messages.iter().cloned());
             node.persist(&rd).unwrap();
             self.queue.extend(rd.persisted_messages.iter().cloned());
             if i == 0 {
                 rd.committed_entries.iter().filter(|e| !e.data.is_empty()).for_each(|e| applied(&e.data));
             }
-            node.advance(&rd);
+            node.advance(rd).unwrap();
         }
         for m in std::mem::take(&mut self.queue) {
             let to = m.to as usize - 1;

@@ -114,7 +114,7 @@ impl Cluster {
         if !raw.has_ready() {
             return;
         }
-        let rd = raw.ready();
+        let rd = raw.ready().unwrap();
         for m in &rd.messages {
             self.check_send(m);
         }
@@ -143,7 +143,7 @@ impl Cluster {
             }
         }
         let raw = self.nodes.get_mut(&id).unwrap().raw.as_mut().unwrap();
-        raw.advance(&rd);
+        raw.advance(rd).unwrap();
         let status = raw.status();
         if status.soft_state.role == Role::Leader {
             let term = status.hard_state.term;
@@ -165,7 +165,7 @@ impl Cluster {
         let raw = node.raw.as_mut().unwrap();
         let mut images = Vec::new();
         if raw.has_ready() {
-            let rd = raw.ready();
+            let rd = raw.ready().unwrap();
             self.net.extend(rd.messages.iter().cloned());
             node.fs.capture_crash_points(true, 50, kill_seed);
             let _ = raw.persist(&rd);

@@ -3,7 +3,7 @@
 //! and CheckQuorum (§9.6 of Ongaro's thesis), flow control, batching, proposal errors, and the
 //! persistence split of `Ready` (thesis §10.2.1).
 
-use keel::raft::{Config, Message, MessageType, ProgressState, ProposeError, RawNode, Role, StepError};
+use keel::raft::{Config, Message, MessageType, ProgressState, ProposeError, RaftError, RawNode, Role};
 use keel::storage::{ConfState, Entry, HardState, MemStorage, Storage, StorageMut};
 use std::collections::BTreeMap;
 
@@ -64,11 +64,11 @@ impl Cluster {
     /// Persists and advances every Ready of `id`, queueing its messages.
     fn persist(&mut self, id: u64) {
         while self.nodes[&id].has_ready() {
-            let rd = self.node(id).ready();
+            let rd = self.node(id).ready().unwrap();
             self.queue.extend(rd.messages.iter().cloned());
             self.node(id).persist(&rd).unwrap();
             self.queue.extend(rd.persisted_messages.iter().cloned());
-            self.node(id).advance(&rd);
+            self.node(id).advance(rd).unwrap();
         }
     }
 
@@ -102,7 +102,7 @@ impl Cluster {
     }
 
     fn elect(&mut self, id: u64) {
-        self.node(id).campaign();
+        self.node(id).campaign().unwrap();
         self.settle();
         assert_eq!(self.role(id), Role::Leader, "node {id} should have won");
     }
@@ -120,7 +120,7 @@ impl Cluster {
     }
 
     fn log_terms(&self, id: u64) -> Vec<u64> {
-        let (first, last) = self.nodes[&id].log_bounds();
+        let (first, last) = self.nodes[&id].log_bounds().unwrap();
         self.nodes[&id].log_entries(first, last + 1).unwrap().iter().map(|e| e.term).collect()
     }
 }
@@ -138,7 +138,7 @@ fn s5_1_a_higher_term_in_any_message_makes_a_node_adopt_it_and_follow() {
         let mut c = Cluster::new(3);
         match role {
             Role::Leader => c.elect(1),
-            Role::Candidate => c.node(1).campaign(),
+            Role::Candidate => c.node(1).campaign().unwrap(),
             _ => {}
         }
         let t = c.term(1);
@@ -165,7 +165,7 @@ fn s5_1_a_stale_term_message_is_rejected() {
     // before the term is even compared; either way it is rejected.
     match c.node(2).step(m) {
         Ok(()) => assert!(t > 1),
-        Err(StepError::Malformed { .. }) => assert_eq!(t, 1),
+        Err(RaftError::Malformed { .. }) => assert_eq!(t, 1),
         Err(e) => panic!("{e}"),
     }
     c.persist(2);
@@ -203,7 +203,7 @@ fn s5_2_a_candidate_wins_with_a_majority_in_one_round() {
     for (n, isolated) in [(3, vec![]), (3, vec![3]), (5, vec![4, 5]), (5, vec![3, 4, 5])] {
         let mut c = Cluster::new(n);
         c.isolated = isolated.clone();
-        c.node(1).campaign();
+        c.node(1).campaign().unwrap();
         c.round(); // requests out
         c.round(); // votes back
         let majority = n - isolated.len() > n / 2;
@@ -220,10 +220,10 @@ fn s5_2_each_node_votes_for_at_most_one_candidate_per_term() {
         let mut m = msg(MessageType::RequestVote, candidate, 1, 1);
         m.index = 0;
         c.node(1).step(m).unwrap();
-        let rd = c.node(1).ready();
+        let rd = c.node(1).ready().unwrap();
         let reply = rd.messages.iter().chain(&rd.persisted_messages).find(|m| m.to == candidate).unwrap().clone();
         c.node(1).persist(&rd).unwrap();
-        c.node(1).advance(&rd);
+        c.node(1).advance(rd).unwrap();
         assert_eq!(!reply.reject, granted, "vote for {candidate}");
     }
 }
@@ -241,7 +241,7 @@ fn s5_4_1_a_vote_is_refused_to_a_candidate_with_a_less_up_to_date_log() {
         m.index = cand_last_index;
         m.log_term = cand_last_term;
         node.step(m).unwrap();
-        let rd = node.ready();
+        let rd = node.ready().unwrap();
         let reply = rd.messages.iter().chain(&rd.persisted_messages).find(|m| m.to == 2).unwrap();
         assert_eq!(!reply.reject, granted, "candidate last ({cand_last_index}, {cand_last_term})");
     }
@@ -278,7 +278,7 @@ fn s5_3_an_append_whose_previous_entry_does_not_match_is_rejected() {
     m.log_term = 3; // we hold (3, 2)
     m.entries = vec![Entry::new(4, 3, b"z".to_vec())];
     node.step(m).unwrap();
-    let rd = node.ready();
+    let rd = node.ready().unwrap();
     let reply = rd.messages.iter().find(|m| m.kind == MessageType::AppendResponse).unwrap();
     assert!(reply.reject);
     assert_eq!((reply.reject_hint, reply.log_term), (3, 2), "hint: our last entry with term <= 3");
@@ -304,7 +304,7 @@ fn s5_3_figure_7_the_leader_repairs_every_follower_log_in_a_few_rounds() {
         c.isolated = vec![3];
         // Node 3 (empty log) votes for the leader, so (d), whose log is longer, can be repaired.
         c.isolated.clear();
-        c.node(1).campaign();
+        c.node(1).campaign().unwrap();
         c.settle();
         assert_eq!(c.role(1), Role::Leader, "({name})");
         let mut expected = leader.to_vec();
@@ -320,7 +320,7 @@ fn s5_4_2_an_entry_of_an_earlier_term_is_not_committed_by_counting_replicas() {
     // replicas"; they are committed only through an entry of the leader's current term.
     // Leader 1 holds (2, term 2), which no one else has; it wins term 4.
     let mut c = Cluster::with_logs(&[(&[1, 2], 3), (&[1], 3), (&[1], 3)], false, false);
-    c.node(1).campaign();
+    c.node(1).campaign().unwrap();
     // Deliver votes, but drop every append response that covers the new term's entry.
     c.persist_all();
     for _ in 0..6 {
@@ -420,7 +420,7 @@ fn batching_proposals_between_readys_go_to_storage_in_one_write_and_few_messages
     for i in 0..n {
         c.node(1).propose(vec![i as u8; payload]).unwrap();
     }
-    let rd = c.node(1).ready();
+    let rd = c.node(1).ready().unwrap();
     assert_eq!(rd.entries.len(), n, "one storage write for all proposals");
     let to_2: Vec<&Message> = rd.messages.iter().filter(|m| m.to == 2 && m.kind == MessageType::Append).collect();
     let entries: usize = to_2.iter().map(|m| m.entries.len()).sum();
@@ -437,7 +437,7 @@ fn batching_proposals_between_readys_go_to_storage_in_one_write_and_few_messages
 #[test]
 fn proposals_fail_with_typed_errors() {
     let mut c = Cluster::new(3);
-    assert_eq!(c.node(2).propose(b"x".to_vec()), Err(ProposeError::NoLeader));
+    assert!(matches!(c.node(2).propose(b"x".to_vec()), Err(RaftError::Propose(ProposeError::NoLeader))));
     c.elect(1);
     let mut cfg = config(2, false, false);
     cfg.disable_proposal_forwarding = true;
@@ -445,26 +445,29 @@ fn proposals_fail_with_typed_errors() {
     let mut hb = msg(MessageType::Heartbeat, 1, 2, 1);
     hb.commit = 0;
     follower.step(hb).unwrap();
-    assert_eq!(follower.propose(b"x".to_vec()), Err(ProposeError::ForwardingDisabled));
+    assert!(matches!(follower.propose(b"x".to_vec()), Err(RaftError::Propose(ProposeError::ForwardingDisabled))));
     // Forwarding (the default) hands the proposal to the leader.
     c.node(2).propose(b"fwd".to_vec()).unwrap();
     c.settle();
-    let (first, last) = c.nodes[&1].log_bounds();
+    let (first, last) = c.nodes[&1].log_bounds().unwrap();
     assert!(c.nodes[&1].log_entries(first, last + 1).unwrap().iter().any(|e| &*e.data == b"fwd"));
     // The uncommitted limit.
     let mut cfg = config(1, false, false);
     cfg.max_uncommitted_size = 100;
     let mut solo_leader = RawNode::new(&cfg, storage(&[1, 2], &[], 0)).unwrap();
-    solo_leader.campaign();
-    let rd = solo_leader.ready();
+    solo_leader.campaign().unwrap();
+    let rd = solo_leader.ready().unwrap();
     solo_leader.persist(&rd).unwrap();
-    solo_leader.advance(&rd);
+    solo_leader.advance(rd).unwrap();
     let mut v = msg(MessageType::RequestVoteResponse, 2, 1, 1);
     v.reject = false;
     solo_leader.step(v).unwrap();
     assert_eq!(solo_leader.status().soft_state.role, Role::Leader);
     solo_leader.propose(vec![0; 60]).unwrap();
-    assert!(matches!(solo_leader.propose(vec![0; 60]), Err(ProposeError::UncommittedSizeExceeded { .. })));
+    assert!(matches!(
+        solo_leader.propose(vec![0; 60]),
+        Err(RaftError::Propose(ProposeError::UncommittedSizeExceeded { .. }))
+    ));
 }
 
 #[test]
@@ -474,7 +477,7 @@ fn leader_persists_in_parallel_and_counts_itself_only_once_persisted() {
     let mut c = Cluster::new(3);
     c.elect(1);
     c.node(1).propose(b"p".to_vec()).unwrap();
-    let rd = c.node(1).ready();
+    let rd = c.node(1).ready().unwrap();
     let index = rd.entries.last().unwrap().index;
     assert!(rd.messages.iter().any(|m| m.kind == MessageType::Append && m.entries.iter().any(|e| e.index == index)));
     // A follower acknowledges; the leader has not persisted: 1 of 3 is not a quorum.
@@ -483,7 +486,7 @@ fn leader_persists_in_parallel_and_counts_itself_only_once_persisted() {
     c.node(1).step(ack).unwrap();
     assert!(c.commit(1) < index);
     c.node(1).persist(&rd).unwrap();
-    c.node(1).advance(&rd);
+    c.node(1).advance(rd).unwrap();
     assert_eq!(c.commit(1), index, "leader + one follower once the leader's copy is durable");
 }
 
@@ -494,16 +497,16 @@ fn acknowledgements_and_votes_wait_for_persistence() {
     let mut v = msg(MessageType::RequestVote, 1, 2, 1);
     v.index = 0;
     node.step(v).unwrap();
-    let rd = node.ready();
+    let rd = node.ready().unwrap();
     assert!(rd.hard_state.is_some_and(|hs| hs.vote == 1 && hs.term == 1) && rd.must_sync);
     assert!(rd.messages.is_empty());
     assert!(rd.persisted_messages.iter().any(|m| m.kind == MessageType::RequestVoteResponse && !m.reject));
     node.persist(&rd).unwrap();
-    node.advance(&rd);
+    node.advance(rd).unwrap();
     let mut a = msg(MessageType::Append, 1, 2, 1);
     a.entries = vec![Entry::new(1, 1, b"e".to_vec())];
     node.step(a).unwrap();
-    let rd = node.ready();
+    let rd = node.ready().unwrap();
     assert_eq!(rd.entries.len(), 1);
     assert!(rd.messages.iter().all(|m| m.kind != MessageType::AppendResponse));
     assert!(rd.persisted_messages.iter().any(|m| m.kind == MessageType::AppendResponse && m.index == 1));
@@ -518,7 +521,7 @@ fn a_commit_only_change_does_not_require_a_sync() {
     let mut ack = msg(MessageType::AppendResponse, 2, 1, c.term(1));
     ack.index = c.nodes[&1].status().last_index;
     c.node(1).step(ack).unwrap();
-    let rd = c.node(1).ready();
+    let rd = c.node(1).ready().unwrap();
     assert!(rd.hard_state.is_some() && rd.entries.is_empty() && !rd.must_sync, "{rd:?}");
 }
 
@@ -556,7 +559,7 @@ fn a_snapshot_the_follower_already_holds_is_acknowledged_only_up_to_its_commit()
         data: b"state".to_vec().into(),
     });
     node.step(snap).unwrap();
-    let rd = node.ready();
+    let rd = node.ready().unwrap();
     let ack = rd
         .messages
         .iter()
@@ -600,10 +603,10 @@ fn a_malformed_message_from_the_network_is_refused_not_trusted() {
         let mut node = RawNode::new(&config(2, false, false), storage(&[1, 2, 3], &[1, 1], 1)).unwrap();
         let described = format!("{m:?}");
         match node.step(m) {
-            Err(StepError::Malformed { from: 1, .. }) => {}
+            Err(RaftError::Malformed { from: 1, .. }) => {}
             other => panic!("{described}: {other:?}"),
         }
-        assert!(!node.has_ready() || node.ready().entries.is_empty(), "{described}");
+        assert!(!node.has_ready() || node.ready().unwrap().entries.is_empty(), "{described}");
         assert_eq!((node.status().last_index, node.status().hard_state.term), (2, 1), "{described}");
     }
 }
@@ -620,11 +623,11 @@ fn a_restart_with_applied_above_the_stored_commit_raises_the_commit() {
     c.applied = 5;
     let mut node = RawNode::new(&c, s).unwrap();
     assert_eq!((node.status().applied, node.status().hard_state.commit), (5, 5));
-    let rd = node.ready();
+    let rd = node.ready().unwrap();
     assert!(rd.committed_entries.is_empty(), "handed out again: {:?}", rd.committed_entries);
     assert_eq!(rd.hard_state.map(|hs| hs.commit), Some(5), "the raised commit is persisted");
     node.persist(&rd).unwrap();
-    node.advance(&rd);
+    node.advance(rd).unwrap();
     assert_eq!(node.storage().initial_state().unwrap().hard_state.commit, 5);
 }
 

@@ -155,7 +155,7 @@ impl Sim {
         if !raw.has_ready() {
             return;
         }
-        let rd: Ready = raw.ready();
+        let rd: Ready = raw.ready().unwrap();
         // Sent before persisting: check_send holds them to what was persisted before this Ready.
         let immediate = rd.messages.clone();
         self.send_all(immediate);
@@ -204,7 +204,7 @@ impl Sim {
             self.check_applied(id, e.index, e.term, &e.data);
             self.nodes.get_mut(&id).unwrap().applied.push((e.index, e.term, e.data.to_vec()));
         }
-        self.nodes.get_mut(&id).unwrap().raw.as_mut().unwrap().advance(&rd);
+        self.nodes.get_mut(&id).unwrap().raw.as_mut().unwrap().advance(rd).unwrap();
     }
 
     fn check_applied(&mut self, id: u64, index: u64, term: u64, data: &[u8]) {
@@ -305,7 +305,7 @@ impl Sim {
                 // Leader completeness: an entry committed in an earlier term is in the log of
                 // every leader of a later term. (A deposed leader that has not heard of a newer
                 // term yet may still lack it.)
-                let (first, last) = raw.log_bounds();
+                let (first, last) = raw.log_bounds().unwrap();
                 for (&i, (t, _)) in self.applied.range(first..) {
                     if self.committed_by[&i] >= term {
                         continue;
@@ -330,7 +330,7 @@ impl Sim {
         for (a_pos, &a) in alive.iter().enumerate() {
             for &b in &alive[a_pos + 1..] {
                 let (ra, rb) = (self.nodes[&a].raw.as_ref().unwrap(), self.nodes[&b].raw.as_ref().unwrap());
-                let ((fa, la), (fb, lb)) = (ra.log_bounds(), rb.log_bounds());
+                let ((fa, la), (fb, lb)) = (ra.log_bounds().unwrap(), rb.log_bounds().unwrap());
                 let (lo, hi) = (fa.max(fb), la.min(lb));
                 if lo > hi {
                     continue;

@@ -160,9 +160,9 @@ pub fn message(data: &[u8]) {
         }
         for _ in 0..2 {
             if node.has_ready() {
-                let rd = node.ready();
+                let rd = node.ready().unwrap();
                 node.persist(&rd).expect("MemStorage persists");
-                node.advance(&rd);
+                node.advance(rd).unwrap();
             }
             node.tick();
         }
@@ -183,16 +183,16 @@ fn node_with_log(leader: bool) -> keel::raft::RawNode<keel::storage::MemStorage>
     config.pre_vote = false;
     let mut node = RawNode::new(&config, storage).expect("a valid node");
     if leader {
-        node.campaign();
-        let rd = node.ready();
+        node.campaign().unwrap();
+        let rd = node.ready().unwrap();
         node.persist(&rd).expect("MemStorage persists");
-        node.advance(&rd);
+        node.advance(rd).unwrap();
         let mut vote = Message::new(MessageType::RequestVoteResponse, 2, 1, 4);
         vote.reject = false;
         node.step(vote).expect("a vote");
-        let rd = node.ready();
+        let rd = node.ready().unwrap();
         node.persist(&rd).expect("MemStorage persists");
-        node.advance(&rd);
+        node.advance(rd).unwrap();
         assert_eq!(node.status().soft_state.role, keel::raft::Role::Leader);
     }
     node

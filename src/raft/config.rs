@@ -1,5 +1,7 @@
 //! Node configuration, validated before a node is built.
 
+use super::read_only::ReadOnlyOption;
+
 /// How a Raft node behaves. [`Config::new`] gives etcd-like defaults for node `id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -32,6 +34,9 @@ pub struct Config {
     pub applied: u64,
     /// Seeds the randomized election timeouts (with the id), for reproducible runs.
     pub seed: u64,
+    /// How `read_index` confirms leadership: a heartbeat round (the default), or the leader
+    /// lease (needs `check_quorum`, and clocks whose drift stays within the election timeout).
+    pub read_only_option: ReadOnlyOption,
 }
 
 impl Config {
@@ -52,6 +57,7 @@ impl Config {
             disable_proposal_forwarding: false,
             applied: 0,
             seed: 0,
+            read_only_option: ReadOnlyOption::Safe,
         }
     }
 
@@ -78,6 +84,9 @@ impl Config {
         if self.max_uncommitted_size == 0 {
             return Err(ConfigError::ZeroInflight("max_uncommitted_size"));
         }
+        if self.read_only_option == ReadOnlyOption::LeaseBased && !self.check_quorum {
+            return Err(ConfigError::LeaseWithoutCheckQuorum);
+        }
         Ok(())
     }
 }
@@ -102,6 +111,10 @@ pub enum ConfigError {
     /// The named limit (`max_inflight_msgs`, `max_inflight_bytes` or `max_uncommitted_size`) is 0.
     #[error("{0} must be at least 1")]
     ZeroInflight(&'static str),
+    /// `read_only_option` is `LeaseBased` but `check_quorum` is off: without CheckQuorum a leader
+    /// cut off from the others keeps believing it leads, and its lease means nothing.
+    #[error("lease-based reads need check_quorum")]
+    LeaseWithoutCheckQuorum,
     /// This node's id (held here) is in neither the voters nor the learners of the storage's
     /// ConfState. Returned by `RawNode::new`, not by `validate`.
     #[error("node {0} is not in the configuration's voters or learners")]

@@ -11,22 +11,20 @@
 //!   only through an entry of its own term (§5.4.2);
 //! - `commit` never decreases.
 
+use super::conf_change::ConfChange;
 use super::config::Config;
 use super::log::RaftLog;
-use super::message::{Message, MessageType, SnapshotMessage};
+use super::membership::{Membership, VoteResult};
+use super::message::{CAMPAIGN_TRANSFER, Message, MessageType, SnapshotMessage};
 use super::progress::{Progress, ProgressState};
 use super::raw_node::NewNodeError;
+use super::read_only::{ReadOnly, ReadOnlyOption, ReadState};
 use super::{ProposeError, Role, data_bytes};
+use crate::Error;
 use crate::rng::Rng;
-use crate::storage::{Entry, HardState, Storage};
-use std::collections::{BTreeMap, BTreeSet};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum VoteResult {
-    Won,
-    Lost,
-    Pending,
-}
+use crate::storage::{Entry, EntryType, HardState, Storage};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub(crate) struct Raft<S: Storage> {
@@ -36,8 +34,7 @@ pub(crate) struct Raft<S: Storage> {
     pub(crate) role: Role,
     pub(crate) leader_id: u64,
     pub(crate) log: RaftLog<S>,
-    pub(crate) voters: BTreeSet<u64>,
-    pub(crate) learners: BTreeSet<u64>,
+    pub(crate) membership: Membership,
     pub(crate) progress: BTreeMap<u64, Progress>,
     votes: BTreeMap<u64, bool>,
     /// Messages that may leave before anything is persisted.
@@ -53,12 +50,26 @@ pub(crate) struct Raft<S: Storage> {
     uncommitted_bytes: u64,
     /// Proposals were appended and not yet sent to followers.
     bcast_pending: bool,
+    /// Leader: the index of the last membership change proposed; no other may be proposed
+    /// until it is applied (set to the last index on election, conservatively).
+    pub(crate) pending_conf_index: u64,
+    /// Leader: the node leadership is being handed to (0 for none); proposals are refused
+    /// meanwhile.
+    pub(crate) lead_transferee: u64,
+    read_only: ReadOnly,
+    /// Leader: read requests that arrived before it committed an entry of its term, (from, ctx).
+    pending_reads: Vec<(u64, Vec<u8>)>,
+    /// Confirmed reads for the application.
+    pub(crate) read_states: Vec<ReadState>,
+    /// The storage error that stopped this node; nothing is done once it is set.
+    pub(crate) fatal: Option<Arc<Error>>,
     config: Config,
 }
 
 impl<S: Storage> Raft<S> {
     pub(crate) fn new(config: &Config, storage: S) -> Result<Raft<S>, NewNodeError> {
         let state = storage.initial_state()?;
+        let membership = Membership::from_conf_state(&state.conf_state).map_err(NewNodeError::ConfState)?;
         let log = RaftLog::new(storage, config.applied)?;
         let mut r = Raft {
             id: config.id,
@@ -67,8 +78,7 @@ impl<S: Storage> Raft<S> {
             role: Role::Follower,
             leader_id: 0,
             log,
-            voters: state.conf_state.voters.iter().copied().collect(),
-            learners: state.conf_state.learners.iter().copied().collect(),
+            membership,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
             msgs: Vec::new(),
@@ -80,6 +90,12 @@ impl<S: Storage> Raft<S> {
             rng: Rng::new(config.seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             uncommitted_bytes: 0,
             bcast_pending: false,
+            pending_conf_index: 0,
+            lead_transferee: 0,
+            read_only: ReadOnly::default(),
+            pending_reads: Vec::new(),
+            read_states: Vec::new(),
+            fatal: None,
             config: config.clone(),
         };
         let term = r.term;
@@ -95,17 +111,24 @@ impl<S: Storage> Raft<S> {
         HardState { term: self.term, vote: self.vote, commit: self.log.committed }
     }
 
-    fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
+    /// Records a storage error: the node stops (every later call reports it).
+    pub(crate) fn stop_on(&mut self, result: crate::Result<()>) {
+        if let Err(e) = result
+            && self.fatal.is_none()
+        {
+            self.fatal = Some(Arc::new(e));
+        }
     }
 
+    /// A voter (of either half) and not waiting to install a snapshot.
     fn promotable(&self) -> bool {
-        self.voters.contains(&self.id)
+        self.membership.is_voter(self.id) && self.log.snapshot_to_persist().is_none()
     }
 
     fn send(&mut self, mut m: Message) {
         m.from = self.id;
-        if m.term == 0 && m.kind != MessageType::Propose {
+        // Forwarded requests travel like local ones, without a term.
+        if m.term == 0 && !matches!(m.kind, MessageType::Propose | MessageType::ReadIndex) {
             m.term = self.term;
         }
         let after_persist = matches!(
@@ -128,20 +151,19 @@ impl<S: Storage> Raft<S> {
         self.votes.clear();
         self.self_vote_pending = false;
         self.uncommitted_bytes = 0;
-        let (last, persisted) = (self.log.last_index(), self.log.persisted_index());
-        let (max_msgs, max_bytes) = (self.config.max_inflight_msgs, self.config.max_inflight_bytes);
-        self.progress = self
-            .voters
-            .iter()
-            .chain(&self.learners)
-            .map(|&id| {
-                let mut p = Progress::new(last + 1, max_msgs, max_bytes);
-                if id == self.id {
-                    p.matched = persisted;
-                }
-                (id, p)
-            })
-            .collect();
+        self.lead_transferee = 0;
+        self.read_only = ReadOnly::default();
+        self.pending_reads.clear();
+        let last = self.log.last_index();
+        self.progress = self.membership.ids().into_iter().map(|id| (id, self.new_progress(id, last))).collect();
+    }
+
+    fn new_progress(&self, id: u64, last: u64) -> Progress {
+        let mut p = Progress::new(last + 1, self.config.max_inflight_msgs, self.config.max_inflight_bytes);
+        if id == self.id {
+            p.matched = self.log.persisted_index();
+        }
+        p
     }
 
     pub(crate) fn become_follower(&mut self, term: u64, leader: u64) {
@@ -179,20 +201,23 @@ impl<S: Storage> Raft<S> {
             p.become_replicate();
             p.recent_active = true;
         }
+        // Any membership change in the log may still be unapplied: none is proposed until
+        // everything up to here is applied (etcd's conservative rule).
+        self.pending_conf_index = self.log.last_index();
         // An entry of the new term at once, so earlier entries can commit through it (§5.4.2).
         let index = self.log.last_index() + 1;
         self.log.append(&[Entry::new(index, term, Vec::new())]);
     }
 
     /// Starts an election (or a pre-election) if this node may.
-    pub(crate) fn hup(&mut self) {
-        if self.role == Role::Leader || !self.promotable() {
-            return;
+    pub(crate) fn hup(&mut self, transfer: bool) -> crate::Result<()> {
+        if self.role == Role::Leader || !self.promotable() || self.log.has_unapplied_conf_changes()? {
+            return Ok(());
         }
-        if self.config.pre_vote { self.campaign(true) } else { self.campaign(false) }
+        if self.config.pre_vote && !transfer { self.campaign(true, false) } else { self.campaign(false, transfer) }
     }
 
-    fn campaign(&mut self, pre: bool) {
+    fn campaign(&mut self, pre: bool, transfer: bool) -> crate::Result<()> {
         let (kind, term) = if pre {
             self.become_pre_candidate();
             (MessageType::RequestPreVote, self.term + 1)
@@ -204,31 +229,28 @@ impl<S: Storage> Raft<S> {
             // A pre-vote for oneself needs no persistence.
             let id = self.id;
             if self.poll(id, true) == VoteResult::Won {
-                self.campaign(false);
-                return;
+                return self.campaign(false, false);
             }
         }
-        let (index, log_term) = (self.log.last_index(), self.log.last_term());
-        let peers: Vec<u64> = self.voters.iter().copied().filter(|&v| v != self.id).collect();
+        let (index, log_term) = (self.log.last_index(), self.log.last_term()?);
+        let peers: Vec<u64> =
+            self.membership.ids().into_iter().filter(|&v| v != self.id && self.membership.is_voter(v)).collect();
         for to in peers {
             let mut m = Message::new(kind, self.id, to, term);
             m.index = index;
             m.log_term = log_term;
+            if transfer {
+                m.context = CAMPAIGN_TRANSFER.to_vec();
+            }
             self.send(m);
         }
+        Ok(())
     }
 
     fn poll(&mut self, id: u64, granted: bool) -> VoteResult {
         self.votes.entry(id).or_insert(granted);
-        let yes = self.voters.iter().filter(|v| self.votes.get(v) == Some(&true)).count();
-        let no = self.voters.iter().filter(|v| self.votes.get(v) == Some(&false)).count();
-        if yes >= self.quorum() {
-            VoteResult::Won
-        } else if self.voters.len() - no < self.quorum() {
-            VoteResult::Lost
-        } else {
-            VoteResult::Pending
-        }
+        let votes = &self.votes;
+        self.membership.vote_result(|v| votes.get(&v).copied())
     }
 
     /// The HardState holding this candidate's own vote is persisted: count it.
@@ -244,20 +266,21 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Entries up to `index` are persisted: the leader counts its own log.
-    pub(crate) fn persisted_to(&mut self, index: u64) {
+    pub(crate) fn persisted_to(&mut self, index: u64) -> crate::Result<()> {
         if self.role != Role::Leader {
-            return;
+            return Ok(());
         }
         let id = self.id;
         if let Some(p) = self.progress.get_mut(&id)
             && p.maybe_update(index)
-            && self.maybe_commit()
+            && self.maybe_commit()?
         {
             self.bcast_append();
         }
+        Ok(())
     }
 
-    pub(crate) fn tick(&mut self) {
+    pub(crate) fn tick(&mut self) -> crate::Result<()> {
         self.election_elapsed += 1;
         if self.role == Role::Leader {
             self.heartbeat_elapsed += 1;
@@ -266,8 +289,10 @@ impl<S: Storage> Raft<S> {
                 if self.config.check_quorum && !self.quorum_active() {
                     let term = self.term;
                     self.become_follower(term, 0);
-                    return;
+                    return Ok(());
                 }
+                // A transfer that has not finished within an election timeout is abandoned.
+                self.lead_transferee = 0;
             }
             if self.heartbeat_elapsed >= self.config.heartbeat_tick {
                 self.heartbeat_elapsed = 0;
@@ -275,44 +300,63 @@ impl<S: Storage> Raft<S> {
             }
         } else if self.promotable() && self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
-            self.hup();
+            self.hup(false)?;
         }
+        Ok(())
     }
 
     /// CheckQuorum: whether a quorum was heard from since the last round; resets the marks.
     fn quorum_active(&mut self) -> bool {
         let id = self.id;
-        let active =
-            self.voters.iter().filter(|v| **v == id || self.progress.get(v).is_some_and(|p| p.recent_active)).count();
+        let progress = &self.progress;
+        let active = |v: u64| (v == id || progress.get(&v).is_some_and(|p| p.recent_active)).then_some(true);
+        let won = self.membership.vote_result(active) == VoteResult::Won;
         for (&pid, p) in self.progress.iter_mut() {
             p.recent_active = pid == id;
         }
-        active >= self.quorum()
+        won
     }
 
-    fn maybe_commit(&mut self) -> bool {
-        let mut matched: Vec<u64> = self.voters.iter().map(|v| self.progress.get(v).map_or(0, |p| p.matched)).collect();
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&index) = matched.get(self.quorum() - 1) else { return false };
+    fn maybe_commit(&mut self) -> crate::Result<bool> {
+        let progress = &self.progress;
+        let index = self.membership.committed_index(|v| progress.get(&v).map_or(0, |p| p.matched));
         let term = self.term;
-        self.log.maybe_commit(index, term)
+        if !self.log.maybe_commit(index.min(self.log.last_index()), term)? {
+            return Ok(false);
+        }
+        // Reads that waited for the first commit of this term can be answered now.
+        for (from, ctx) in std::mem::take(&mut self.pending_reads) {
+            self.answer_read(from, ctx);
+        }
+        Ok(true)
     }
 
     /// Sends the next append (or snapshot) to `to` if its progress allows.
-    fn maybe_send_append(&mut self, to: u64, send_if_empty: bool) -> bool {
-        let Some(p) = self.progress.get(&to) else { return false };
+    fn maybe_send_append(&mut self, to: u64, send_if_empty: bool) -> crate::Result<bool> {
+        let Some(p) = self.progress.get(&to) else { return Ok(false) };
         if p.is_paused() {
-            return false;
+            return Ok(false);
         }
         let next = p.next;
-        let prev_term = self.log.term(next - 1);
-        let entries = self.log.slice(next, u64::MAX, self.config.max_size_per_msg);
-        let (prev_term, entries) = match (prev_term, entries) {
-            (Ok(t), Ok(e)) => (t, e),
-            _ => return self.send_snapshot(to),
+        // A full window lets only an empty append out: the follower's answer to it (accepted
+        // or rejected) frees the window, where a full append would overrun it.
+        let window_full = p.state == ProgressState::Replicate && p.inflights.full();
+        let prev_term = match self.log.term(next - 1) {
+            Ok(t) => t,
+            Err(Error::Compacted { .. }) => return self.send_snapshot(to),
+            Err(e) => return Err(e),
+        };
+        let entries = if window_full {
+            Vec::new()
+        } else {
+            match self.log.slice(next, u64::MAX, self.config.max_size_per_msg) {
+                Ok(e) => e,
+                Err(Error::Compacted { .. }) => return self.send_snapshot(to),
+                Err(e) => return Err(e),
+            }
         };
         if entries.is_empty() && !send_if_empty {
-            return false;
+            return Ok(false);
         }
         let mut m = Message::new(MessageType::Append, self.id, to, self.term);
         m.index = next - 1;
@@ -322,15 +366,17 @@ impl<S: Storage> Raft<S> {
         m.entries = entries;
         self.progress.get_mut(&to).expect("checked above").sent_append(last, bytes, count);
         self.send(m);
-        true
+        Ok(true)
     }
 
-    fn send_snapshot(&mut self, to: u64) -> bool {
+    fn send_snapshot(&mut self, to: u64) -> crate::Result<bool> {
         let snapshot = match self.log.storage.snapshot(0) {
             Ok(s) => s,
-            Err(_) => return false, // not ready yet (or none): retried on a later round
+            // None can be served yet: retried on a later round.
+            Err(Error::SnapshotTemporarilyUnavailable) => return Ok(false),
+            Err(e) => return Err(e),
         };
-        let Ok(data) = snapshot.read_to_vec() else { return false };
+        let data = snapshot.read_to_vec()?;
         let index = snapshot.metadata.index;
         let mut m = Message::new(MessageType::Snapshot, self.id, to, self.term);
         m.snapshot = Some(SnapshotMessage { metadata: snapshot.metadata, data: data.into() });
@@ -338,22 +384,26 @@ impl<S: Storage> Raft<S> {
             p.become_snapshot(index);
         }
         self.send(m);
-        true
+        Ok(true)
     }
 
     pub(crate) fn bcast_append(&mut self) {
         let peers: Vec<u64> = self.progress.keys().copied().filter(|&p| p != self.id).collect();
         for to in peers {
-            self.maybe_send_append(to, true);
+            let sent = self.maybe_send_append(to, true).map(drop);
+            self.stop_on(sent);
         }
     }
 
+    /// Heartbeats carry the context of the newest read waiting for confirmation.
     fn bcast_heartbeat(&mut self) {
+        let ctx = self.read_only.last_pending_ctx().map(<[u8]>::to_vec).unwrap_or_default();
         let peers: Vec<(u64, u64)> =
             self.progress.iter().filter(|(id, _)| **id != self.id).map(|(&id, p)| (id, p.matched)).collect();
         for (to, matched) in peers {
             let mut m = Message::new(MessageType::Heartbeat, self.id, to, self.term);
             m.commit = matched.min(self.log.committed);
+            m.context = ctx.clone();
             self.send(m);
         }
     }
@@ -371,6 +421,9 @@ impl<S: Storage> Raft<S> {
                 return Ok(());
             }
         }
+        if self.lead_transferee != 0 {
+            return Err(ProposeError::TransferInProgress { to: self.lead_transferee });
+        }
         let bytes = data_bytes(&entries);
         if self.uncommitted_bytes > 0 && self.uncommitted_bytes + bytes > self.config.max_uncommitted_size {
             return Err(ProposeError::UncommittedSizeExceeded {
@@ -378,13 +431,23 @@ impl<S: Storage> Raft<S> {
                 limit: self.config.max_uncommitted_size,
             });
         }
+        let first_index = self.log.last_index() + 1;
+        let mut conf_index = None;
+        for (k, e) in entries.iter().enumerate() {
+            if e.entry_type != EntryType::Normal {
+                self.check_conf_change(e, conf_index.is_some())?;
+                conf_index = Some(first_index + k as u64);
+            }
+        }
+        if let Some(i) = conf_index {
+            self.pending_conf_index = i;
+        }
         self.uncommitted_bytes += bytes;
-        let mut index = self.log.last_index();
         let term = self.term;
         let entries: Vec<Entry> = entries
             .into_iter()
-            .map(|mut e| {
-                index += 1;
+            .zip(first_index..)
+            .map(|(mut e, index)| {
                 e.index = index;
                 e.term = term;
                 e
@@ -395,6 +458,20 @@ impl<S: Storage> Raft<S> {
         // then travels in as few messages as the size limit allows.
         self.bcast_pending = true;
         Ok(())
+    }
+
+    /// etcd's rules for a proposed membership change: one pending at a time, a joint
+    /// configuration is only left, and the change must make a valid configuration from the
+    /// current one (which is the one it will apply to: every earlier change is applied).
+    fn check_conf_change(&self, e: &Entry, another_in_batch: bool) -> Result<(), ProposeError> {
+        let cc = ConfChange::decode(&e.data).map_err(|err| ProposeError::InvalidConfChange(err.to_string()))?;
+        if another_in_batch || self.pending_conf_index > self.log.applied {
+            return Err(ProposeError::ConfChangePending { index: self.pending_conf_index });
+        }
+        if self.membership.is_joint() && !cc.leaves_joint() {
+            return Err(ProposeError::InvalidConfChange("the configuration is joint: leave it first".into()));
+        }
+        self.membership.apply(&cc).map(drop).map_err(ProposeError::InvalidConfChange)
     }
 
     /// Sends the appends that proposals made since the last Ready are waiting for.
@@ -410,6 +487,62 @@ impl<S: Storage> Raft<S> {
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(bytes);
     }
 
+    /// Leader, once the application applied the last membership change: a joint configuration
+    /// entered with auto-leave is left by proposing the empty change.
+    pub(crate) fn maybe_auto_leave(&mut self) {
+        if self.role == Role::Leader
+            && self.membership.auto_leave
+            && self.membership.is_joint()
+            && self.pending_conf_index <= self.log.applied
+            && self.lead_transferee == 0
+        {
+            let mut e = Entry::new(0, 0, ConfChange::leave_joint().encode());
+            e.entry_type = EntryType::ConfChangeV2;
+            // Only the uncommitted limit can refuse it; then the next advance retries.
+            let _ = self.propose(vec![e]);
+        }
+    }
+
+    /// Makes `next` the configuration (the application applied a committed change).
+    pub(crate) fn switch_to(&mut self, next: Membership) {
+        self.membership = next;
+        let last = self.log.last_index();
+        let ids = self.membership.ids();
+        self.progress.retain(|id, _| ids.contains(id));
+        for id in ids {
+            if !self.progress.contains_key(&id) {
+                let p = self.new_progress(id, last);
+                self.progress.insert(id, p);
+            }
+        }
+        if self.role != Role::Leader {
+            return;
+        }
+        if !self.membership.is_voter(self.id) {
+            // Removed (or demoted): the change is committed, so step down; not being a voter,
+            // this node never campaigns again.
+            let term = self.term;
+            self.become_follower(term, 0);
+            return;
+        }
+        if self.lead_transferee != 0 && !self.membership.is_voter(self.lead_transferee) {
+            self.lead_transferee = 0;
+        }
+        // The quorum changed: something may be committed now, and new nodes need the log.
+        let committed = self.maybe_commit();
+        match committed {
+            Ok(true) => self.bcast_append(),
+            Ok(false) => {
+                let peers: Vec<u64> = self.progress.keys().copied().filter(|&p| p != self.id).collect();
+                for to in peers {
+                    let sent = self.maybe_send_append(to, false).map(drop);
+                    self.stop_on(sent);
+                }
+            }
+            Err(e) => self.stop_on(Err(e)),
+        }
+    }
+
     pub(crate) fn report_unreachable(&mut self, id: u64) {
         if let Some(p) = self.progress.get_mut(&id)
             && p.state == ProgressState::Replicate
@@ -418,21 +551,125 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// The application's report on a snapshot it was sending to `id`: either way the follower
+    /// leaves the Snapshot state and is probed after its next heartbeat response (on failure
+    /// the snapshot is forgotten, so the probe may send a new one).
+    pub(crate) fn report_snapshot(&mut self, id: u64, failed: bool) {
+        if let Some(p) = self.progress.get_mut(&id)
+            && p.state == ProgressState::Snapshot
+        {
+            if failed {
+                p.pending_snapshot = 0;
+            }
+            p.become_probe();
+            p.paused = true;
+        }
+    }
+
+    /// A read request from the application (`from` is this node) or a follower.
+    pub(crate) fn read_index(&mut self, from: u64, ctx: Vec<u8>) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            if self.leader_id == 0 {
+                return Err(ProposeError::NoLeader);
+            }
+            let mut m = Message::new(MessageType::ReadIndex, self.id, self.leader_id, 0);
+            m.context = ctx;
+            self.send(m);
+            return Ok(());
+        }
+        if self.membership.is_singleton(self.id) {
+            let commit = self.log.committed;
+            self.respond_read(from, commit, ctx);
+            return Ok(());
+        }
+        // Thesis §6.4: until an entry of its own term commits, a new leader does not know the
+        // latest commit index; the request waits for it.
+        if !self.committed_in_current_term() {
+            self.pending_reads.push((from, ctx));
+            return Ok(());
+        }
+        self.answer_read(from, ctx);
+        Ok(())
+    }
+
+    fn committed_in_current_term(&self) -> bool {
+        matches!(self.log.term_if_held(self.log.committed), Ok(Some(t)) if t == self.term)
+    }
+
+    fn answer_read(&mut self, from: u64, ctx: Vec<u8>) {
+        let commit = self.log.committed;
+        match self.config.read_only_option {
+            ReadOnlyOption::Safe => {
+                let id = self.id;
+                self.read_only.add_request(commit, ctx, from, id);
+                if self.membership.is_singleton(id) {
+                    return;
+                }
+                self.bcast_heartbeat();
+            }
+            ReadOnlyOption::LeaseBased => self.respond_read(from, commit, ctx),
+        }
+    }
+
+    fn respond_read(&mut self, from: u64, index: u64, ctx: Vec<u8>) {
+        if from == self.id {
+            self.read_states.push(ReadState { index, request_ctx: ctx });
+        } else {
+            let mut m = Message::new(MessageType::ReadIndexResponse, self.id, from, self.term);
+            m.index = index;
+            m.context = ctx;
+            self.send(m);
+        }
+    }
+
+    /// The application asks to hand leadership to `to` (here, or forwarded to the leader).
+    pub(crate) fn transfer_leader(&mut self, to: u64) {
+        match self.role {
+            Role::Leader => self.handle_transfer_leader(to),
+            _ if self.leader_id != 0 => {
+                // Sent on the target's behalf: the leader reads the target from `from`.
+                self.msgs.push(Message::new(MessageType::TransferLeader, to, self.leader_id, self.term));
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_transfer_leader(&mut self, to: u64) {
+        if !self.membership.is_voter(to) || to == self.id || self.lead_transferee == to {
+            return; // learners and strangers cannot lead; a transfer to itself is a no-op
+        }
+        self.lead_transferee = to;
+        // The transfer is abandoned if it has not finished within an election timeout.
+        self.election_elapsed = 0;
+        let caught_up = self.progress.get(&to).is_some_and(|p| p.matched == self.log.last_index());
+        if caught_up {
+            self.send(Message::new(MessageType::TimeoutNow, self.id, to, self.term));
+        } else {
+            let sent = self.maybe_send_append(to, true).map(drop);
+            self.stop_on(sent);
+        }
+    }
+
     /// Handles a message from a peer.
     pub(crate) fn step(&mut self, m: Message) -> Result<(), ProposeError> {
-        if m.kind == MessageType::Propose {
-            if self.role == Role::Leader {
-                return self.propose(m.entries);
+        match m.kind {
+            MessageType::Propose if self.role == Role::Leader => return self.propose(m.entries),
+            // Forwarded to a node that is no longer leader.
+            MessageType::Propose | MessageType::ReadIndex if self.role != Role::Leader => {
+                return Err(ProposeError::NoLeader);
             }
-            return Err(ProposeError::NoLeader); // forwarded to a node that is no longer leader
+            MessageType::ReadIndex => return self.read_index(m.from, m.context),
+            _ => {}
         }
         let vote_request = matches!(m.kind, MessageType::RequestVote | MessageType::RequestPreVote);
         if m.term > self.term {
             if vote_request {
-                // A node that believes a leader is alive ignores disruptive votes (§9.6).
+                // A node that believes a leader is alive ignores disruptive votes (§9.6), unless
+                // the leader itself asked for the election (leadership transfer).
                 let in_lease = self.config.check_quorum
                     && self.leader_id != 0
-                    && self.election_elapsed < self.config.election_tick;
+                    && self.election_elapsed < self.config.election_tick
+                    && m.context != CAMPAIGN_TRANSFER;
                 if in_lease {
                     return Ok(());
                 }
@@ -458,23 +695,24 @@ impl<S: Storage> Raft<S> {
             }
             return Ok(());
         }
-        if vote_request {
-            self.handle_vote_request(m);
-            return Ok(());
-        }
-        match self.role {
-            Role::Leader => self.step_leader(m),
-            Role::Candidate | Role::PreCandidate => self.step_candidate(m),
-            Role::Follower => self.step_follower(m),
-        }
+        let result = if vote_request {
+            self.handle_vote_request(m)
+        } else {
+            match self.role {
+                Role::Leader => self.step_leader(m),
+                Role::Candidate | Role::PreCandidate => self.step_candidate(m),
+                Role::Follower => self.step_follower(m),
+            }
+        };
+        self.stop_on(result);
         Ok(())
     }
 
-    fn handle_vote_request(&mut self, m: Message) {
+    fn handle_vote_request(&mut self, m: Message) -> crate::Result<()> {
         let pre = m.kind == MessageType::RequestPreVote;
         let can_vote = self.vote == m.from || (self.vote == 0 && self.leader_id == 0) || (pre && m.term > self.term);
         let kind = if pre { MessageType::RequestPreVoteResponse } else { MessageType::RequestVoteResponse };
-        if can_vote && self.log.is_up_to_date(m.index, m.log_term) {
+        if can_vote && self.log.is_up_to_date(m.index, m.log_term)? {
             // A pre-vote answers in the term asked about; a vote is in our (now equal) term.
             let mut r = Message::new(kind, self.id, m.from, m.term);
             if !pre {
@@ -488,16 +726,21 @@ impl<S: Storage> Raft<S> {
             r.reject = true;
             self.send(r);
         }
+        Ok(())
     }
 
-    fn step_leader(&mut self, m: Message) {
+    fn step_leader(&mut self, m: Message) -> crate::Result<()> {
         let from = m.from;
-        let Some(p) = self.progress.get_mut(&from) else { return };
+        if m.kind == MessageType::TransferLeader {
+            self.handle_transfer_leader(from);
+            return Ok(());
+        }
+        let Some(p) = self.progress.get_mut(&from) else { return Ok(()) };
         p.recent_active = true;
         match m.kind {
             MessageType::AppendResponse if m.reject => {
                 let hint = if m.log_term > 0 {
-                    self.log.find_conflict_by_term(m.reject_hint, m.log_term)
+                    self.log.find_conflict_by_term(m.reject_hint, m.log_term)?
                 } else {
                     m.reject_hint
                 };
@@ -506,59 +749,73 @@ impl<S: Storage> Raft<S> {
                     if p.state == ProgressState::Replicate {
                         p.become_probe();
                     }
-                    self.maybe_send_append(from, true);
+                    self.maybe_send_append(from, true)?;
                 }
             }
-            MessageType::AppendResponse => {
-                let p = self.progress.get_mut(&from).expect("present");
-                let old_paused = p.is_paused();
-                if !p.maybe_update(m.index) {
-                    if old_paused && !p.is_paused() {
-                        self.maybe_send_append(from, false);
-                    }
-                    return;
-                }
-                match p.state {
-                    ProgressState::Probe => p.become_replicate(),
-                    ProgressState::Snapshot if p.matched >= p.pending_snapshot => p.become_probe(),
-                    ProgressState::Replicate => p.inflights.free_to(m.index),
-                    ProgressState::Snapshot => {}
-                }
-                if self.maybe_commit() {
-                    self.bcast_append();
-                } else {
-                    while self.maybe_send_append(from, false) {}
-                }
-            }
+            MessageType::AppendResponse => self.handle_append_response(from, m.index)?,
             MessageType::HeartbeatResponse => {
                 p.paused = false;
-                match p.state {
-                    // Appends may have been lost: free a slot so one more goes out, which the
-                    // follower either accepts or rejects (moving us back to probing).
-                    ProgressState::Replicate if p.inflights.full() => p.inflights.free_first(),
-                    // The snapshot may have been lost: after an election timeout of heartbeats
-                    // with no answer to it, probe again (which resends it if still needed).
-                    ProgressState::Snapshot => {
-                        p.snapshot_wait += 1;
-                        if p.snapshot_wait >= self.config.election_tick {
-                            p.become_probe();
-                        }
+                // The snapshot may have been lost: after an election timeout of heartbeats
+                // with no answer to it, probe again (which resends it if still needed).
+                if p.state == ProgressState::Snapshot {
+                    p.snapshot_wait += 1;
+                    if p.snapshot_wait >= self.config.election_tick {
+                        p.become_probe();
                     }
-                    _ => {}
                 }
-                if p.matched < self.log.last_index() {
-                    self.maybe_send_append(from, true);
+                // A follower behind, or one being probed, gets an append (an empty one if the
+                // window is full): its answer moves replication on.
+                if p.matched < self.log.last_index() || p.state == ProgressState::Probe {
+                    self.maybe_send_append(from, true)?;
+                }
+                if self.config.read_only_option == ReadOnlyOption::Safe
+                    && !m.context.is_empty()
+                    && self.read_only.recv_ack(from, &m.context, &self.membership)
+                {
+                    for read in self.read_only.advance(&m.context) {
+                        self.respond_read(read.from, read.index, read.ctx);
+                    }
                 }
             }
             _ => {}
         }
+        Ok(())
     }
 
-    fn step_candidate(&mut self, m: Message) {
+    fn handle_append_response(&mut self, from: u64, index: u64) -> crate::Result<()> {
+        let first_index = self.log.first_index()?;
+        let p = self.progress.get_mut(&from).expect("present");
+        let old_paused = p.is_paused();
+        if !p.maybe_update(index) {
+            if old_paused && !p.is_paused() {
+                self.maybe_send_append(from, false)?;
+            }
+            return Ok(());
+        }
+        match p.state {
+            ProgressState::Probe => p.become_replicate(),
+            // The follower installed the snapshot (or caught up otherwise): the log continues
+            // right after it, so pipelining starts at once.
+            ProgressState::Snapshot if p.matched + 1 >= first_index => p.become_replicate(),
+            ProgressState::Replicate => p.inflights.free_to(index),
+            ProgressState::Snapshot => {}
+        }
+        if self.maybe_commit()? {
+            self.bcast_append();
+        } else {
+            while self.maybe_send_append(from, false)? {}
+        }
+        if from == self.lead_transferee && self.progress[&from].matched == self.log.last_index() {
+            self.send(Message::new(MessageType::TimeoutNow, self.id, from, self.term));
+        }
+        Ok(())
+    }
+
+    fn step_candidate(&mut self, m: Message) -> crate::Result<()> {
         match m.kind {
             MessageType::Append => {
                 self.become_follower(m.term, m.from);
-                self.handle_append(m);
+                self.handle_append(m)?;
             }
             MessageType::Heartbeat => {
                 self.become_follower(m.term, m.from);
@@ -566,7 +823,7 @@ impl<S: Storage> Raft<S> {
             }
             MessageType::Snapshot => {
                 self.become_follower(m.term, m.from);
-                self.handle_snapshot(m);
+                self.handle_snapshot(m)?;
             }
             MessageType::RequestPreVoteResponse | MessageType::RequestVoteResponse => {
                 let expected = if self.role == Role::PreCandidate {
@@ -575,10 +832,10 @@ impl<S: Storage> Raft<S> {
                     MessageType::RequestVoteResponse
                 };
                 if m.kind != expected {
-                    return;
+                    return Ok(());
                 }
                 match self.poll(m.from, !m.reject) {
-                    VoteResult::Won if self.role == Role::PreCandidate => self.campaign(false),
+                    VoteResult::Won if self.role == Role::PreCandidate => self.campaign(false, false)?,
                     VoteResult::Won => {
                         self.become_leader();
                         self.bcast_append();
@@ -592,14 +849,15 @@ impl<S: Storage> Raft<S> {
             }
             _ => {}
         }
+        Ok(())
     }
 
-    fn step_follower(&mut self, m: Message) {
+    fn step_follower(&mut self, m: Message) -> crate::Result<()> {
         match m.kind {
             MessageType::Append => {
                 self.election_elapsed = 0;
                 self.leader_id = m.from;
-                self.handle_append(m);
+                self.handle_append(m)?;
             }
             MessageType::Heartbeat => {
                 self.election_elapsed = 0;
@@ -609,21 +867,31 @@ impl<S: Storage> Raft<S> {
             MessageType::Snapshot => {
                 self.election_elapsed = 0;
                 self.leader_id = m.from;
-                self.handle_snapshot(m);
+                self.handle_snapshot(m)?;
+            }
+            MessageType::TimeoutNow => self.hup(true)?,
+            MessageType::TransferLeader if self.leader_id != 0 => {
+                let mut fwd = m;
+                fwd.to = self.leader_id;
+                self.msgs.push(fwd);
+            }
+            MessageType::ReadIndexResponse => {
+                self.read_states.push(ReadState { index: m.index, request_ctx: m.context });
             }
             _ => {}
         }
+        Ok(())
     }
 
-    fn handle_append(&mut self, m: Message) {
+    fn handle_append(&mut self, m: Message) -> crate::Result<()> {
         // `RawNode::step` dropped any Append whose entries do not follow `index` one by one.
         let mut r = Message::new(MessageType::AppendResponse, self.id, m.from, self.term);
         if m.index < self.log.committed {
             r.index = self.log.committed;
             self.send(r);
-            return;
+            return Ok(());
         }
-        match self.log.maybe_append(m.index, m.log_term, m.commit, &m.entries) {
+        match self.log.maybe_append(m.index, m.log_term, m.commit, &m.entries)? {
             Some(last) => {
                 r.index = last;
                 self.send(r);
@@ -631,40 +899,49 @@ impl<S: Storage> Raft<S> {
             None => {
                 // Fast backtracking: point the leader at our last entry whose term is at most
                 // the term it expected, so a diverged follower is repaired in a few rounds.
-                let hint = self.log.find_conflict_by_term(m.index.min(self.log.last_index()), m.log_term);
+                let hint = self.log.find_conflict_by_term(m.index.min(self.log.last_index()), m.log_term)?;
                 r.index = m.index;
                 r.reject = true;
                 r.reject_hint = hint;
-                r.log_term = self.log.term_or_zero(hint);
+                r.log_term = self.log.term_if_held(hint)?.unwrap_or(0);
                 self.send(r);
             }
         }
+        Ok(())
     }
 
     fn handle_heartbeat(&mut self, m: Message) {
         let commit = m.commit.min(self.log.last_index());
         self.log.commit_to(commit);
-        self.send(Message::new(MessageType::HeartbeatResponse, self.id, m.from, self.term));
+        let mut r = Message::new(MessageType::HeartbeatResponse, self.id, m.from, self.term);
+        r.context = m.context;
+        self.send(r);
     }
 
-    fn handle_snapshot(&mut self, m: Message) {
-        let Some(snapshot) = m.snapshot else { return };
+    fn handle_snapshot(&mut self, m: Message) -> crate::Result<()> {
+        let Some(snapshot) = m.snapshot else { return Ok(()) };
         let (index, term) = (snapshot.metadata.index, snapshot.metadata.term);
         let mut r = Message::new(MessageType::AppendResponse, self.id, m.from, self.term);
         if index <= self.log.committed {
             r.index = self.log.committed;
-        } else if self.log.match_term(index, term) {
+        } else if self.log.match_term(index, term)? {
             // We already hold the entry it ends with: commit through it instead. Entries after
             // it may be an older leader's, so claim only what is committed (etcd does the same).
             self.log.commit_to(index);
             r.index = self.log.committed;
         } else {
-            let cs = &snapshot.metadata.conf_state;
-            self.voters = cs.voters.iter().copied().collect();
-            self.learners = cs.learners.iter().copied().collect();
-            self.log.restore(snapshot);
-            r.index = index;
+            // `RawNode::step` checked the membership is valid.
+            let next = Membership::from_conf_state(&snapshot.metadata.conf_state).expect("validated");
+            if !next.ids().contains(&self.id) {
+                // Not a member by this snapshot: a correct leader never sends it; ignore it.
+                r.index = self.log.committed;
+            } else {
+                self.log.restore(snapshot);
+                self.switch_to(next);
+                r.index = index;
+            }
         }
         self.send(r);
+        Ok(())
     }
 }

@@ -5,11 +5,15 @@
 //! storage is only read below `offset` (storage may still hold older entries at and after it,
 //! which the next persisted append replaces); entries up to `in_progress` were handed out in a
 //! `Ready` and are being persisted; only persisted entries are handed out to apply.
+//!
+//! Storage errors: `Compacted` and `Unavailable` are answers (the index is outside the log);
+//! anything else is returned to the caller, and the Raft core stops the node with it. Nothing
+//! here guesses a value in place of one storage failed to give.
 
 use super::message::SnapshotMessage;
 use super::raw_node::NewNodeError;
 use crate::Error;
-use crate::storage::{Entry, Storage};
+use crate::storage::{Entry, EntryType, Storage};
 
 #[derive(Debug)]
 pub(crate) struct RaftLog<S: Storage> {
@@ -54,10 +58,10 @@ impl<S: Storage> RaftLog<S> {
         })
     }
 
-    pub(crate) fn first_index(&self) -> u64 {
+    pub(crate) fn first_index(&self) -> crate::Result<u64> {
         match &self.snapshot {
-            Some(s) => s.metadata.index + 1,
-            None => self.storage.first_index().unwrap_or(self.offset),
+            Some(s) => Ok(s.metadata.index + 1),
+            None => self.storage.first_index(),
         }
     }
 
@@ -77,8 +81,8 @@ impl<S: Storage> RaftLog<S> {
         }
     }
 
-    pub(crate) fn last_term(&self) -> u64 {
-        self.term(self.last_index()).unwrap_or(0)
+    pub(crate) fn last_term(&self) -> crate::Result<u64> {
+        self.term(self.last_index())
     }
 
     /// The term of `index`, for `index` in `[first_index - 1, last_index]`.
@@ -94,7 +98,7 @@ impl<S: Storage> RaftLog<S> {
                 None => Err(Error::Unavailable { index, last_index: self.last_index() }),
             };
         }
-        let first = self.first_index();
+        let first = self.first_index()?;
         if index + 1 < first {
             return Err(Error::Compacted { index, first_index: first });
         }
@@ -105,18 +109,23 @@ impl<S: Storage> RaftLog<S> {
         self.storage.term(index)
     }
 
-    pub(crate) fn term_or_zero(&self, index: u64) -> u64 {
-        self.term(index).unwrap_or(0)
+    /// The term of `index`, or `None` if the log does not hold it (compacted or beyond the end).
+    pub(crate) fn term_if_held(&self, index: u64) -> crate::Result<Option<u64>> {
+        match self.term(index) {
+            Ok(t) => Ok(Some(t)),
+            Err(Error::Compacted { .. } | Error::Unavailable { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
-    pub(crate) fn match_term(&self, index: u64, term: u64) -> bool {
-        self.term(index).is_ok_and(|t| t == term)
+    pub(crate) fn match_term(&self, index: u64, term: u64) -> crate::Result<bool> {
+        Ok(self.term_if_held(index)? == Some(term))
     }
 
     /// §5.4.1: a candidate's log is at least as up-to-date as ours.
-    pub(crate) fn is_up_to_date(&self, last_index: u64, last_term: u64) -> bool {
-        let ours = self.last_term();
-        last_term > ours || (last_term == ours && last_index >= self.last_index())
+    pub(crate) fn is_up_to_date(&self, last_index: u64, last_term: u64) -> crate::Result<bool> {
+        let ours = self.last_term()?;
+        Ok(last_term > ours || (last_term == ours && last_index >= self.last_index()))
     }
 
     /// The follower side of an append: entries after (`prev_index`, `prev_term`). Returns the
@@ -128,32 +137,39 @@ impl<S: Storage> RaftLog<S> {
         prev_term: u64,
         committed: u64,
         entries: &[Entry],
-    ) -> Option<u64> {
-        if !self.match_term(prev_index, prev_term) {
-            return None;
+    ) -> crate::Result<Option<u64>> {
+        if !self.match_term(prev_index, prev_term)? {
+            return Ok(None);
         }
         let last_new = prev_index + entries.len() as u64;
-        let conflict = entries.iter().find(|e| !self.match_term(e.index, e.term)).map(|e| e.index);
+        let mut conflict = None;
+        for e in entries {
+            if !self.match_term(e.index, e.term)? {
+                conflict = Some(e.index);
+                break;
+            }
+        }
         if let Some(at) = conflict {
             if at <= self.committed {
-                return None;
+                return Ok(None);
             }
             self.append(&entries[(at - prev_index - 1) as usize..]);
         }
         self.commit_to(committed.min(last_new));
-        Some(last_new)
+        Ok(Some(last_new))
     }
 
     /// The largest index at most `index` whose term is at most `term` (fast backtracking).
-    pub(crate) fn find_conflict_by_term(&self, index: u64, term: u64) -> u64 {
+    /// Stops at the first index the log does not hold (compacted): the answer is a hint.
+    pub(crate) fn find_conflict_by_term(&self, index: u64, term: u64) -> crate::Result<u64> {
         let mut i = index.min(self.last_index());
         while i > 0 {
-            match self.term(i) {
-                Ok(t) if t > term => i -= 1,
+            match self.term_if_held(i)? {
+                Some(t) if t > term => i -= 1,
                 _ => break,
             }
         }
-        i
+        Ok(i)
     }
 
     /// Appends `entries` (contiguous), replacing any unstable suffix they overlap.
@@ -174,7 +190,7 @@ impl<S: Storage> RaftLog<S> {
 
     /// Entries in `[lo, hi)`, at most `max_bytes` of data but at least one.
     pub(crate) fn slice(&self, lo: u64, hi: u64, max_bytes: u64) -> crate::Result<Vec<Entry>> {
-        let first = self.first_index();
+        let first = self.first_index()?;
         if lo < first {
             return Err(Error::Compacted { index: lo, first_index: first });
         }
@@ -211,22 +227,40 @@ impl<S: Storage> RaftLog<S> {
     }
 
     /// §5.4.2: commits `index` only if it is an entry of the current `term`.
-    pub(crate) fn maybe_commit(&mut self, index: u64, term: u64) -> bool {
-        if index > self.committed && self.term_or_zero(index) == term {
+    pub(crate) fn maybe_commit(&mut self, index: u64, term: u64) -> crate::Result<bool> {
+        if index > self.committed && index <= self.last_index() && self.term(index)? == term {
             self.commit_to(index);
-            return true;
+            return Ok(true);
         }
-        false
+        Ok(false)
     }
 
     /// Committed, persisted entries not yet handed out to apply, at most `max_bytes` of data.
-    pub(crate) fn next_committed(&self, max_bytes: u64) -> Vec<Entry> {
+    pub(crate) fn next_committed(&self, max_bytes: u64) -> crate::Result<Vec<Entry>> {
         let hi = self.committed.min(self.persisted_index()) + 1;
-        let lo = (self.applied + 1).max(self.first_index());
+        let lo = (self.applied + 1).max(self.first_index()?);
         if lo >= hi {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        self.slice(lo, hi, max_bytes).unwrap_or_default()
+        self.slice(lo, hi, max_bytes)
+    }
+
+    /// Whether a committed entry not yet handed out to apply changes the membership (etcd's
+    /// `hasUnappliedConfChanges`): a node does not campaign with a configuration about to change.
+    pub(crate) fn has_unapplied_conf_changes(&self) -> crate::Result<bool> {
+        let mut lo = (self.applied + 1).max(self.first_index()?);
+        let hi = self.committed + 1;
+        while lo < hi {
+            let page = self.slice(lo, hi, 1 << 20)?;
+            if page.iter().any(|e| e.entry_type != EntryType::Normal) {
+                return Ok(true);
+            }
+            match page.last() {
+                Some(e) => lo = e.index + 1,
+                None => break,
+            }
+        }
+        Ok(false)
     }
 
     pub(crate) fn has_next_committed(&self) -> bool {
@@ -257,11 +291,9 @@ impl<S: Storage> RaftLog<S> {
 
     /// Entries up to `index` of `term` are persisted.
     pub(crate) fn stable_to(&mut self, index: u64, term: u64) {
-        if index < self.offset || !self.match_term(index, term) {
-            return; // replaced since it was handed out, or already stable
-        }
-        let n = (index + 1 - self.offset) as usize;
-        if n > self.unstable.len() {
+        let n = index.wrapping_add(1).wrapping_sub(self.offset) as usize;
+        // Replaced since it was handed out, or already stable: only the unstable tail counts.
+        if index < self.offset || n > self.unstable.len() || self.unstable[n - 1].term != term {
             return;
         }
         self.unstable.drain(..n);

@@ -4,7 +4,7 @@
 //! `log_term`, `index`, `commit`, `reject` (one byte), `reject_hint`, the entry count (`u32`)
 //! and each entry (index, term, type byte, data length `u32`, data), then a snapshot flag byte
 //! and, if set, the snapshot (index, term, the four ConfState id lists each as a `u32` count and
-//! ids, `auto_leave`, data length `u64`, data). A rejected AppendResponse's hint is
+//! ids, `auto_leave`, data length `u64`, data), then the context (length `u32`, bytes). A rejected AppendResponse's hint is
 //! `reject_hint` with its term in `log_term`; there is no separate hint-term field. Framing and
 //! checksums belong to the transport. (A test checks this field list against `encode`.)
 
@@ -35,8 +35,16 @@ pub enum MessageType {
     HeartbeatResponse = 8,
     /// Leader → follower: install this snapshot.
     Snapshot = 9,
-    /// Follower → leader: a forwarded proposal (its `entries`).
+    /// Follower → leader: a forwarded proposal (its `entries`). Term 0, like a local request.
     Propose = 10,
+    /// Follower → leader: a forwarded read request (`context` is the application's). Term 0.
+    ReadIndex = 11,
+    /// Leader → follower: the read request `context` may be served once `index` is applied.
+    ReadIndexResponse = 12,
+    /// Follower → leader: the application asked to hand leadership to `from`.
+    TransferLeader = 13,
+    /// Leader → transfer target: campaign now, skipping PreVote and the leader lease.
+    TimeoutNow = 14,
 }
 
 impl MessageType {
@@ -53,6 +61,10 @@ impl MessageType {
             8 => HeartbeatResponse,
             9 => Snapshot,
             10 => Propose,
+            11 => ReadIndex,
+            12 => ReadIndexResponse,
+            13 => TransferLeader,
+            14 => TimeoutNow,
             _ => return None,
         })
     }
@@ -97,12 +109,20 @@ pub struct Message {
     pub reject_hint: u64,
     /// Snapshot: the snapshot to install; `None` in every other type.
     pub snapshot: Option<SnapshotMessage>,
+    /// ReadIndex and its response: the application's request context; Heartbeat and its
+    /// response: the context of the newest read waiting for this heartbeat round; RequestVote:
+    /// [`CAMPAIGN_TRANSFER`] for an election started by a leadership transfer.
+    pub context: Vec<u8>,
 }
+
+/// The `context` of a vote request sent by a leadership transfer's target: voters grant it even
+/// while they believe the old leader alive (it asked for the election).
+pub const CAMPAIGN_TRANSFER: &[u8] = b"CampaignTransfer";
 
 impl Message {
     /// Checks the rules a message from a correct peer always keeps and that the state machine
     /// relies on; [`RawNode::step`](super::RawNode::step) drops a message that breaks one with
-    /// [`StepError::Malformed`](super::StepError::Malformed). No index or term is above
+    /// [`RaftError::Malformed`](super::RaftError::Malformed). No index or term is above
     /// [`limits::INDEX_MAX`](crate::limits::INDEX_MAX) (storage refuses them). An `Append`'s entries follow
     /// `index` one by one, with terms that never decrease, starting at or above `log_term`, and
     /// none above the message's term (a leader's log holds no entry of a later term); a
@@ -162,7 +182,11 @@ impl Message {
                 Some(s) if s.metadata.index > 0 && s.metadata.term == 0 => {
                     Err(format!("snapshot at index {} has term 0; every entry's term is at least 1", s.metadata.index))
                 }
-                Some(_) => Ok(()),
+                Some(s) => match super::membership::Membership::from_conf_state(&s.metadata.conf_state) {
+                    Err(why) => Err(format!("snapshot membership: {why}")),
+                    Ok(m) if m.voters.is_empty() => Err("snapshot membership has no voters".into()),
+                    Ok(_) => Ok(()),
+                },
             },
             _ => Ok(()),
         }
@@ -182,6 +206,7 @@ impl Message {
             reject: false,
             reject_hint: 0,
             snapshot: None,
+            context: Vec::new(),
         }
     }
 
@@ -219,6 +244,8 @@ impl Message {
                 out.extend_from_slice(&s.data);
             }
         }
+        put_u32(&mut out, self.context.len() as u32);
+        out.extend_from_slice(&self.context);
         out
     }
 
@@ -262,14 +289,16 @@ impl Message {
                 Some(SnapshotMessage { metadata: SnapshotMetadata { index, term, conf_state }, data })
             }
         };
+        let context_len = r.u32("context length")? as usize;
+        let context = r.take(context_len, "context")?.to_vec();
         if r.remaining() != 0 {
             return Err(r.error(format!("{} bytes after the message", r.remaining())));
         }
-        Ok(Message { kind, to, from, term, log_term, index, entries, commit, reject, reject_hint, snapshot })
+        Ok(Message { kind, to, from, term, log_term, index, entries, commit, reject, reject_hint, snapshot, context })
     }
 }
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// Why bytes are not a message: where and what.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -379,6 +408,7 @@ mod tests {
             },
             data: Arc::from(&b"state"[..]),
         });
+        m.context = b"read-7".to_vec();
         m
     }
 
@@ -427,7 +457,11 @@ mod tests {
             at += 8;
         }
         assert_eq!(LE::read_u32(&bytes[at..]), 0, "the entry count follows the documented fields");
-        assert_eq!(bytes.len(), at + 4 + 1, "an empty message ends with the count and the snapshot flag");
+        assert_eq!(
+            bytes.len(),
+            at + 4 + 1 + 4,
+            "an empty message ends with the count, the snapshot flag and the context length"
+        );
     }
 
     #[test]
@@ -443,7 +477,7 @@ mod tests {
         bad[1] = 99;
         assert_eq!(Message::decode(&bad).unwrap_err().offset, 2);
         let mut huge = Message::new(MessageType::Append, 1, 2, 3).encode();
-        let count_at = huge.len() - 5;
+        let count_at = huge.len() - 9;
         huge[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(Message::decode(&huge).is_err());
     }

@@ -5,23 +5,36 @@
 //! Inside (every public type is re-exported here):
 //! - `config`: [`Config`] and its validation;
 //! - `message`: [`Message`] and its binary encoding;
+//! - `conf_change`: [`ConfChange`], the membership changes the application proposes, and their
+//!   encoding in log entries;
+//! - `membership`: the configuration the core works with (voters, learners, joint consensus)
+//!   and the quorum rules;
+//! - `read_only`: linearizable reads ([`ReadState`], [`ReadOnlyOption`]);
 //! - `progress`: the leader's view of each follower ([`ProgressState`]) and the flow-control
 //!   window;
 //! - `log`: the persisted log plus the unstable tail;
-//! - `core`: the state machine (roles, PreVote, CheckQuorum, replication, commitment);
+//! - `core`: the state machine (roles, PreVote, CheckQuorum, replication, commitment,
+//!   membership changes, reads, leadership transfer);
 //! - `raw_node`: [`RawNode`], [`Ready`], [`Status`].
 
+mod conf_change;
 mod config;
 mod core;
 mod log;
+mod membership;
 mod message;
 mod progress;
 mod raw_node;
+mod read_only;
 
+use std::sync::Arc;
+
+pub use conf_change::{ConfChange, ConfChangeDecodeError, ConfChangeSingle, ConfChangeTransition, ConfChangeType};
 pub use config::{Config, ConfigError};
-pub use message::{DecodeError, Message, MessageType, SnapshotMessage};
+pub use message::{CAMPAIGN_TRANSFER, DecodeError, Message, MessageType, SnapshotMessage};
 pub use progress::ProgressState;
-pub use raw_node::{NewNodeError, RawNode, Ready, SoftState, Status};
+pub use raw_node::{NewNodeError, RawNode, Ready, SnapshotStatus, SoftState, Status};
+pub use read_only::{ReadOnlyOption, ReadState};
 
 /// Bytes of entry data in `entries`: what size limits and flow control count.
 pub(crate) fn data_bytes(entries: &[crate::storage::Entry]) -> u64 {
@@ -42,10 +55,11 @@ pub enum Role {
     Leader,
 }
 
-/// Why [`RawNode::step`] did not take a message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StepError {
-    /// A forwarded proposal was refused.
+/// Why a [`RawNode`] call did not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RaftError {
+    /// A proposal, read or membership change was refused; nothing changed.
     #[error(transparent)]
     Propose(#[from] ProposeError),
     /// The message breaks a rule no correct peer breaks (see [`Message::validate`]): it was
@@ -60,9 +74,25 @@ pub enum StepError {
         /// The rule it broke.
         reason: String,
     },
+    /// A committed membership change cannot be applied to the current configuration (a correct
+    /// leader never commits one: it checks each change when proposed); nothing changed.
+    #[error("the membership change cannot be applied: {0}")]
+    InvalidConfChange(String),
+    /// Reading from storage failed: the node stopped, and every later call returns this. Build
+    /// a new node over the storage (after repairing it) to go on; nothing was guessed in place
+    /// of what storage failed to give.
+    #[error("the node stopped on a storage error: {0}")]
+    Storage(Arc<crate::Error>),
+    /// `ready` was called while an earlier `Ready` waits for `advance`.
+    #[error("a Ready is outstanding: advance it before asking for another")]
+    ReadyOutstanding,
+    /// `advance` was given a `Ready` that is not the one outstanding (already advanced, or none
+    /// was taken).
+    #[error("advance was given a Ready that is not outstanding")]
+    NotOutstanding,
 }
 
-/// Why a proposal was not accepted.
+/// Why a proposal (or a read request) was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
     /// This node is not the leader and knows of none (or a forwarded proposal reached a node that
@@ -80,4 +110,20 @@ pub enum ProposeError {
         /// `Config::max_uncommitted_size`.
         limit: u64,
     },
+    /// Leadership is being handed to another node; retry there once it leads.
+    #[error("leadership is being transferred to node {to}")]
+    TransferInProgress {
+        /// The node taking over.
+        to: u64,
+    },
+    /// A membership change is proposed and not yet applied; one at a time.
+    #[error("the membership change at index {index} is not applied yet")]
+    ConfChangePending {
+        /// Its index (on a new leader: the last index when it was elected).
+        index: u64,
+    },
+    /// The membership change cannot be made from the current configuration (or its entry data
+    /// does not decode).
+    #[error("invalid membership change: {0}")]
+    InvalidConfChange(String),
 }

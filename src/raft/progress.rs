@@ -2,8 +2,10 @@
 //!
 //! Invariants: `matched < next`; in `Probe` at most one append is outstanding (`paused` until a
 //! response or a heartbeat response); in `Replicate` appends are sent optimistically (`next`
-//! moves past what was sent) while the window has room; in `Snapshot` nothing is sent until the
-//! follower reports the snapshot applied (or failed).
+//! moves past what was sent) while the window has room, and once it is full (`paused`) only a
+//! heartbeat response lets one more append out, an empty one (a probe that the follower
+//! acknowledges or rejects, either of which frees the window); in `Snapshot` nothing is sent
+//! until the follower acknowledges the snapshot or the application reports it failed.
 
 use std::collections::VecDeque;
 
@@ -54,13 +56,6 @@ impl Inflights {
         }
     }
 
-    /// Frees the oldest append in flight.
-    pub fn free_first(&mut self) {
-        if let Some((_, bytes)) = self.sent.pop_front() {
-            self.bytes -= bytes;
-        }
-    }
-
     pub fn reset(&mut self) {
         self.sent.clear();
         self.bytes = 0;
@@ -78,7 +73,8 @@ pub struct Progress {
     pub matched: u64,
     pub next: u64,
     pub state: ProgressState,
-    /// Probe: an append is outstanding.
+    /// Probe: an append is outstanding. Replicate: the window was full when the last append
+    /// left (etcd's `MsgAppFlowPaused`).
     pub paused: bool,
     pub pending_snapshot: u64,
     /// Heard from since the last CheckQuorum round.
@@ -166,8 +162,7 @@ impl Progress {
     /// Whether nothing may be sent now.
     pub fn is_paused(&self) -> bool {
         match self.state {
-            ProgressState::Probe => self.paused,
-            ProgressState::Replicate => self.inflights.full(),
+            ProgressState::Probe | ProgressState::Replicate => self.paused,
             ProgressState::Snapshot => true,
         }
     }
@@ -180,6 +175,7 @@ impl Progress {
                     self.next = last + 1;
                     self.inflights.add(last, bytes);
                 }
+                self.paused = self.inflights.full();
             }
             ProgressState::Probe => self.paused = true,
             ProgressState::Snapshot => {}
@@ -222,6 +218,24 @@ mod tests {
         assert!(!p.maybe_decr_to(3, 0), "below matched");
         assert!(p.maybe_decr_to(7, 0));
         assert_eq!(p.next, 5);
+    }
+
+    #[test]
+    fn a_full_window_pauses_until_an_acknowledgement() {
+        let mut p = Progress::new(5, 4, 1 << 20);
+        p.matched = 4;
+        p.become_replicate();
+        for last in [6, 8, 10] {
+            p.sent_append(last, 100, 2);
+            assert!(!p.is_paused(), "room after {last}");
+        }
+        p.sent_append(12, 100, 2);
+        assert!(p.is_paused(), "four appends fill a window of four");
+        p.sent_append(12, 0, 0);
+        assert!(p.is_paused(), "an empty probe keeps it paused");
+        assert!(p.maybe_update(6));
+        p.inflights.free_to(6);
+        assert!(!p.is_paused(), "an acknowledgement frees the window");
     }
 
     #[test]

@@ -1,21 +1,36 @@
 //! `RawNode`: the application's handle on a Raft state machine, with `Ready` and `advance`.
 //!
 //! Calling order, repeated (one thread):
-//! 1. feed input: `tick`, `step` (messages from peers), `propose`, `campaign`;
-//! 2. if `has_ready()`, take `let rd = node.ready()`;
+//! 1. feed input: `tick`, `step` (messages from peers), `propose`, `propose_conf_change`,
+//!    `read_index`, `transfer_leadership`, `campaign`;
+//! 2. if `has_ready()`, take `let rd = node.ready()?`;
 //! 3. send `rd.messages` at once (a leader's appends go out before its own copy is durable);
 //! 4. persist, in this order: `rd.snapshot` (`apply_snapshot`), `rd.entries` (`append`),
 //!    `rd.hard_state` (`set_hard_state`): `node.persist(&rd)` does exactly that;
 //! 5. send `rd.persisted_messages` (votes and acknowledgements, which promise what is durable);
-//! 6. apply `rd.committed_entries` to the state machine;
-//! 7. `node.advance(&rd)`.
+//! 6. apply `rd.committed_entries` to the state machine; for each membership change among
+//!    them (`EntryType::ConfChangeV2`), decode it with `ConfChange::decode`, call
+//!    `apply_conf_change` and persist the ConfState it returns together with the applied index
+//!    (`StorageMut::set_conf_state`): a restarted node starts from the ConfState in storage,
+//!    which must be the configuration as of `Config::applied`;
+//! 7. serve `rd.read_states` once the applied index reaches each one's `index`;
+//! 8. `node.advance(rd)`.
+//!
+//! Input (step 1) may also arrive between `ready` and `advance`: nothing it produces is handed
+//! out before the next `ready`, and acknowledgements still wait for that Ready's persistence.
+//! A second `ready` before `advance`, or an `advance` of any Ready but the outstanding one, is
+//! a [`RaftError`]. A storage read error stops the node: `has_ready` turns true and `ready`
+//! (like every call that returns a `Result`) returns [`RaftError::Storage`].
 
+use super::conf_change::ConfChange;
 use super::config::{Config, ConfigError};
 use super::core::Raft;
+use super::membership::Membership;
 use super::message::{Message, SnapshotMessage};
 use super::progress::ProgressState;
-use super::{ProposeError, Role, StepError};
-use crate::storage::{Entry, HardState, Storage, StorageMut};
+use super::read_only::ReadState;
+use super::{RaftError, Role};
+use crate::storage::{ConfState, Entry, EntryType, HardState, Storage, StorageMut};
 use std::collections::BTreeMap;
 
 /// Volatile state the application may want to observe.
@@ -47,6 +62,19 @@ pub struct Ready {
     /// Whether persisting needs an fdatasync: entries, a snapshot, or a term or vote change.
     /// (A commit-only HardState change does not: etcd's MustSync rule.)
     pub must_sync: bool,
+    /// Confirmed read requests: serve each once the applied index reaches its `index`.
+    pub read_states: Vec<ReadState>,
+    /// Which Ready this is (from 1), so `advance` can tell it is the outstanding one.
+    number: u64,
+}
+
+/// How sending a snapshot to a follower ended (see [`RawNode::report_snapshot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotStatus {
+    /// The follower received all of it.
+    Finish,
+    /// The transfer failed or was abandoned; the leader may send another.
+    Failure,
 }
 
 impl<S: StorageMut> RawNode<S> {
@@ -82,6 +110,10 @@ pub struct Status {
     pub last_index: u64,
     /// Leader only: each peer's (matched, next, state).
     pub progress: BTreeMap<u64, (u64, u64, ProgressState)>,
+    /// The configuration the node works with (the last membership change applied).
+    pub conf_state: ConfState,
+    /// Leader only: the node leadership is being handed to, 0 for none.
+    pub lead_transferee: u64,
 }
 
 /// Why a node could not be built.
@@ -101,6 +133,9 @@ pub enum NewNodeError {
         /// The storage's last index.
         last_index: u64,
     },
+    /// The storage's ConfState breaks a membership rule (a node both voter and learner, ...).
+    #[error("the stored ConfState is invalid: {0}")]
+    ConfState(String),
     /// `Config::applied` says the application applied entries the log does not hold.
     #[error("Config::applied {applied} is above the storage's last index {last_index}")]
     AppliedAboveLog {
@@ -117,8 +152,10 @@ pub struct RawNode<S: Storage> {
     raft: Raft<S>,
     prev_soft: SoftState,
     prev_hard: HardState,
-    /// A Ready was taken and not yet advanced: no committed entries are handed out meanwhile.
-    outstanding: bool,
+    /// The number of the Ready taken and not yet advanced (0 for none).
+    outstanding: u64,
+    /// The number of the last Ready taken.
+    readies: u64,
 }
 
 impl<S: Storage> RawNode<S> {
@@ -141,45 +178,117 @@ impl<S: Storage> RawNode<S> {
     pub fn new(config: &Config, storage: S) -> Result<RawNode<S>, NewNodeError> {
         config.validate()?;
         let raft = Raft::new(config, storage)?;
-        if !raft.voters.contains(&config.id) && !raft.learners.contains(&config.id) {
+        if !raft.membership.ids().contains(&config.id) {
             return Err(ConfigError::NotAMember(config.id).into());
         }
         let prev_soft = SoftState { leader_id: raft.leader_id, role: raft.role };
         // What storage holds, so that a commit raised to `Config::applied` is persisted by the
         // first Ready.
         let prev_hard = raft.log.storage.initial_state()?.hard_state;
-        Ok(RawNode { raft, prev_soft, prev_hard, outstanding: false })
+        Ok(RawNode { raft, prev_soft, prev_hard, outstanding: 0, readies: 0 })
     }
 
-    /// Advances logical time by one tick.
+    /// The storage error that stopped the node, if one did.
+    fn stopped(&self) -> Result<(), RaftError> {
+        match &self.raft.fatal {
+            Some(e) => Err(RaftError::Storage(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` unless the node stopped; a storage error it hits stops the node.
+    fn run<T>(&mut self, f: impl FnOnce(&mut Raft<S>) -> crate::Result<T>) -> Result<Option<T>, RaftError> {
+        self.stopped()?;
+        match f(&mut self.raft) {
+            Ok(v) => {
+                self.stopped()?;
+                Ok(Some(v))
+            }
+            Err(e) => {
+                self.raft.stop_on(Err(e));
+                self.stopped().map(|()| None)
+            }
+        }
+    }
+
+    /// Advances logical time by one tick. A storage error it hits stops the node (see the
+    /// module docs): `ready` reports it.
     pub fn tick(&mut self) {
-        self.raft.tick();
+        let _ = self.run(Raft::tick);
     }
 
-    /// Starts an election now (a pre-election first if PreVote is on).
-    pub fn campaign(&mut self) {
-        self.raft.hup();
+    /// Starts an election now (a pre-election first if PreVote is on). Learners, removed nodes
+    /// and nodes with a committed membership change still to apply do not campaign.
+    pub fn campaign(&mut self) -> Result<(), RaftError> {
+        self.run(|r| r.hup(false)).map(drop)
+    }
+
+    fn propose_entries(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
+        self.stopped()?;
+        self.raft.propose(entries)?;
+        Ok(())
     }
 
     /// Proposes one entry of application data.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ProposeError> {
-        self.raft.propose(vec![Entry::new(0, 0, data)])
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), RaftError> {
+        self.propose_entries(vec![Entry::new(0, 0, data)])
     }
 
     /// Proposes several entries at once (one storage write, as few messages as fit).
-    pub fn propose_batch(&mut self, data: Vec<Vec<u8>>) -> Result<(), ProposeError> {
-        self.raft.propose(data.into_iter().map(|d| Entry::new(0, 0, d)).collect())
+    pub fn propose_batch(&mut self, data: Vec<Vec<u8>>) -> Result<(), RaftError> {
+        self.propose_entries(data.into_iter().map(|d| Entry::new(0, 0, d)).collect())
+    }
+
+    /// Proposes a membership change. The leader refuses it while another is not yet applied,
+    /// while joint (unless it leaves the joint configuration), and if it would not make a valid
+    /// configuration; a follower forwards it. It takes effect when the application, having
+    /// seen it committed, calls [`RawNode::apply_conf_change`].
+    pub fn propose_conf_change(&mut self, cc: &ConfChange) -> Result<(), RaftError> {
+        let mut e = Entry::new(0, 0, cc.encode());
+        e.entry_type = EntryType::ConfChangeV2;
+        self.propose_entries(vec![e])
+    }
+
+    /// Applies a committed membership change and returns the configuration now in force, which
+    /// the application persists (`StorageMut::set_conf_state`). A leader removed or demoted by
+    /// it steps down; a node that is no longer a voter never campaigns.
+    pub fn apply_conf_change(&mut self, cc: &ConfChange) -> Result<ConfState, RaftError> {
+        self.stopped()?;
+        let next: Membership = self.raft.membership.apply(cc).map_err(RaftError::InvalidConfChange)?;
+        self.raft.switch_to(next);
+        self.stopped()?;
+        Ok(self.raft.membership.to_conf_state())
+    }
+
+    /// Asks for a linearizable read: once confirmed, a [`ReadState`] with `ctx` and the index
+    /// to wait for comes out in a `Ready`. A follower forwards the request to the leader.
+    pub fn read_index(&mut self, ctx: Vec<u8>) -> Result<(), RaftError> {
+        self.stopped()?;
+        let id = self.raft.id;
+        self.raft.read_index(id, ctx)?;
+        Ok(())
+    }
+
+    /// Asks the leader to hand leadership to `to`: it stops taking proposals, brings `to` up
+    /// to date and tells it to campaign at once. Abandoned after an election timeout; ignored
+    /// if `to` is not a voter. On a follower, forwarded to the leader.
+    pub fn transfer_leadership(&mut self, to: u64) -> Result<(), RaftError> {
+        self.stopped()?;
+        self.raft.transfer_leader(to);
+        self.stopped()
     }
 
     /// Handles a message from a peer. Messages addressed to another node are ignored.
-    pub fn step(&mut self, m: Message) -> Result<(), StepError> {
+    pub fn step(&mut self, m: Message) -> Result<(), RaftError> {
+        self.stopped()?;
         if m.to != self.raft.id {
             return Ok(());
         }
         if let Err(reason) = m.validate() {
-            return Err(StepError::Malformed { kind: m.kind, from: m.from, reason });
+            return Err(RaftError::Malformed { kind: m.kind, from: m.from, reason });
         }
-        Ok(self.raft.step(m)?)
+        self.raft.step(m)?;
+        self.stopped()
     }
 
     /// The peer is unreachable: stop pipelining to it until it answers again.
@@ -187,33 +296,51 @@ impl<S: Storage> RawNode<S> {
         self.raft.report_unreachable(id);
     }
 
+    /// How sending a snapshot to `id` ended: the follower leaves the Snapshot state either way
+    /// (after a failure the leader may send a new one).
+    pub fn report_snapshot(&mut self, id: u64, status: SnapshotStatus) {
+        self.raft.report_snapshot(id, status == SnapshotStatus::Failure);
+    }
+
     fn soft_state(&self) -> SoftState {
         SoftState { leader_id: self.raft.leader_id, role: self.raft.role }
     }
 
-    /// Whether `ready` has anything to do.
+    /// Whether `ready` has anything to do (or a storage error to report).
     pub fn has_ready(&self) -> bool {
         let r = &self.raft;
+        if r.fatal.is_some() {
+            return true;
+        }
+        if self.outstanding != 0 {
+            return false;
+        }
         self.soft_state() != self.prev_soft
             || r.hard_state() != self.prev_hard
             || !r.log.to_persist().is_empty()
             || r.log.snapshot_to_persist().is_some()
-            || r.log.has_next_committed() && !self.outstanding
+            || r.log.has_next_committed()
             || !r.msgs.is_empty()
             || !r.msgs_after_persist.is_empty()
+            || !r.read_states.is_empty()
     }
 
     /// Takes what must be persisted, sent and applied. Call `advance` with it when done.
-    pub fn ready(&mut self) -> Ready {
+    pub fn ready(&mut self) -> Result<Ready, RaftError> {
+        self.stopped()?;
+        if self.outstanding != 0 {
+            return Err(RaftError::ReadyOutstanding);
+        }
         self.raft.flush_proposals();
+        let max = self.raft.max_committed_size_per_ready();
+        let committed_entries = self.run(|r| r.log.next_committed(max))?.unwrap_or_default();
         let soft = self.soft_state();
         let hard = self.raft.hard_state();
         let r = &mut self.raft;
         let entries = r.log.to_persist().to_vec();
         let snapshot = r.log.snapshot_to_persist().cloned();
-        let committed_entries =
-            if !self.outstanding { r.log.next_committed(r.max_committed_size_per_ready()) } else { Vec::new() };
         r.reduce_uncommitted(&committed_entries);
+        self.readies += 1;
         let vote_changed = hard.term != self.prev_hard.term || hard.vote != self.prev_hard.vote;
         let rd = Ready {
             soft_state: (soft != self.prev_soft).then_some(soft),
@@ -221,34 +348,42 @@ impl<S: Storage> RawNode<S> {
             must_sync: !entries.is_empty() || snapshot.is_some() || vote_changed,
             messages: std::mem::take(&mut r.msgs),
             persisted_messages: std::mem::take(&mut r.msgs_after_persist),
+            read_states: std::mem::take(&mut r.read_states),
             entries,
             snapshot,
             committed_entries,
+            number: self.readies,
         };
         r.log.handed_out(rd.entries.last().map(|e| e.index), rd.snapshot.is_some());
         self.prev_soft = soft;
         self.prev_hard = hard;
-        self.outstanding = true;
+        self.outstanding = self.readies;
         if let Some(i) = rd.committed_entries.last().map(|e| e.index) {
             self.raft.log.applied_to(i);
         }
-        rd
+        Ok(rd)
     }
 
     /// Reports that everything `rd` asked for was persisted, sent and applied.
-    pub fn advance(&mut self, rd: &Ready) {
+    pub fn advance(&mut self, rd: Ready) -> Result<(), RaftError> {
+        self.stopped()?;
+        if rd.number == 0 || rd.number != self.outstanding {
+            return Err(RaftError::NotOutstanding);
+        }
         if let Some(s) = &rd.snapshot {
             self.raft.log.stable_snapshot_to(s.metadata.index);
         }
         if let Some(e) = rd.entries.last() {
             self.raft.log.stable_to(e.index, e.term);
         }
-        self.outstanding = false;
+        self.outstanding = 0;
         if rd.hard_state.is_some_and(|hs| hs.vote == self.raft.id && hs.term == self.raft.term) {
             self.raft.self_vote_persisted();
         }
         let persisted = self.raft.log.persisted_index();
-        self.raft.persisted_to(persisted);
+        self.run(|r| r.persisted_to(persisted))?;
+        self.raft.maybe_auto_leave();
+        Ok(())
     }
 
     /// The node's state, for monitoring and tests.
@@ -266,6 +401,8 @@ impl<S: Storage> RawNode<S> {
             applied: r.log.applied,
             last_index: r.log.last_index(),
             progress,
+            conf_state: r.membership.to_conf_state(),
+            lead_transferee: r.lead_transferee,
         }
     }
 
@@ -286,8 +423,8 @@ impl<S: Storage> RawNode<S> {
     }
 
     /// The first and last index of this node's log (persisted or not).
-    pub fn log_bounds(&self) -> (u64, u64) {
-        (self.raft.log.first_index(), self.raft.log.last_index())
+    pub fn log_bounds(&self) -> crate::Result<(u64, u64)> {
+        Ok((self.raft.log.first_index()?, self.raft.log.last_index()))
     }
 
     /// Entries `[lo, hi)` of this node's log (persisted or not).
