@@ -37,6 +37,14 @@ pub struct Config {
     /// How `read_index` confirms leadership: a heartbeat round (the default), or the leader
     /// lease (needs `check_quorum`, and clocks whose drift stays within the election timeout).
     pub read_only_option: ReadOnlyOption,
+    /// This node is being added to a running cluster, so the configuration in its storage may
+    /// not list it yet. A joining node starts over storage holding the cluster's bootstrap
+    /// ConfState (the one its first members started with) and an empty log: it takes the
+    /// leader's log (or a snapshot) and applies the membership changes in it like every other
+    /// node, and never campaigns until they make it a voter. Without this flag a node that is
+    /// not in its storage's configuration is refused ([`ConfigError::NotAMember`]): a wrong id
+    /// is the likelier mistake.
+    pub joining: bool,
 }
 
 impl Config {
@@ -58,6 +66,7 @@ impl Config {
             applied: 0,
             seed: 0,
             read_only_option: ReadOnlyOption::Safe,
+            joining: false,
         }
     }
 
@@ -116,7 +125,7 @@ pub enum ConfigError {
     #[error("lease-based reads need check_quorum")]
     LeaseWithoutCheckQuorum,
     /// This node's id (held here) is in neither the voters nor the learners of the storage's
-    /// ConfState. Returned by `RawNode::new`, not by `validate`.
+    /// ConfState, and `joining` is not set. Returned by `RawNode::new`, not by `validate`.
     #[error("node {0} is not in the configuration's voters or learners")]
     NotAMember(u64),
 }

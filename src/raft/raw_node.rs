@@ -178,7 +178,7 @@ impl<S: Storage> RawNode<S> {
     pub fn new(config: &Config, storage: S) -> Result<RawNode<S>, NewNodeError> {
         config.validate()?;
         let raft = Raft::new(config, storage)?;
-        if !raft.membership.ids().contains(&config.id) {
+        if !raft.membership.ids().contains(&config.id) && !config.joining {
             return Err(ConfigError::NotAMember(config.id).into());
         }
         let prev_soft = SoftState { leader_id: raft.leader_id, role: raft.role };

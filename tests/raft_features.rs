@@ -1,0 +1,818 @@
+//! What a database needs from Raft beyond §5 of the paper, one behaviour per test, following the
+//! cases of etcd-io/raft's `raft_test.go` and raft-rs's `test_raft.rs`: membership changes (thesis
+//! §4: simple and joint, learners, removal of the leader), linearizable reads (§6.4: ReadIndex and
+//! the lease), leadership transfer (§3.10), snapshot reports, storage failures and misuse of the
+//! Ready/advance protocol.
+
+use keel::raft::{
+    Config, ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, Message, MessageType, ProgressState,
+    ProposeError, RaftError, RawNode, ReadOnlyOption, ReadState, Role, SnapshotStatus,
+};
+use keel::storage::{
+    ConfState, Entry, EntryType, HardState, MemStorage, RaftState, Snapshot, Storage, StorageMut,
+};
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+
+use ConfChangeType::{AddLearnerNode, AddNode, RemoveNode};
+
+fn bootstrap(voters: &[u64]) -> MemStorage {
+    let mut s = MemStorage::new();
+    s.set_conf_state(&ConfState { voters: voters.to_vec(), ..ConfState::default() }).unwrap();
+    s
+}
+
+fn change(t: ConfChangeType, id: u64) -> ConfChangeSingle {
+    ConfChangeSingle { change_type: t, node_id: id }
+}
+
+fn joint(transition: ConfChangeTransition, changes: Vec<ConfChangeSingle>) -> ConfChange {
+    ConfChange { transition, changes, context: Vec::new() }
+}
+
+/// Nodes over `MemStorage`, a message queue delivered by rounds, and an application that applies
+/// committed entries (membership changes through `apply_conf_change`) and collects read states.
+struct Net {
+    nodes: BTreeMap<u64, RawNode<MemStorage>>,
+    queue: Vec<Message>,
+    isolated: BTreeSet<u64>,
+    applied: BTreeMap<u64, Vec<Entry>>,
+    reads: BTreeMap<u64, Vec<ReadState>>,
+    /// Every configuration a node applied, in order.
+    confs: BTreeMap<u64, Vec<ConfState>>,
+    bootstrap: Vec<u64>,
+}
+
+impl Net {
+    fn with(voters: &[u64], cfg: impl Fn(u64) -> Config) -> Net {
+        let nodes = voters.iter().map(|&id| (id, RawNode::new(&cfg(id), bootstrap(voters)).unwrap())).collect();
+        Net {
+            nodes,
+            queue: Vec::new(),
+            isolated: BTreeSet::new(),
+            applied: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            confs: BTreeMap::new(),
+            bootstrap: voters.to_vec(),
+        }
+    }
+
+    fn new(voters: &[u64]) -> Net {
+        Net::with(voters, Config::new)
+    }
+
+    /// Starts node `id` as a joining node: the bootstrap configuration and an empty log.
+    fn join(&mut self, id: u64) {
+        let mut cfg = Config::new(id);
+        cfg.joining = true;
+        let node = RawNode::new(&cfg, bootstrap(&self.bootstrap)).unwrap();
+        self.nodes.insert(id, node);
+    }
+
+    fn node(&mut self, id: u64) -> &mut RawNode<MemStorage> {
+        self.nodes.get_mut(&id).unwrap()
+    }
+
+    fn persist(&mut self, id: u64) {
+        while self.nodes[&id].has_ready() {
+            let node = self.nodes.get_mut(&id).unwrap();
+            let rd = node.ready().unwrap();
+            self.queue.extend(rd.messages.iter().cloned());
+            node.persist(&rd).unwrap();
+            self.queue.extend(rd.persisted_messages.iter().cloned());
+            for e in &rd.committed_entries {
+                if e.entry_type == EntryType::ConfChangeV2 {
+                    let cc = ConfChange::decode(&e.data).unwrap();
+                    let cs = node.apply_conf_change(&cc).unwrap();
+                    node.storage_mut().set_conf_state(&cs).unwrap();
+                    self.confs.entry(id).or_default().push(cs);
+                }
+                self.applied.entry(id).or_default().push(e.clone());
+            }
+            self.reads.entry(id).or_default().extend(rd.read_states.iter().cloned());
+            node.advance(rd).unwrap();
+        }
+    }
+
+    fn persist_all(&mut self) {
+        for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+            self.persist(id);
+        }
+    }
+
+    fn deliver(&mut self, m: Message) {
+        if !self.isolated.contains(&m.from) && !self.isolated.contains(&m.to) && self.nodes.contains_key(&m.to) {
+            let _ = self.node(m.to).step(m);
+        }
+    }
+
+    fn settle(&mut self) {
+        for _ in 0..1_000 {
+            self.persist_all();
+            if self.queue.is_empty() {
+                return;
+            }
+            for m in std::mem::take(&mut self.queue) {
+                self.deliver(m);
+            }
+        }
+        panic!("the network did not settle");
+    }
+
+    fn elect(&mut self, id: u64) {
+        self.node(id).campaign().unwrap();
+        self.settle();
+        assert_eq!(self.role(id), Role::Leader, "node {id} should have won");
+    }
+
+    /// Ticks `id` `n` times, settling after each.
+    fn tick(&mut self, id: u64, n: usize) {
+        for _ in 0..n {
+            self.node(id).tick();
+            self.settle();
+        }
+    }
+
+    fn role(&self, id: u64) -> Role {
+        self.nodes[&id].status().soft_state.role
+    }
+
+    fn conf(&self, id: u64) -> ConfState {
+        self.nodes[&id].status().conf_state
+    }
+
+    fn commit(&self, id: u64) -> u64 {
+        self.nodes[&id].status().hard_state.commit
+    }
+
+    fn last(&self, id: u64) -> u64 {
+        self.nodes[&id].status().last_index
+    }
+
+    fn applied_data(&self, id: u64) -> Vec<Vec<u8>> {
+        self.applied.get(&id).map_or(Vec::new(), |v| {
+            v.iter().filter(|e| e.entry_type == EntryType::Normal && !e.data.is_empty()).map(|e| e.data.to_vec()).collect()
+        })
+    }
+
+    fn propose(&mut self, id: u64, data: &[u8]) {
+        self.node(id).propose(data.to_vec()).unwrap();
+        self.settle();
+    }
+
+    /// Proposes a membership change and lets everyone apply it (and the automatic leaving of a
+    /// joint configuration): a heartbeat round carries the final commit index.
+    fn change(&mut self, leader: u64, cc: &ConfChange) {
+        self.node(leader).propose_conf_change(cc).unwrap();
+        self.settle();
+        self.tick(leader, 1);
+    }
+}
+
+/// PreVote on, CheckQuorum off: followers do not hold on to a leader's lease, so a test can
+/// elect another node at once.
+fn no_lease(id: u64) -> Config {
+    let mut c = Config::new(id);
+    c.check_quorum = false;
+    c
+}
+
+fn voters(cs: &ConfState) -> Vec<u64> {
+    cs.voters.clone()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Membership changes
+
+#[test]
+fn adding_a_voter_simply_grows_the_quorum() {
+    // etcd: TestAddNode. After {1,2,3} + 4 the quorum is three of four: two nodes no longer commit.
+    let mut n = Net::new(&[1, 2, 3]);
+    n.elect(1);
+    n.join(4);
+    n.change(1, &ConfChange::simple(AddNode, 4));
+    for id in 1..=4 {
+        assert_eq!(voters(&n.conf(id)), vec![1, 2, 3, 4], "node {id}");
+    }
+    assert_eq!(n.last(4), n.last(1), "the new voter caught up from the leader's log");
+    n.isolated = [3, 4].into();
+    let before = n.commit(1);
+    n.propose(1, b"needs three");
+    assert_eq!(n.commit(1), before, "1 and 2 are not a quorum of four");
+    n.isolated = [4].into();
+    n.tick(1, 1);
+    assert!(n.commit(1) > before, "1, 2 and 3 are");
+}
+
+#[test]
+fn a_learner_takes_the_log_but_neither_counts_nor_campaigns() {
+    // etcd: TestLearnerElectionTimeout, TestLearnerCanNotVote-like, TestLearnerLogReplication.
+    let mut n = Net::new(&[1, 2, 3]);
+    n.elect(1);
+    n.join(4);
+    n.change(1, &ConfChange::simple(AddLearnerNode, 4));
+    assert_eq!(n.conf(1).learners, vec![4]);
+    n.propose(1, b"to the learner too");
+    assert_eq!(n.applied_data(4), vec![b"to the learner too".to_vec()]);
+    // Its acknowledgement does not count: leader + learner cannot commit.
+    n.isolated = [2, 3].into();
+    let before = n.commit(1);
+    n.propose(1, b"x");
+    assert_eq!(n.commit(1), before);
+    // It never campaigns, however long it hears nothing.
+    n.isolated = [1].into();
+    for _ in 0..100 {
+        n.node(4).tick();
+    }
+    n.persist(4);
+    assert!(n.queue.iter().all(|m| m.from != 4), "a learner sent {:?}", n.queue);
+    assert_eq!(n.role(4), Role::Follower);
+}
+
+#[test]
+fn a_learner_is_promoted_to_voter() {
+    // etcd: TestLearnerPromotion.
+    let mut n = Net::with(&[1, 2], no_lease);
+    n.elect(1);
+    n.join(3);
+    n.change(1, &ConfChange::simple(AddLearnerNode, 3));
+    assert_eq!((voters(&n.conf(3)), n.conf(3).learners), (vec![1, 2], vec![3]));
+    n.change(1, &ConfChange::simple(AddNode, 3));
+    assert_eq!((voters(&n.conf(3)), n.conf(3).learners), (vec![1, 2, 3], vec![]));
+    // Now it can lead.
+    n.isolated = [1].into();
+    n.node(3).campaign().unwrap();
+    n.settle();
+    assert_eq!(n.role(3), Role::Leader);
+}
+
+#[test]
+fn a_joint_change_enters_c_old_new_and_leaves_it_on_its_own() {
+    // Thesis §4.3; etcd: TestJointConfigurations (auto leave). Replace 3 by 4 and 5 in one change.
+    let mut n = Net::new(&[1, 2, 3]);
+    n.elect(1);
+    n.join(4);
+    n.join(5);
+    let cc = joint(ConfChangeTransition::Auto, vec![change(AddNode, 4), change(AddNode, 5), change(RemoveNode, 3)]);
+    n.change(1, &cc);
+    let seen = &n.confs[&1];
+    assert_eq!(seen.len(), 2, "entered and left: {seen:?}");
+    assert_eq!((seen[0].voters.clone(), seen[0].voters_outgoing.clone()), (vec![1, 2, 4, 5], vec![1, 2, 3]));
+    assert!(seen[0].auto_leave);
+    assert_eq!(seen[1], ConfState { voters: vec![1, 2, 4, 5], ..ConfState::default() });
+    for id in [1, 2, 4, 5] {
+        assert_eq!(n.conf(id), seen[1], "node {id}");
+    }
+    assert!(n.nodes[&1].status().progress.keys().all(|&id| id != 3), "3's progress is gone");
+}
+
+#[test]
+fn while_joint_a_decision_needs_a_majority_of_both_halves() {
+    // Thesis §4.3. Old {1,2,3}, new {1,4,5}, left only when the application asks (Explicit).
+    let mut n = Net::new(&[1, 2, 3]);
+    n.elect(1);
+    n.join(4);
+    n.join(5);
+    let cc = joint(
+        ConfChangeTransition::Explicit,
+        vec![change(AddNode, 4), change(AddNode, 5), change(RemoveNode, 2), change(RemoveNode, 3)],
+    );
+    n.change(1, &cc);
+    let cs = n.conf(1);
+    assert_eq!((cs.voters.clone(), cs.voters_outgoing.clone(), cs.auto_leave), (vec![1, 4, 5], vec![1, 2, 3], false));
+    // The new half alone (1, 4, 5) does not commit A...
+    n.isolated = [2, 3].into();
+    let before = n.commit(1);
+    n.propose(1, b"A");
+    let a = n.last(1);
+    assert_eq!(n.commit(1), before, "the old half has only node 1");
+    // ...the old half (1, 2, 3) takes A and B: A is now held by both, B only by the old half.
+    n.isolated = [4, 5].into();
+    n.propose(1, b"B");
+    n.tick(1, 1);
+    assert_eq!(n.commit(1), a, "B: the new half has only node 1");
+    // Both halves: 1, 2 (old) and 1, 4 (new).
+    n.isolated = [3, 5].into();
+    n.tick(1, 1);
+    assert_eq!(n.commit(1), a + 1);
+    // A joint configuration only leaves; the application asks for it.
+    let refused = n.node(1).propose_conf_change(&ConfChange::simple(AddNode, 6));
+    assert!(matches!(refused, Err(RaftError::Propose(ProposeError::InvalidConfChange(_)))), "{refused:?}");
+    n.isolated.clear();
+    n.change(1, &ConfChange::leave_joint());
+    assert_eq!(n.conf(1), ConfState { voters: vec![1, 4, 5], ..ConfState::default() });
+}
+
+#[test]
+fn only_one_change_is_pending_at_a_time_and_bad_changes_are_refused() {
+    // etcd: TestStepIgnoreConfig, TestNewLeaderPendingConfig, the changer's error table.
+    let mut n = Net::new(&[1, 2, 3]);
+    n.elect(1);
+    n.node(1).propose_conf_change(&ConfChange::simple(AddLearnerNode, 4)).unwrap();
+    let second = n.node(1).propose_conf_change(&ConfChange::simple(AddLearnerNode, 5));
+    assert!(matches!(second, Err(RaftError::Propose(ProposeError::ConfChangePending { .. }))), "{second:?}");
+    n.settle();
+    n.node(1).propose_conf_change(&ConfChange::simple(AddLearnerNode, 5)).unwrap();
+    n.settle();
+    assert_eq!(n.conf(1).learners, vec![4, 5]);
+    let refuse = |n: &mut Net, cc: ConfChange| {
+        let r = n.node(1).propose_conf_change(&cc);
+        assert!(matches!(r, Err(RaftError::Propose(ProposeError::InvalidConfChange(_)))), "{cc:?}: {r:?}");
+    };
+    refuse(&mut n, ConfChange::leave_joint());
+    refuse(&mut n, joint(ConfChangeTransition::Implicit, vec![change(RemoveNode, 1), change(RemoveNode, 2), change(RemoveNode, 3)]));
+    refuse(&mut n, ConfChange::simple(AddNode, 0));
+    // A forwarded proposal whose entry is not a membership change at all.
+    let mut m = Message::new(MessageType::Propose, 2, 1, 0);
+    let mut e = Entry::new(0, 0, b"garbage".to_vec());
+    e.entry_type = EntryType::ConfChangeV2;
+    m.entries = vec![e];
+    let r = n.node(1).step(m);
+    assert!(matches!(r, Err(RaftError::Propose(ProposeError::InvalidConfChange(_)))), "{r:?}");
+}
+
+#[test]
+fn a_new_leader_refuses_a_change_until_its_log_is_applied() {
+    // etcd: TestNewLeaderPendingConfig. An entry the old leader replicated but did not get
+    // committed may be a membership change: the new leader takes none until it applied its log.
+    let mut n = Net::with(&[1, 2, 3], no_lease);
+    n.elect(1);
+    n.node(1).propose(b"uncommitted".to_vec()).unwrap();
+    n.persist(1);
+    let to_2: Vec<Message> = n.queue.drain(..).filter(|m| m.to == 2).collect();
+    for m in to_2 {
+        n.node(2).step(m).unwrap();
+    }
+    n.persist(2);
+    n.queue.clear(); // 2's acknowledgement is lost: 2 does not know the entry committed
+    n.isolated = [1].into();
+    n.node(2).campaign().unwrap();
+    for _ in 0..6 {
+        n.persist_all();
+        for m in std::mem::take(&mut n.queue) {
+            if m.kind != MessageType::Append {
+                n.deliver(m);
+            }
+        }
+    }
+    assert_eq!(n.role(2), Role::Leader);
+    let r = n.node(2).propose_conf_change(&ConfChange::simple(AddLearnerNode, 4));
+    assert!(matches!(r, Err(RaftError::Propose(ProposeError::ConfChangePending { .. }))), "{r:?}");
+    n.settle();
+    n.tick(2, 1);
+    n.node(2).propose_conf_change(&ConfChange::simple(AddLearnerNode, 4)).unwrap();
+}
+
+#[test]
+fn removing_the_leader_steps_it_down_once_the_change_is_applied() {
+    // etcd: TestRemoveLeader / TestCommitAfterRemoveNode.
+    let mut n = Net::with(&[1, 2, 3], no_lease);
+    n.elect(1);
+    n.change(1, &ConfChange::simple(RemoveNode, 1));
+    assert_eq!(n.role(1), Role::Follower, "the removed leader stepped down");
+    assert_eq!(voters(&n.conf(1)), vec![2, 3]);
+    // It never campaigns again.
+    for _ in 0..100 {
+        n.node(1).tick();
+    }
+    n.persist(1);
+    assert!(n.queue.iter().all(|m| m.from != 1 || m.kind != MessageType::RequestPreVote), "{:?}", n.queue);
+    n.queue.clear();
+    // The rest elect among themselves and commit with two of two.
+    n.node(2).campaign().unwrap();
+    n.settle();
+    assert_eq!(n.role(2), Role::Leader);
+    n.propose(2, b"after");
+    assert_eq!(n.applied_data(3), vec![b"after".to_vec()]);
+}
+
+#[test]
+fn a_restarted_node_starts_from_the_conf_state_in_storage() {
+    // The ConfState persisted with the applied change is what RawNode::new uses.
+    let mut n = Net::new(&[1, 2, 3]);
+    n.elect(1);
+    n.change(1, &ConfChange::simple(AddLearnerNode, 4));
+    let node = n.nodes.remove(&2).unwrap();
+    let applied = node.status().applied;
+    let storage = node.into_storage();
+    let mut cfg = Config::new(2);
+    cfg.applied = applied;
+    let restarted = RawNode::new(&cfg, storage).unwrap();
+    assert_eq!(restarted.status().conf_state.learners, vec![4]);
+}
+
+#[test]
+fn a_snapshot_brings_the_membership_it_was_taken_with() {
+    // etcd: TestRestoreWithLearner. A follower far behind gets a snapshot with a changed config.
+    let mut n = Net::new(&[1, 2, 3]);
+    n.elect(1);
+    n.isolated = [3].into();
+    n.join(4);
+    n.change(1, &ConfChange::simple(AddLearnerNode, 4));
+    n.propose(1, b"a");
+    let (index, cs) = (n.nodes[&1].status().applied, n.conf(1));
+    let data = b"state".to_vec();
+    let s = n.node(1).storage_mut();
+    s.create_snapshot(index, &cs, &mut &data[..]).unwrap();
+    s.compact(index).unwrap();
+    n.isolated.clear();
+    n.tick(1, 3);
+    assert_eq!(n.conf(3), cs, "node 3 took the snapshot's membership");
+    assert_eq!(n.nodes[&3].storage().snapshot(0).unwrap().metadata.index, index);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads
+
+fn read_states(n: &Net, id: u64) -> Vec<ReadState> {
+    n.reads.get(&id).cloned().unwrap_or_default()
+}
+
+#[test]
+fn read_index_on_the_leader_waits_for_a_heartbeat_round() {
+    // etcd: TestReadOnlyOptionSafe. No answer until a quorum answered the heartbeat.
+    let mut n = Net::new(&[1, 2, 3]);
+    n.elect(1);
+    n.propose(1, b"w");
+    let commit = n.commit(1);
+    n.node(1).read_index(b"r1".to_vec()).unwrap();
+    n.persist(1);
+    assert!(read_states(&n, 1).is_empty(), "answered before any heartbeat came back");
+    let beats: Vec<Message> = n.queue.iter().filter(|m| m.kind == MessageType::Heartbeat).cloned().collect();
+    assert_eq!(beats.len(), 2);
+    assert!(beats.iter().all(|m| m.context == b"r1"), "heartbeats carry the read's context");
+    n.settle();
+    assert_eq!(read_states(&n, 1), vec![ReadState { index: commit, request_ctx: b"r1".to_vec() }]);
+}
+
+#[test]
+fn a_leader_cut_off_from_the_quorum_never_answers_a_read() {
+    // The point of the heartbeat round: a deposed leader that does not know it cannot serve stale
+    // data.
+    let mut n = Net::with(&[1, 2, 3], no_lease);
+    n.elect(1);
+    n.isolated = [1].into();
+    n.node(1).read_index(b"stale?".to_vec()).unwrap();
+    n.settle();
+    n.node(2).campaign().unwrap();
+    n.settle();
+    n.propose(2, b"newer");
+    for _ in 0..5 {
+        n.node(1).tick();
+        n.settle();
+    }
+    assert!(read_states(&n, 1).is_empty());
+}
+
+#[test]
+fn read_index_on_a_follower_is_answered_through_the_leader() {
+    // etcd: TestReadOnlyOptionSafe (follower rows). The index is the leader's commit, which a
+    // lagging follower must wait to apply.
+    let mut n = Net::new(&[1, 2, 3]);
+    n.elect(1);
+    n.propose(1, b"w1");
+    n.node(2).read_index(b"f".to_vec()).unwrap();
+    n.settle();
+    assert_eq!(read_states(&n, 2), vec![ReadState { index: n.commit(1), request_ctx: b"f".to_vec() }]);
+    // A lagging follower: 3 misses a write, then asks.
+    n.isolated = [3].into();
+    n.propose(1, b"w2");
+    let commit = n.commit(1);
+    n.isolated.clear();
+    n.node(3).read_index(b"lag".to_vec()).unwrap();
+    // Deliver only the read's round trip first: the answer may come before 3 applied it.
+    n.settle();
+    let rs = read_states(&n, 3);
+    assert_eq!(rs, vec![ReadState { index: commit, request_ctx: b"lag".to_vec() }]);
+    assert!(n.nodes[&3].status().applied >= commit, "settled: 3 applied up to the read index");
+    // With no leader known, a read is refused.
+    let mut lone = Net::new(&[1, 2, 3]);
+    let r = lone.node(1).read_index(b"x".to_vec());
+    assert!(matches!(r, Err(RaftError::Propose(ProposeError::NoLeader))), "{r:?}");
+}
+
+#[test]
+fn a_new_leader_answers_reads_only_after_committing_an_entry_of_its_term() {
+    // Thesis §6.4; etcd: TestReadOnlyForNewLeader.
+    let mut n = Net::with(&[1, 2, 3], no_lease);
+    n.elect(1);
+    n.propose(1, b"old");
+    // Elect 2 but keep its election entry from committing: drop its appends for a while.
+    n.isolated = [1].into();
+    n.node(2).campaign().unwrap();
+    for _ in 0..8 {
+        n.persist_all();
+        for m in std::mem::take(&mut n.queue) {
+            if m.kind != MessageType::Append {
+                n.deliver(m);
+            }
+        }
+    }
+    assert_eq!(n.role(2), Role::Leader);
+    n.node(2).read_index(b"early".to_vec()).unwrap();
+    n.persist(2);
+    for m in std::mem::take(&mut n.queue) {
+        if m.kind != MessageType::Append {
+            n.deliver(m);
+        }
+    }
+    n.persist_all();
+    for m in std::mem::take(&mut n.queue) {
+        if m.kind != MessageType::Append {
+            n.deliver(m);
+        }
+    }
+    n.persist_all();
+    assert!(read_states(&n, 2).is_empty(), "answered before committing in its term");
+    n.queue.clear();
+    n.tick(2, 1);
+    let rs = read_states(&n, 2);
+    assert_eq!(rs.len(), 1);
+    let term = n.nodes[&2].status().hard_state.term;
+    assert_eq!(n.nodes[&2].log_term(rs[0].index), Some(term), "the read index is at or after its own entry");
+}
+
+#[test]
+fn lease_based_reads_answer_at_once_and_need_check_quorum() {
+    // etcd: TestReadOnlyOptionLease, and Config validation.
+    let lease = |id| {
+        let mut c = Config::new(id);
+        c.read_only_option = ReadOnlyOption::LeaseBased;
+        c
+    };
+    let mut n = Net::with(&[1, 2, 3], lease);
+    n.elect(1);
+    n.propose(1, b"w");
+    n.node(1).read_index(b"l".to_vec()).unwrap();
+    n.persist(1);
+    assert!(n.queue.iter().all(|m| m.kind != MessageType::Heartbeat), "no heartbeat round");
+    assert_eq!(read_states(&n, 1), vec![ReadState { index: n.commit(1), request_ctx: b"l".to_vec() }]);
+    let mut bad = lease(1);
+    bad.check_quorum = false;
+    assert!(bad.validate().is_err());
+}
+
+#[test]
+fn a_single_voter_answers_reads_at_once() {
+    // etcd: TestReadIndexSingleNode-like.
+    let mut n = Net::new(&[1]);
+    n.elect(1);
+    n.node(1).read_index(b"s".to_vec()).unwrap();
+    n.persist(1);
+    assert_eq!(read_states(&n, 1), vec![ReadState { index: n.commit(1), request_ctx: b"s".to_vec() }]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leadership transfer
+
+fn prevote_cq(id: u64) -> Config {
+    Config::new(id) // PreVote and CheckQuorum are on by default: the transfer must bypass both
+}
+
+#[test]
+fn transfer_to_an_up_to_date_follower() {
+    // etcd: TestLeaderTransferToUpToDateNode (with PreVote and CheckQuorum on).
+    let mut n = Net::with(&[1, 2, 3], prevote_cq);
+    n.elect(1);
+    n.propose(1, b"w");
+    let term = n.nodes[&1].status().hard_state.term;
+    n.node(1).transfer_leadership(2).unwrap();
+    n.settle();
+    assert_eq!(n.role(2), Role::Leader);
+    assert_eq!(n.role(1), Role::Follower);
+    assert_eq!(n.nodes[&2].status().hard_state.term, term + 1);
+    n.propose(2, b"after");
+    assert_eq!(n.applied_data(1).last().unwrap(), b"after");
+}
+
+#[test]
+fn transfer_to_a_lagging_follower_catches_it_up_first() {
+    // etcd: TestLeaderTransferToSlowFollower.
+    let mut n = Net::with(&[1, 2, 3], prevote_cq);
+    n.elect(1);
+    n.isolated = [3].into();
+    for i in 0..5 {
+        n.propose(1, format!("w{i}").as_bytes());
+    }
+    n.isolated.clear();
+    n.node(1).transfer_leadership(3).unwrap();
+    // Proposals are refused while the transfer runs.
+    let r = n.node(1).propose(b"during".to_vec());
+    assert!(matches!(r, Err(RaftError::Propose(ProposeError::TransferInProgress { to: 3 }))), "{r:?}");
+    n.settle();
+    assert_eq!(n.role(3), Role::Leader);
+    assert_eq!(n.applied_data(3).len(), 5);
+}
+
+#[test]
+fn transfer_from_a_follower_is_forwarded_to_the_leader() {
+    // etcd: TestLeaderTransferReceiveHigherTermVote-like forwarding.
+    let mut n = Net::with(&[1, 2, 3], prevote_cq);
+    n.elect(1);
+    n.node(3).transfer_leadership(2).unwrap();
+    n.settle();
+    assert_eq!(n.role(2), Role::Leader);
+}
+
+#[test]
+fn transfers_to_itself_a_learner_or_a_stranger_are_ignored() {
+    // etcd: TestLeaderTransferToSelf, TestLeaderTransferToNonExistingNode, learner rows.
+    let mut n = Net::with(&[1, 2, 3], prevote_cq);
+    n.elect(1);
+    n.join(4);
+    n.change(1, &ConfChange::simple(AddLearnerNode, 4));
+    for to in [1, 4, 9] {
+        n.node(1).transfer_leadership(to).unwrap();
+        n.settle();
+        assert_eq!(n.nodes[&1].status().lead_transferee, 0, "to {to}");
+        assert_eq!(n.role(1), Role::Leader, "to {to}");
+        n.node(1).propose(b"still leading".to_vec()).unwrap();
+    }
+}
+
+#[test]
+fn a_transfer_is_abandoned_after_an_election_timeout() {
+    // etcd: TestLeaderTransferTimeout. The target is unreachable; after election_tick ticks the
+    // leader takes proposals again.
+    let mut n = Net::with(&[1, 2, 3], prevote_cq);
+    n.elect(1);
+    n.isolated = [3].into();
+    n.node(1).transfer_leadership(3).unwrap();
+    n.settle();
+    assert_eq!(n.nodes[&1].status().lead_transferee, 3);
+    for _ in 0..9 {
+        n.node(1).tick();
+        n.settle();
+        assert_eq!(n.nodes[&1].status().lead_transferee, 3);
+    }
+    n.node(1).tick();
+    n.settle();
+    assert_eq!(n.nodes[&1].status().lead_transferee, 0);
+    assert_eq!(n.role(1), Role::Leader);
+    n.node(1).propose(b"again".to_vec()).unwrap();
+}
+
+#[test]
+fn removing_the_transfer_target_abandons_the_transfer() {
+    // etcd: TestLeaderTransferRemoveNode.
+    // The change is proposed just before the transfer (proposals are refused during one).
+    let mut m = Net::with(&[1, 2, 3], prevote_cq);
+    m.elect(1);
+    m.node(1).propose_conf_change(&ConfChange::simple(RemoveNode, 3)).unwrap();
+    m.isolated = [3].into();
+    m.node(1).transfer_leadership(3).unwrap();
+    m.settle();
+    assert_eq!(m.nodes[&1].status().lead_transferee, 0);
+    assert_eq!(m.role(1), Role::Leader);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshot reports
+
+#[test]
+fn report_snapshot_moves_the_follower_out_of_the_snapshot_state() {
+    // etcd: TestSnapshotFailure, TestSnapshotSucceed, TestSnapshotAbort.
+    for status in [SnapshotStatus::Failure, SnapshotStatus::Finish] {
+        let mut n = Net::new(&[1, 2, 3]);
+        n.elect(1);
+        n.isolated = [3].into();
+        for i in 0..4 {
+            n.propose(1, format!("w{i}").as_bytes());
+        }
+        let index = n.nodes[&1].status().applied;
+        let cs = n.conf(1);
+        n.node(1).storage_mut().create_snapshot(index, &cs, &mut &b"s"[..]).unwrap();
+        n.node(1).storage_mut().compact(index).unwrap();
+        n.tick(1, 1); // the heartbeat response... is lost: 3 is isolated; probe by hand
+        n.isolated.clear();
+        n.tick(1, 1);
+        // 3 answered a heartbeat; the leader sent it the snapshot (delivered: 3 installed it).
+        let st = n.nodes[&1].status();
+        let state = st.progress[&3].2;
+        assert!(state == ProgressState::Replicate, "{status:?}: after the snapshot's acknowledgement, {state:?}");
+        // Now a snapshot that is never acknowledged: report on it.
+        n.isolated = [3].into();
+        for i in 0..4 {
+            n.propose(1, format!("v{i}").as_bytes());
+        }
+        let index = n.nodes[&1].status().applied;
+        n.node(1).storage_mut().create_snapshot(index, &cs, &mut &b"t"[..]).unwrap();
+        n.node(1).storage_mut().compact(index).unwrap();
+        n.node(1).report_unreachable(3);
+        // Force a send attempt: a heartbeat response from 3 makes the leader probe it.
+        let mut hr = Message::new(MessageType::HeartbeatResponse, 3, 1, n.nodes[&1].status().hard_state.term);
+        hr.context = Vec::new();
+        n.node(1).step(hr).unwrap();
+        n.persist(1);
+        assert_eq!(n.nodes[&1].status().progress[&3].2, ProgressState::Snapshot);
+        n.queue.clear();
+        n.node(1).report_snapshot(3, status);
+        let (matched, next, state) = n.nodes[&1].status().progress[&3];
+        assert_eq!(state, ProgressState::Probe, "{status:?}");
+        assert!(next > matched, "{status:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage failures and misuse
+
+/// MemStorage whose reads of entries and terms fail while `fail` is set.
+#[derive(Clone)]
+struct Flaky {
+    inner: Rc<std::cell::RefCell<MemStorage>>,
+    fail: Rc<Cell<bool>>,
+}
+
+impl Storage for Flaky {
+    fn initial_state(&self) -> keel::Result<RaftState> {
+        self.inner.borrow().initial_state()
+    }
+    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> keel::Result<Vec<Entry>> {
+        if self.fail.get() {
+            return Err(keel::Error::Failed { cause: "injected read error".into() });
+        }
+        self.inner.borrow().entries(lo, hi, max_bytes)
+    }
+    fn term(&self, index: u64) -> keel::Result<u64> {
+        if self.fail.get() {
+            return Err(keel::Error::Failed { cause: "injected read error".into() });
+        }
+        self.inner.borrow().term(index)
+    }
+    fn first_index(&self) -> keel::Result<u64> {
+        self.inner.borrow().first_index()
+    }
+    fn last_index(&self) -> keel::Result<u64> {
+        self.inner.borrow().last_index()
+    }
+    fn snapshot(&self, request_index: u64) -> keel::Result<Snapshot> {
+        self.inner.borrow().snapshot(request_index)
+    }
+}
+
+#[test]
+fn a_storage_read_error_stops_the_node_instead_of_being_guessed_around() {
+    // A follower whose term() read fails while checking an append must not treat it as a
+    // conflict (truncating what it may have acknowledged): it stops with the error.
+    let mut s = bootstrap(&[1, 2]);
+    s.append(&[Entry::new(1, 1, b"a".to_vec()), Entry::new(2, 1, b"b".to_vec())]).unwrap();
+    s.set_hard_state(&HardState { term: 1, vote: 0, commit: 1 }).unwrap();
+    let flaky = Flaky { inner: Rc::new(std::cell::RefCell::new(s)), fail: Rc::new(Cell::new(false)) };
+    let mut node = RawNode::new(&Config::new(2), flaky.clone()).unwrap();
+    flaky.fail.set(true);
+    let mut app = Message::new(MessageType::Append, 1, 2, 2);
+    (app.index, app.log_term, app.commit) = (2, 1, 2);
+    app.entries = vec![Entry::new(3, 2, b"c".to_vec())];
+    let r = node.step(app.clone());
+    assert!(matches!(r, Err(RaftError::Storage(_))), "{r:?}");
+    assert!(node.has_ready());
+    assert!(matches!(node.ready(), Err(RaftError::Storage(_))));
+    flaky.fail.set(false);
+    assert!(matches!(node.step(app), Err(RaftError::Storage(_))), "stopped for good");
+    assert!(matches!(node.propose(b"x".to_vec()), Err(RaftError::Storage(_))));
+    assert_eq!(flaky.inner.borrow().last_index().unwrap(), 2, "nothing was truncated or appended");
+    // A leader whose entries read fails when handing out committed entries stops too.
+    let mut s = bootstrap(&[1]);
+    s.append(&[Entry::new(1, 1, b"a".to_vec())]).unwrap();
+    s.set_hard_state(&HardState { term: 1, vote: 1, commit: 1 }).unwrap();
+    let flaky = Flaky { inner: Rc::new(std::cell::RefCell::new(s)), fail: Rc::new(Cell::new(true)) };
+    let mut node = RawNode::new(&Config::new(1), flaky).unwrap();
+    assert!(matches!(node.ready(), Err(RaftError::Storage(_))), "the committed entry could not be read");
+}
+
+#[test]
+fn ready_twice_or_advancing_a_stale_ready_is_a_typed_error() {
+    let mut n = Net::new(&[1, 2, 3]);
+    n.node(1).campaign().unwrap();
+    let rd = n.node(1).ready().unwrap();
+    assert!(matches!(n.node(1).ready(), Err(RaftError::ReadyOutstanding)));
+    let copy = rd.clone();
+    n.node(1).persist(&rd).unwrap();
+    n.node(1).advance(rd).unwrap();
+    assert!(matches!(n.node(1).advance(copy), Err(RaftError::NotOutstanding)));
+    assert!(matches!(n.node(2).advance(Default::default()), Err(RaftError::NotOutstanding)));
+}
+
+#[test]
+fn input_between_ready_and_advance_is_safe() {
+    // Messages stepped while a Ready is being persisted are handed out by the next Ready, and
+    // their acknowledgements wait for its persistence.
+    let mut n = Net::new(&[1, 2]);
+    n.elect(1);
+    n.node(1).propose(b"a".to_vec()).unwrap();
+    n.persist(1);
+    let appends: Vec<Message> = n.queue.drain(..).filter(|m| m.to == 2).collect();
+    let rd = n.node(2).ready().unwrap();
+    for m in appends {
+        n.node(2).step(m).unwrap();
+    }
+    n.node(2).persist(&rd).unwrap();
+    assert!(rd.persisted_messages.iter().all(|m| m.index < 2 || m.kind != MessageType::AppendResponse));
+    n.node(2).advance(rd).unwrap();
+    let rd = n.node(2).ready().unwrap();
+    assert!(rd.entries.iter().any(|e| &*e.data == b"a"), "{rd:?}");
+    assert!(rd.persisted_messages.iter().any(|m| m.kind == MessageType::AppendResponse && m.index >= 2));
+    n.node(2).persist(&rd).unwrap();
+    n.node(2).advance(rd).unwrap();
+}
