@@ -56,6 +56,12 @@ pub(crate) struct Raft<S: Storage> {
     /// Leader: the node leadership is being handed to (0 for none); proposals are refused
     /// meanwhile.
     pub(crate) lead_transferee: u64,
+    /// Leader removed or demoted by an applied change: it takes no proposals and hands
+    /// leadership to the most caught-up voter, stepping down as it sends the TimeoutNow.
+    leaving: bool,
+    /// A TimeoutNow arrived while a committed membership change was still to be applied: the
+    /// transfer's election starts once it is (etcd drops the TimeoutNow instead).
+    campaign_when_applied: bool,
     read_only: ReadOnly,
     /// Leader: read requests that arrived before it committed an entry of its term, (from, ctx).
     pending_reads: Vec<(u64, Vec<u8>)>,
@@ -92,6 +98,8 @@ impl<S: Storage> Raft<S> {
             bcast_pending: false,
             pending_conf_index: 0,
             lead_transferee: 0,
+            leaving: false,
+            campaign_when_applied: false,
             read_only: ReadOnly::default(),
             pending_reads: Vec::new(),
             read_states: Vec::new(),
@@ -152,6 +160,8 @@ impl<S: Storage> Raft<S> {
         self.self_vote_pending = false;
         self.uncommitted_bytes = 0;
         self.lead_transferee = 0;
+        self.leaving = false;
+        self.campaign_when_applied = false;
         self.read_only = ReadOnly::default();
         self.pending_reads.clear();
         let last = self.log.last_index();
@@ -291,8 +301,12 @@ impl<S: Storage> Raft<S> {
                     self.become_follower(term, 0);
                     return Ok(());
                 }
-                // A transfer that has not finished within an election timeout is abandoned.
+                // A transfer that has not finished within an election timeout is abandoned
+                // (a leaving leader tries again, perhaps with another voter).
                 self.lead_transferee = 0;
+                if self.leaving {
+                    self.hand_over();
+                }
             }
             if self.heartbeat_elapsed >= self.config.heartbeat_tick {
                 self.heartbeat_elapsed = 0;
@@ -421,6 +435,9 @@ impl<S: Storage> Raft<S> {
                 return Ok(());
             }
         }
+        if self.leaving {
+            return Err(ProposeError::LeaderRemoved);
+        }
         if self.lead_transferee != 0 {
             return Err(ProposeError::TransferInProgress { to: self.lead_transferee });
         }
@@ -503,6 +520,16 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// The application applied what a Ready handed out: start a transfer's election that
+    /// waited for a membership change to be applied.
+    pub(crate) fn maybe_campaign_after_apply(&mut self) -> crate::Result<()> {
+        if self.campaign_when_applied && !self.log.has_unapplied_conf_changes()? {
+            self.campaign_when_applied = false;
+            return self.hup(true);
+        }
+        Ok(())
+    }
+
     /// Makes `next` the configuration (the application applied a committed change).
     pub(crate) fn switch_to(&mut self, next: Membership) {
         self.membership = next;
@@ -519,10 +546,14 @@ impl<S: Storage> Raft<S> {
             return;
         }
         if !self.membership.is_voter(self.id) {
-            // Removed (or demoted): the change is committed, so step down; not being a voter,
-            // this node never campaigns again.
-            let term = self.term;
-            self.become_follower(term, 0);
+            // Removed (or demoted): the change is committed, so leave. Not at once: the voters
+            // left may not know the change committed, and may still count nodes with longer
+            // logs (this one, say) that no longer campaign, so none of them could win. Hand
+            // leadership to the most caught-up voter instead; not being a voter, this node
+            // never campaigns again.
+            self.leaving = true;
+            self.lead_transferee = 0;
+            self.hand_over();
             return;
         }
         if self.lead_transferee != 0 && !self.membership.is_voter(self.lead_transferee) {
@@ -634,6 +665,34 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// A leaving leader transfers leadership to the voter with the highest match (or steps
+    /// down if there is none).
+    fn hand_over(&mut self) {
+        let id = self.id;
+        let target = self
+            .progress
+            .iter()
+            .filter(|&(&v, _)| v != id && self.membership.is_voter(v))
+            .max_by_key(|&(&v, p)| (p.matched, std::cmp::Reverse(v)))
+            .map(|(&v, _)| v);
+        match target {
+            Some(to) => self.handle_transfer_leader(to),
+            None => {
+                let term = self.term;
+                self.become_follower(term, 0);
+            }
+        }
+    }
+
+    /// Tells the transfer target to campaign now. A leaving leader steps down as it does.
+    fn send_timeout_now(&mut self, to: u64) {
+        self.send(Message::new(MessageType::TimeoutNow, self.id, to, self.term));
+        if self.leaving {
+            let term = self.term;
+            self.become_follower(term, 0);
+        }
+    }
+
     fn handle_transfer_leader(&mut self, to: u64) {
         if !self.membership.is_voter(to) || to == self.id || self.lead_transferee == to {
             return; // learners and strangers cannot lead; a transfer to itself is a no-op
@@ -643,7 +702,7 @@ impl<S: Storage> Raft<S> {
         self.election_elapsed = 0;
         let caught_up = self.progress.get(&to).is_some_and(|p| p.matched == self.log.last_index());
         if caught_up {
-            self.send(Message::new(MessageType::TimeoutNow, self.id, to, self.term));
+            self.send_timeout_now(to);
         } else {
             let sent = self.maybe_send_append(to, true).map(drop);
             self.stop_on(sent);
@@ -805,8 +864,9 @@ impl<S: Storage> Raft<S> {
         } else {
             while self.maybe_send_append(from, false)? {}
         }
-        if from == self.lead_transferee && self.progress[&from].matched == self.log.last_index() {
-            self.send(Message::new(MessageType::TimeoutNow, self.id, from, self.term));
+        if from == self.lead_transferee && self.progress.get(&from).is_some_and(|p| p.matched == self.log.last_index())
+        {
+            self.send_timeout_now(from);
         }
         Ok(())
     }
@@ -869,6 +929,7 @@ impl<S: Storage> Raft<S> {
                 self.leader_id = m.from;
                 self.handle_snapshot(m)?;
             }
+            MessageType::TimeoutNow if self.log.has_unapplied_conf_changes()? => self.campaign_when_applied = true,
             MessageType::TimeoutNow => self.hup(true)?,
             MessageType::TransferLeader if self.leader_id != 0 => {
                 let mut fwd = m;
@@ -930,16 +991,15 @@ impl<S: Storage> Raft<S> {
             self.log.commit_to(index);
             r.index = self.log.committed;
         } else {
-            // `RawNode::step` checked the membership is valid.
+            // `RawNode::step` checked the membership is valid. It may not list this node (etcd
+            // ignores such a snapshot): a joining node starts from the bootstrap configuration
+            // with an empty log, and the leader's newest snapshot may predate the change that
+            // added it, which then comes in the entries after the snapshot. Until it is
+            // applied this node is not a voter, so it does not campaign.
             let next = Membership::from_conf_state(&snapshot.metadata.conf_state).expect("validated");
-            if !next.ids().contains(&self.id) {
-                // Not a member by this snapshot: a correct leader never sends it; ignore it.
-                r.index = self.log.committed;
-            } else {
-                self.log.restore(snapshot);
-                self.switch_to(next);
-                r.index = index;
-            }
+            self.log.restore(snapshot);
+            self.switch_to(next);
+            r.index = index;
         }
         self.send(r);
         Ok(())

@@ -116,6 +116,10 @@ pub enum ProposeError {
         /// The node taking over.
         to: u64,
     },
+    /// This leader was removed (or demoted) by a membership change and is handing leadership
+    /// to a voter; retry on the next leader.
+    #[error("this leader was removed from the configuration and is handing over")]
+    LeaderRemoved,
     /// A membership change is proposed and not yet applied; one at a time.
     #[error("the membership change at index {index} is not applied yet")]
     ConfChangePending {

@@ -382,6 +382,7 @@ impl<S: Storage> RawNode<S> {
         }
         let persisted = self.raft.log.persisted_index();
         self.run(|r| r.persisted_to(persisted))?;
+        self.run(Raft::maybe_campaign_after_apply)?;
         self.raft.maybe_auto_leave();
         Ok(())
     }
