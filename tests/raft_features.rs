@@ -826,3 +826,32 @@ fn input_between_ready_and_advance_is_safe() {
     n.node(2).persist(&rd).unwrap();
     n.node(2).advance(rd).unwrap();
 }
+
+#[test]
+fn an_acknowledgement_of_entries_replaced_before_persisting_is_never_sent() {
+    // Found by the simulator: a follower acknowledged entries 2..=5 of term 3 (the ack waits for
+    // the Ready), then a leader of term 4 replaced them from index 2 before any Ready. The
+    // pending acknowledgement of index 5 would have left after persisting only (2, 4), and a
+    // stale leader of term 3 could count it towards commit.
+    let mut s = bootstrap(&[1, 2, 3]);
+    s.append(&[Entry::new(1, 1, b"a".to_vec())]).unwrap();
+    s.set_hard_state(&HardState { term: 3, vote: 0, commit: 1 }).unwrap();
+    let mut node = RawNode::new(&Config::new(2), s).unwrap();
+    let mut old = Message::new(MessageType::Append, 1, 2, 3);
+    (old.index, old.log_term) = (1, 1);
+    old.entries = (2..=5).map(|i| Entry::new(i, 3, vec![i as u8])).collect();
+    node.step(old).unwrap();
+    let mut new = Message::new(MessageType::Append, 3, 2, 4);
+    (new.index, new.log_term) = (1, 1);
+    new.entries = vec![Entry::new(2, 4, b"b".to_vec())];
+    node.step(new).unwrap();
+    let rd = node.ready().unwrap();
+    assert_eq!(rd.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(2, 4)]);
+    let acks: Vec<(u64, u64, u64)> = rd
+        .persisted_messages
+        .iter()
+        .filter(|m| m.kind == MessageType::AppendResponse)
+        .map(|m| (m.to, m.term, m.index))
+        .collect();
+    assert_eq!(acks, vec![(3, 4, 2)], "only the acknowledgement of what this Ready persists");
+}

@@ -198,6 +198,8 @@ struct Sim {
     net: VecDeque<Message>,
     /// Directed pairs (from, to) that cannot talk.
     cut: BTreeSet<(u64, u64)>,
+    /// The step from which the partition may heal.
+    heal_at: u64,
     leaders: BTreeMap<u64, u64>,
     /// Every entry applied anywhere: index -> (term, data).
     applied: BTreeMap<u64, (u64, Vec<u8>)>,
@@ -207,6 +209,8 @@ struct Sim {
     fail_in: BTreeMap<u64, Rc<Cell<u64>>>,
     proposals: u64,
     totals: Totals,
+    /// `KEEL_RAFT_TRACE`: print every event (for replaying one schedule).
+    trace: bool,
 }
 
 /// What a schedule did, so a run shows that it exercised something.
@@ -260,6 +264,9 @@ impl Sim {
         if rng.chance(30) {
             config.max_uncommitted_size = 2048;
         }
+        // Without CheckQuorum a partitioned leader keeps believing it leads: reads must still
+        // be linearizable (the heartbeat round, not a lease, is what makes them so).
+        config.check_quorum = rng.chance(70);
         let setup =
             Setup { skew: rng.chance(40), failing_reads: rng.chance(30), lose_commit_only: rng.chance(50), config };
         let bootstrap = ConfState { voters: ids.clone(), ..ConfState::default() };
@@ -272,12 +279,14 @@ impl Sim {
             nodes: BTreeMap::new(),
             net: VecDeque::new(),
             cut: BTreeSet::new(),
+            heal_at: 0,
             leaders: BTreeMap::new(),
             applied: BTreeMap::new(),
             committed_by: BTreeMap::new(),
             fail_in: BTreeMap::new(),
             proposals: 0,
             totals: Totals::default(),
+            trace: std::env::var_os("KEEL_RAFT_TRACE").is_some(),
         };
         for id in ids {
             sim.start_new(id);
@@ -372,6 +381,15 @@ impl Sim {
             Ok(rd) => rd,
             Err(e) => return self.on_error(id, e),
         };
+        if self.trace {
+            let entries: Vec<(u64, u64)> = rd.entries.iter().map(|e| (e.index, e.term)).collect();
+            let committed: Vec<u64> = rd.committed_entries.iter().map(|e| e.index).collect();
+            let snap = rd.snapshot.as_ref().map(|s| (s.metadata.index, s.metadata.term));
+            eprintln!(
+                "[{}] ready {id} hs {:?} entries {entries:?} snapshot {snap:?} committed {committed:?} crash {crash_after:?}",
+                self.step, rd.hard_state
+            );
+        }
         // Sent before persisting: check_send holds them to what was persisted before this Ready.
         self.send_all(rd.messages.clone());
         let lose_commit_only = self.setup.lose_commit_only && self.rng.chance(30);
@@ -508,6 +526,9 @@ impl Sim {
     }
 
     fn crash(&mut self, id: u64) {
+        if self.trace {
+            eprintln!("[{}] crash {id}", self.step);
+        }
         let node = self.nodes.get_mut(&id).unwrap();
         if let Some(raw) = node.raw.take() {
             node.down = Some(raw.into_storage());
@@ -543,6 +564,9 @@ impl Sim {
             self.totals.restarts_above_commit += 1;
         }
         let config = self.config(id, start.index, !in_conf(&start.conf, id));
+        if self.trace {
+            eprintln!("[{}] restart {id} applied {} conf {:?}", self.step, start.index, start.conf);
+        }
         let node = self.nodes.get_mut(&id).unwrap();
         node.applied = start.applied;
         node.conf = start.conf;
@@ -553,6 +577,14 @@ impl Sim {
         let to = m.to;
         if self.cut.contains(&(m.from, to)) {
             return;
+        }
+        if self.trace {
+            let entries: Vec<(u64, u64)> = m.entries.iter().map(|e| (e.index, e.term)).collect();
+            let snap = m.snapshot.as_ref().map(|s| (s.metadata.index, s.metadata.term));
+            eprintln!(
+                "[{}] deliver {:?} {}->{} term {} index {} log_term {} commit {} reject {} entries {entries:?} snapshot {snap:?}",
+                self.step, m.kind, m.from, m.to, m.term, m.index, m.log_term, m.commit, m.reject
+            );
         }
         if let Some(raw) = self.raw(to)
             && let Err(e) = raw.step(m)
@@ -753,8 +785,10 @@ impl Sim {
         let pick = |rng: &mut Rng, ids: &[u64]| ids[rng.below(ids.len() as u64) as usize];
         match self.rng.below(110) {
             0..=29 => {
-                if let Some(m) = self.random_message() {
-                    self.deliver(m);
+                for _ in 0..3 {
+                    if let Some(m) = self.random_message() {
+                        self.deliver(m);
+                    }
                 }
             }
             30..=44 => {
@@ -797,9 +831,10 @@ impl Sim {
                     self.restart(id);
                 }
             }
-            87 | 88 => {
-                // A partition: a random side cut off from the rest, both ways or one way.
-                self.cut.clear();
+            87 if self.cut.is_empty() => {
+                // A partition: a random side cut off from the rest, both ways or one way, for
+                // long enough (often) for the other side to elect a leader and commit.
+                self.heal_at = self.step + 20 + self.rng.below(200);
                 let one_way = self.rng.chance(40);
                 let side: Vec<u64> = ids.iter().copied().filter(|_| self.rng.chance(40)).collect();
                 for &a in &side {
@@ -811,7 +846,18 @@ impl Sim {
                     }
                 }
             }
-            89..=91 => self.cut.clear(),
+            89..=91 if self.step >= self.heal_at => self.cut.clear(),
+            // The leader cut off from everyone, for long enough that the rest elect another:
+            // a deposed leader that does not know it yet is where stale reads would come from.
+            103 if self.cut.is_empty() => {
+                if let Some(l) = self.leader() {
+                    self.heal_at = self.step + 100 + self.rng.below(200);
+                    for &b in ids.iter().filter(|&&b| b != l) {
+                        self.cut.insert((l, b));
+                        self.cut.insert((b, l));
+                    }
+                }
+            }
             92 | 93 if !alive.is_empty() => {
                 let id = pick(&mut self.rng, &alive);
                 self.compact(id);

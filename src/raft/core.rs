@@ -953,7 +953,10 @@ impl<S: Storage> Raft<S> {
             return Ok(());
         }
         match self.log.maybe_append(m.index, m.log_term, m.commit, &m.entries)? {
-            Some(last) => {
+            Some((last, replaced)) => {
+                if let Some(at) = replaced {
+                    self.drop_acks_from(at);
+                }
                 r.index = last;
                 self.send(r);
             }
@@ -969,6 +972,13 @@ impl<S: Storage> Raft<S> {
             }
         }
         Ok(())
+    }
+
+    /// Entries from `index` on were replaced before they were persisted: acknowledgements
+    /// waiting for persistence that cover them would promise what storage will never hold (a
+    /// stale leader could count them towards commit). They are dropped; the leader retries.
+    fn drop_acks_from(&mut self, index: u64) {
+        self.msgs_after_persist.retain(|m| m.kind != MessageType::AppendResponse || m.index < index);
     }
 
     fn handle_heartbeat(&mut self, m: Message) {
@@ -997,6 +1007,7 @@ impl<S: Storage> Raft<S> {
             // added it, which then comes in the entries after the snapshot. Until it is
             // applied this node is not a voter, so it does not campaign.
             let next = Membership::from_conf_state(&snapshot.metadata.conf_state).expect("validated");
+            self.drop_acks_from(0);
             self.log.restore(snapshot);
             self.switch_to(next);
             r.index = index;

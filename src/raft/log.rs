@@ -129,18 +129,20 @@ impl<S: Storage> RaftLog<S> {
     }
 
     /// The follower side of an append: entries after (`prev_index`, `prev_term`). Returns the
-    /// last index of the appended run, or `None` if the log does not match at `prev_index` (or
-    /// the leader asks to overwrite a committed entry, which a correct leader never does).
+    /// last index of the appended run and, if entries the log held were replaced, the first
+    /// replaced index; or `None` if the log does not match at `prev_index` (or the leader asks
+    /// to overwrite a committed entry, which a correct leader never does).
     pub(crate) fn maybe_append(
         &mut self,
         prev_index: u64,
         prev_term: u64,
         committed: u64,
         entries: &[Entry],
-    ) -> crate::Result<Option<u64>> {
+    ) -> crate::Result<Option<(u64, Option<u64>)>> {
         if !self.match_term(prev_index, prev_term)? {
             return Ok(None);
         }
+        let last_before = self.last_index();
         let last_new = prev_index + entries.len() as u64;
         let mut conflict = None;
         for e in entries {
@@ -156,7 +158,7 @@ impl<S: Storage> RaftLog<S> {
             self.append(&entries[(at - prev_index - 1) as usize..]);
         }
         self.commit_to(committed.min(last_new));
-        Ok(Some(last_new))
+        Ok(Some((last_new, conflict.filter(|&at| at <= last_before))))
     }
 
     /// The largest index at most `index` whose term is at most `term` (fast backtracking).
