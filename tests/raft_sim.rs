@@ -411,7 +411,7 @@ impl Sim {
         }
         if let Some(hs) = rd.hard_state {
             // A commit-only change is written without a sync: a crash may lose it.
-            if !(lose_commit_only && !rd.must_sync) {
+            if !lose_commit_only || rd.must_sync {
                 raw.storage_mut().set_hard_state(&hs).unwrap();
             }
         }

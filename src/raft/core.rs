@@ -130,7 +130,7 @@ impl<S: Storage> Raft<S> {
 
     /// A voter (of either half) and not waiting to install a snapshot.
     fn promotable(&self) -> bool {
-        self.membership.is_voter(self.id) && self.log.snapshot_to_persist().is_none()
+        self.membership.is_voter(self.id) && !self.log.has_pending_snapshot()
     }
 
     fn send(&mut self, mut m: Message) {
@@ -384,6 +384,10 @@ impl<S: Storage> Raft<S> {
     }
 
     fn send_snapshot(&mut self, to: u64) -> crate::Result<bool> {
+        // A follower not heard from lately may be gone: a snapshot is too large to send blind.
+        if !self.progress.get(&to).is_some_and(|p| p.recent_active) {
+            return Ok(false);
+        }
         let snapshot = match self.log.storage.snapshot(0) {
             Ok(s) => s,
             // None can be served yet: retried on a later round.
@@ -845,7 +849,10 @@ impl<S: Storage> Raft<S> {
         let first_index = self.log.first_index()?;
         let p = self.progress.get_mut(&from).expect("present");
         let old_paused = p.is_paused();
-        if !p.maybe_update(index) {
+        // An acknowledgement of exactly `matched` while probing also proves where the logs
+        // match (the answer to an empty probe of a caught-up follower): replicate from there.
+        let probe_matched = p.state == ProgressState::Probe && p.matched == index;
+        if !p.maybe_update(index) && !probe_matched {
             if old_paused && !p.is_paused() {
                 self.maybe_send_append(from, false)?;
             }

@@ -279,6 +279,11 @@ impl<S: Storage> RaftLog<S> {
         &self.unstable[(from - self.offset).min(self.unstable.len() as u64) as usize..]
     }
 
+    /// A snapshot was received and is not yet persisted (handed out or not).
+    pub(crate) fn has_pending_snapshot(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
     pub(crate) fn snapshot_to_persist(&self) -> Option<&SnapshotMessage> {
         self.snapshot.as_ref().filter(|_| !self.snapshot_in_progress)
     }
