@@ -8,10 +8,16 @@
 //! (one per fdatasync, as W1) measured in the same run. Three logs share the disk, so the
 //! three-node figure should reach at least a third of it.
 //!
-//! `KEEL_RAFT_BENCH_COMMITS` (default 20,000) and `KEEL_RAFT_BENCH_CLIENTS` (default 64).
+//! Beside each commit figure: linearizable reads (`read_index`, the default safe mode: each
+//! batch of reads waits for a heartbeat round to a quorum), with the same number of reads
+//! outstanding, asked on the leader and on a follower (forwarded to the leader): reads/s and
+//! p50/p99 from asking to the confirmed `ReadState`.
+//!
+//! `KEEL_RAFT_BENCH_COMMITS` (default 20,000; reads as many) and `KEEL_RAFT_BENCH_CLIENTS`
+//! (default 64).
 
 use criterion::{Criterion, Throughput};
-use keel::raft::{Config, Message, RawNode, Role};
+use keel::raft::{Config, Message, RawNode, ReadState, Role};
 use keel::storage::{ConfState, DiskStorage, MemStorage, StorageMut, StorageOptions};
 use keel::wal::{Log, LogOptions, NewEntry};
 use std::collections::HashMap;
@@ -22,6 +28,8 @@ const ENTRY_BYTES: usize = 256;
 struct Cluster<S: StorageMut> {
     nodes: Vec<RawNode<S>>,
     queue: Vec<Message>,
+    /// Read states confirmed on each node, in arrival order.
+    read_states: Vec<Vec<ReadState>>,
 }
 
 impl<S: StorageMut> Cluster<S> {
@@ -35,7 +43,7 @@ impl<S: StorageMut> Cluster<S> {
                 RawNode::new(&cfg, s).unwrap()
             })
             .collect();
-        let mut c = Cluster { nodes, queue: Vec::new() };
+        let mut c = Cluster { nodes, queue: Vec::new(), read_states: vec![Vec::new(); 3] };
         c.nodes[0].campaign().unwrap();
         while c.nodes[0].status().soft_state.role != Role::Leader {
             c.round(&mut |_| {});
@@ -57,6 +65,7 @@ impl<S: StorageMut> Cluster<S> {
             if i == 0 {
                 rd.committed_entries.iter().filter(|e| !e.data.is_empty()).for_each(|e| applied(&e.data));
             }
+            self.read_states[i].extend(rd.read_states.iter().cloned());
             node.advance(rd).unwrap();
         }
         for m in std::mem::take(&mut self.queue) {
@@ -94,6 +103,34 @@ impl<S: StorageMut> Cluster<S> {
     }
 }
 
+impl<S: StorageMut> Cluster<S> {
+    /// Confirms `reads` linearizable reads asked on node `on` (0 is the leader) with `clients`
+    /// outstanding; returns the elapsed time and each read's latency. Every node has applied
+    /// everything (no writes run meanwhile), so a read is served as soon as it is confirmed.
+    fn run_reads(&mut self, on: usize, reads: usize, clients: usize) -> (Duration, Vec<Duration>) {
+        let mut asked: HashMap<Vec<u8>, Instant> = HashMap::new();
+        let mut latencies = Vec::with_capacity(reads);
+        let mut next = 0u64;
+        let start = Instant::now();
+        while latencies.len() < reads {
+            while asked.len() < clients {
+                let ctx = next.to_le_bytes().to_vec();
+                next += 1;
+                asked.insert(ctx.clone(), Instant::now());
+                self.nodes[on].read_index(ctx).unwrap();
+            }
+            self.round(&mut |_| {});
+            for rs in std::mem::take(&mut self.read_states[on]) {
+                assert!(rs.index <= self.nodes[on].status().applied, "applied everything already");
+                if let Some(t) = asked.remove(&rs.request_ctx) {
+                    latencies.push(t.elapsed());
+                }
+            }
+        }
+        (start.elapsed(), latencies)
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
@@ -120,11 +157,11 @@ fn single_log_rate(dir: &std::path::Path, appends: u64) -> f64 {
 fn summary() {
     let commits = env("KEEL_RAFT_BENCH_COMMITS", 20_000);
     let clients = env("KEEL_RAFT_BENCH_CLIENTS", 64);
-    let report = |name: &str, (elapsed, mut lat): (Duration, Vec<Duration>)| {
+    let report = |name: &str, what: &str, (elapsed, mut lat): (Duration, Vec<Duration>)| {
         lat.sort();
         let rate = lat.len() as f64 / elapsed.as_secs_f64();
         println!(
-            "raft 3 nodes, {name}: {rate:.0} commits/s, p50 {:?}, p99 {:?} ({} commits, {clients} outstanding)",
+            "raft 3 nodes, {name}: {rate:.0} {what}/s, p50 {:?}, p99 {:?} ({} {what}, {clients} outstanding)",
             percentile(&lat, 0.5),
             percentile(&lat, 0.99),
             lat.len()
@@ -132,10 +169,14 @@ fn summary() {
         rate
     };
     let mut mem = Cluster::new(|_| MemStorage::new());
-    report("MemStorage", mem.run(commits, clients));
+    report("MemStorage", "commits", mem.run(commits, clients));
+    report("MemStorage", "leader reads", mem.run_reads(0, commits, clients));
+    report("MemStorage", "follower reads", mem.run_reads(1, commits, clients));
     let dir = tempfile::tempdir().unwrap();
     let mut disk = disk_cluster(dir.path());
-    let three = report("DiskStorage", disk.run(commits, clients));
+    let three = report("DiskStorage", "commits", disk.run(commits, clients));
+    report("DiskStorage", "leader reads", disk.run_reads(0, commits, clients));
+    report("DiskStorage", "follower reads", disk.run_reads(1, commits, clients));
     let single = single_log_rate(dir.path(), 4000);
     println!(
         "single log, synced appends of one {ENTRY_BYTES} B entry: {single:.0}/s; three-node commits / single-log appends = {:.2}",
