@@ -846,6 +846,12 @@ impl<S: Storage> Raft<S> {
     }
 
     fn handle_append_response(&mut self, from: u64, index: u64) -> crate::Result<()> {
+        // No follower holds entries of this term that this leader never had: an acknowledgement
+        // past the last index is from a broken or hostile peer (found by the message fuzzer: it
+        // made the leader read beyond its log).
+        if index > self.log.last_index() {
+            return Ok(());
+        }
         let first_index = self.log.first_index()?;
         let p = self.progress.get_mut(&from).expect("present");
         let old_paused = p.is_paused();
