@@ -1,7 +1,11 @@
 //! Deterministic cluster simulator: N `RawNode`s over `MemStorage`, a seeded network that drops,
 //! duplicates, reorders and partitions messages, simulated time (ticks), crashes (anywhere,
 //! including half-way through persisting a Ready) and restarts that keep only what was persisted,
-//! and snapshots with compaction. After every step it checks:
+//! and snapshots with compaction. Snapshots travel as a transport sends them: the message's
+//! encoding, then the data in chunks of random sizes through a `SnapshotReceiver` into the
+//! follower's storage; in the chaotic phase one transfer in ten has a bit flipped, which the
+//! receiver must refuse (the snapshot is then lost, like a dropped message). After every step
+//! it checks:
 //!
 //! - election safety: at most one leader per term;
 //! - log matching: two logs holding an entry of the same index and term agree on every entry
@@ -21,7 +25,9 @@
 
 mod common;
 
-use keel::raft::{Config, Message, RawNode, Ready, Role};
+use keel::raft::{
+    Config, Decoded, Message, RawNode, Ready, Role, SnapshotChunk, SnapshotReceiver, SnapshotSender, TransferError,
+};
 use keel::storage::{ConfState, MemStorage, Storage, StorageMut};
 use keel_harness::Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -83,6 +89,12 @@ struct Sim {
     committed_by: BTreeMap<u64, u64>,
     proposals: u64,
     snapshots_installed: u64,
+    /// Chunk sizes and damage of snapshot transfers: a generator of its own, so that the
+    /// schedule of everything else is the same as before transfers were chunked.
+    wire: Rng,
+    /// Whether snapshot transfers may be damaged (not in the calm phase).
+    wire_faults: bool,
+    transfers_refused: u64,
 }
 
 fn config(id: u64, seed: u64, applied: u64) -> Config {
@@ -122,6 +134,9 @@ impl Sim {
             committed_by: BTreeMap::new(),
             proposals: 0,
             snapshots_installed: 0,
+            wire: Rng::new(seed ^ 0x5eed_c4a2),
+            wire_faults: true,
+            transfers_refused: 0,
         }
     }
 
@@ -163,8 +178,8 @@ impl Sim {
         let raw = node.raw.as_mut().unwrap();
         let mut done = 0;
         if let Some(s) = &rd.snapshot {
-            raw.storage_mut().apply_snapshot(&s.metadata, &mut &s.data[..]).unwrap();
-            node.applied = decode_state(&s.data);
+            raw.storage_mut().apply_snapshot(&s.metadata, &mut s.reader().unwrap()).unwrap();
+            node.applied = decode_state(&s.read_to_vec().unwrap());
         }
         done += 1;
         if crash_after == Some(done) {
@@ -190,7 +205,7 @@ impl Sim {
         // A snapshot's entries were checked against the global record as they were applied.
         if let Some(s) = &rd.snapshot {
             self.snapshots_installed += 1;
-            for (i, t, d) in decode_state(&s.data) {
+            for (i, t, d) in decode_state(&s.read_to_vec().unwrap()) {
                 self.check_applied(id, i, t, &d);
             }
         }
@@ -262,6 +277,17 @@ impl Sim {
             return;
         }
         if let Some(raw) = self.nodes.get_mut(&to).and_then(|n| n.raw.as_mut()) {
+            let m = if m.snapshot.is_some() {
+                match over_the_wire(m, raw.storage(), &mut self.wire, self.wire_faults) {
+                    Some(m) => m,
+                    None => {
+                        self.transfers_refused += 1;
+                        return;
+                    }
+                }
+            } else {
+                m
+            };
             let _ = raw.step(m); // a forwarded proposal may be refused: the client retries
         }
     }
@@ -431,6 +457,7 @@ impl Sim {
     /// The calm phase: no faults; returns once a new proposal is applied everywhere.
     fn calm(&mut self, max_ticks: u64) {
         self.cut.clear();
+        self.wire_faults = false;
         for id in self.ids.clone() {
             self.restart(id);
         }
@@ -486,12 +513,51 @@ impl Sim {
     }
 }
 
+/// A snapshot message sent as a transport sends it: encoded (the header, no data), then the
+/// snapshot's data in chunks of a random size, each encoded and decoded, into a receiver
+/// staging in the follower's storage. With `damage`, one transfer in ten gets a bit flipped in
+/// one chunk, which must be refused. The message to step, or `None` if the transfer failed.
+fn over_the_wire(m: Message, storage: &MemStorage, rng: &mut Rng, damage: bool) -> Option<Message> {
+    let snapshot = m.snapshot.clone().expect("a snapshot message");
+    let Ok(Decoded::Snapshot(pending)) = Message::decode(&m.encode()) else {
+        panic!("a snapshot message decodes as an announcement")
+    };
+    let sink = storage.receive_snapshot(&pending.header().metadata).unwrap();
+    let mut receiver = SnapshotReceiver::new(pending.header().clone(), sink);
+    let chunk_bytes = 1 + rng.below(64) as usize;
+    let chunks: Vec<Vec<u8>> =
+        SnapshotSender::new(snapshot, chunk_bytes).unwrap().map(|c| c.unwrap().encode()).collect();
+    let flip = (damage && rng.chance(10)).then(|| (rng.below(chunks.len() as u64) as usize, rng.next_u64()));
+    let mut received = Ok(());
+    for (k, mut bytes) in chunks.into_iter().enumerate() {
+        if let Some((_, bit)) = flip.filter(|&(at, _)| at == k) {
+            let bit = (bit % (bytes.len() as u64 * 8)) as usize;
+            bytes[bit / 8] ^= 1 << (bit % 8);
+        }
+        received = SnapshotChunk::decode(&bytes).map_err(TransferError::from).and_then(|c| receiver.receive(&c));
+        if received.is_err() {
+            break;
+        }
+    }
+    match received.and_then(|()| receiver.finish()) {
+        Ok(s) => {
+            assert!(flip.is_none(), "a transfer with a flipped bit was accepted");
+            Some(pending.complete(s).expect("the receiver made the announced snapshot"))
+        }
+        Err(e) => {
+            assert!(flip.is_some(), "an intact snapshot transfer was refused: {e}");
+            None
+        }
+    }
+}
+
 /// What a schedule did, so a run shows that it exercised something.
 #[derive(Debug, Default)]
 struct Totals {
     applied: u64,
     leaders: u64,
     snapshots: u64,
+    transfers_refused: u64,
 }
 
 fn run_schedule(seed: u64, steps: u64, totals: &mut Totals) {
@@ -502,6 +568,7 @@ fn run_schedule(seed: u64, steps: u64, totals: &mut Totals) {
             totals.applied += sim.applied.len() as u64;
             totals.leaders += sim.leaders.len() as u64;
             totals.snapshots += sim.snapshots_installed;
+            totals.transfers_refused += sim.transfers_refused;
         }
         Err(panic) => {
             eprintln!("schedule failed: replay with KEEL_RAFT_SEED={seed}");

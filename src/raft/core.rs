@@ -13,7 +13,7 @@
 
 use super::config::Config;
 use super::log::RaftLog;
-use super::message::{Message, MessageType, SnapshotMessage};
+use super::message::{Message, MessageType};
 use super::progress::{Progress, ProgressState};
 use super::raw_node::NewNodeError;
 use super::{ProposeError, Role, data_bytes};
@@ -330,10 +330,11 @@ impl<S: Storage> Raft<S> {
             Ok(s) => s,
             Err(_) => return false, // not ready yet (or none): retried on a later round
         };
-        let Ok(data) = snapshot.read_to_vec() else { return false };
+        // A handle, not the data: the transport streams it in chunks (`snapshot_transfer`), and
+        // while the handle lives the storage keeps the entries after it.
         let index = snapshot.metadata.index;
         let mut m = Message::new(MessageType::Snapshot, self.id, to, self.term);
-        m.snapshot = Some(SnapshotMessage { metadata: snapshot.metadata, data: data.into() });
+        m.snapshot = Some(snapshot);
         if let Some(p) = self.progress.get_mut(&to) {
             p.become_snapshot(index);
         }

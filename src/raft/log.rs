@@ -6,10 +6,9 @@
 //! which the next persisted append replaces); entries up to `in_progress` were handed out in a
 //! `Ready` and are being persisted; only persisted entries are handed out to apply.
 
-use super::message::SnapshotMessage;
 use super::raw_node::NewNodeError;
 use crate::Error;
-use crate::storage::{Entry, Storage};
+use crate::storage::{Entry, Snapshot, Storage};
 
 #[derive(Debug)]
 pub(crate) struct RaftLog<S: Storage> {
@@ -17,7 +16,7 @@ pub(crate) struct RaftLog<S: Storage> {
     unstable: Vec<Entry>,
     offset: u64,
     /// A snapshot received and not yet persisted.
-    snapshot: Option<SnapshotMessage>,
+    snapshot: Option<Snapshot>,
     /// Whether the unstable snapshot was handed out in a `Ready`.
     snapshot_in_progress: bool,
     /// Last unstable index handed out for persisting.
@@ -243,7 +242,7 @@ impl<S: Storage> RaftLog<S> {
         &self.unstable[(from - self.offset).min(self.unstable.len() as u64) as usize..]
     }
 
-    pub(crate) fn snapshot_to_persist(&self) -> Option<&SnapshotMessage> {
+    pub(crate) fn snapshot_to_persist(&self) -> Option<&Snapshot> {
         self.snapshot.as_ref().filter(|_| !self.snapshot_in_progress)
     }
 
@@ -278,7 +277,7 @@ impl<S: Storage> RaftLog<S> {
     }
 
     /// Replaces the log by a snapshot received from the leader.
-    pub(crate) fn restore(&mut self, snapshot: SnapshotMessage) {
+    pub(crate) fn restore(&mut self, snapshot: Snapshot) {
         let index = snapshot.metadata.index;
         self.committed = index;
         self.unstable.clear();

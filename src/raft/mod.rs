@@ -5,6 +5,8 @@
 //! Inside (every public type is re-exported here):
 //! - `config`: [`Config`] and its validation;
 //! - `message`: [`Message`] and its binary encoding;
+//! - `snapshot_transfer`: a snapshot sent in checksummed chunks ([`SnapshotSender`],
+//!   [`SnapshotReceiver`]);
 //! - `progress`: the leader's view of each follower ([`ProgressState`]) and the flow-control
 //!   window;
 //! - `log`: the persisted log plus the unstable tail;
@@ -17,11 +19,13 @@ mod log;
 mod message;
 mod progress;
 mod raw_node;
+mod snapshot_transfer;
 
 pub use config::{Config, ConfigError};
-pub use message::{DecodeError, Message, MessageType, SnapshotMessage};
+pub use message::{DecodeError, Decoded, Message, MessageType, PendingSnapshot};
 pub use progress::ProgressState;
 pub use raw_node::{NewNodeError, RawNode, Ready, SoftState, Status};
+pub use snapshot_transfer::{SnapshotChunk, SnapshotHeader, SnapshotReceiver, SnapshotSender, TransferError};
 
 /// Bytes of entry data in `entries`: what size limits and flow control count.
 pub(crate) fn data_bytes(entries: &[crate::storage::Entry]) -> u64 {

@@ -12,10 +12,10 @@
 
 use super::config::{Config, ConfigError};
 use super::core::Raft;
-use super::message::{Message, SnapshotMessage};
+use super::message::Message;
 use super::progress::ProgressState;
 use super::{ProposeError, Role, StepError};
-use crate::storage::{Entry, HardState, Storage, StorageMut};
+use crate::storage::{Entry, HardState, Snapshot, Storage, StorageMut};
 use std::collections::BTreeMap;
 
 /// Volatile state the application may want to observe.
@@ -37,7 +37,7 @@ pub struct Ready {
     /// To persist (append), before `persisted_messages` are sent.
     pub entries: Vec<Entry>,
     /// A snapshot from the leader to install, before `entries`.
-    pub snapshot: Option<SnapshotMessage>,
+    pub snapshot: Option<Snapshot>,
     /// Committed, persisted entries to apply, in order.
     pub committed_entries: Vec<Entry>,
     /// Messages that may be sent before anything in this Ready is persisted.
@@ -55,7 +55,8 @@ impl<S: StorageMut> RawNode<S> {
     pub fn persist(&mut self, rd: &Ready) -> crate::Result<()> {
         let s = self.storage_mut();
         if let Some(snapshot) = &rd.snapshot {
-            s.apply_snapshot(&snapshot.metadata, &mut &snapshot.data[..])?;
+            // Streamed from wherever the snapshot's data is (a received snapshot: its staging).
+            s.apply_snapshot(&snapshot.metadata, &mut snapshot.reader()?)?;
         }
         if !rd.entries.is_empty() {
             s.append(&rd.entries)?;
