@@ -231,7 +231,10 @@ pub fn snapshot_transfer(data: &[u8]) {
     let source = Snapshot::from_bytes(metadata.clone(), body.to_vec());
     let chunk_bytes = 1 + usize::from(size % 32);
     let encode_all = |s: &Snapshot| -> Vec<Vec<u8>> {
-        SnapshotSender::new(s.clone(), chunk_bytes).expect("a sender").map(|c| c.expect("memory reads").encode()).collect()
+        SnapshotSender::new(s.clone(), chunk_bytes)
+            .expect("a sender")
+            .map(|c| c.expect("memory reads").encode())
+            .collect()
     };
     let intact = encode_all(&source);
     let other = encode_all(&Snapshot::from_bytes(SnapshotMetadata { index: 11, ..metadata.clone() }, body.to_vec()));

@@ -127,7 +127,10 @@ impl SnapshotChunk {
     pub fn decode(bytes: &[u8]) -> Result<SnapshotChunk, DecodeError> {
         let err = |offset: usize, what: String| DecodeError { offset, what };
         if bytes.len() < CHUNK_FIXED_BYTES {
-            return Err(err(bytes.len(), format!("a chunk takes at least {CHUNK_FIXED_BYTES} bytes, got {}", bytes.len())));
+            return Err(err(
+                bytes.len(),
+                format!("a chunk takes at least {CHUNK_FIXED_BYTES} bytes, got {}", bytes.len()),
+            ));
         }
         if bytes[0] != CHUNK_VERSION {
             return Err(err(0, format!("chunk version {}, expected {CHUNK_VERSION}", bytes[0])));
@@ -329,9 +332,8 @@ impl SnapshotSender {
         let want = (data_len - self.offset).min(self.chunk_bytes as u64) as usize;
         let mut data = vec![0u8; want];
         let reader = self.reader.as_mut().expect("a sender that is not done has its reader");
-        let got = Self::fill(reader.as_mut(), &mut data).map_err(|e| {
-            TransferError::Source(Error::io("read snapshot", self.snapshot.data.describe(), e))
-        })?;
+        let got = Self::fill(reader.as_mut(), &mut data)
+            .map_err(|e| TransferError::Source(Error::io("read snapshot", self.snapshot.data.describe(), e)))?;
         if got < want {
             return Err(self.source_error(format!(
                 "the snapshot's data ended after {} bytes; its header says {data_len}",
@@ -342,11 +344,12 @@ impl SnapshotSender {
             // The last chunk: reading on to the end lets the reader check the data checksum (a
             // snapshot file's reader does so at its end), before anything claims to be complete.
             let mut extra = [0u8; 1];
-            let more = Self::fill(reader.as_mut(), &mut extra).map_err(|e| {
-                TransferError::Source(Error::io("read snapshot", self.snapshot.data.describe(), e))
-            })?;
+            let more = Self::fill(reader.as_mut(), &mut extra)
+                .map_err(|e| TransferError::Source(Error::io("read snapshot", self.snapshot.data.describe(), e)))?;
             if more != 0 {
-                return Err(self.source_error(format!("the snapshot's data is longer than its header's {data_len} bytes")));
+                return Err(
+                    self.source_error(format!("the snapshot's data is longer than its header's {data_len} bytes"))
+                );
             }
             self.done = true;
             self.reader = None;
@@ -558,10 +561,10 @@ mod tests {
             let read = Arc::new(AtomicU64::new(0));
             let source = Counting { data: data(len).into(), read: Arc::clone(&read) };
             let snap = Snapshot::new(metadata(5), Arc::new(source));
-            let mut sender = SnapshotSender::new(snap, chunk).unwrap();
+            let sender = SnapshotSender::new(snap, chunk).unwrap();
             let mut handed_out = 0u64;
             let mut chunks = 0;
-            while let Some(c) = sender.next() {
+            for c in sender {
                 let c = c.unwrap();
                 handed_out += c.data.len() as u64;
                 chunks += 1;

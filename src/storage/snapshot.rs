@@ -425,8 +425,7 @@ impl SnapshotWriter {
         let mut trailer = [0u8; TRAILER_BYTES as usize];
         LE::write_u32(&mut trailer, self.hasher.clone().finalize());
         file.write_at(&trailer, self.header_len + self.written).map_err(Error::at("write", &tmp))?;
-        file.write_at(&encode_header(&self.metadata, self.installed, self.written), 0)
-            .map_err(Error::at("write", &tmp))
+        file.write_at(&encode_header(&self.metadata, self.installed, self.written), 0).map_err(Error::at("write", &tmp))
     }
 
     /// Writes the header and trailer, fdatasyncs, renames to the final name and fsyncs the
