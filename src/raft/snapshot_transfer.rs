@@ -2,21 +2,7 @@
 //! from the snapshot one chunk at a time and written into the follower's staging sink one chunk
 //! at a time, so neither side ever holds the whole snapshot in memory.
 //!
-//! Calling order:
-//! 1. Leader: a `Ready` hands out a [`MessageType::Snapshot`](super::MessageType::Snapshot)
-//!    message holding a [`Snapshot`] handle. Its encoding ([`Message::encode`]) carries the
-//!    [`SnapshotHeader`] (metadata, data length, data checksum), not the data.
-//! 2. Leader: [`SnapshotSender::new`] over that handle yields the [`SnapshotChunk`]s in order;
-//!    each is encoded ([`SnapshotChunk::encode`]) and sent after the message. The sender holds
-//!    the handle, so the snapshot's data and the leader's log entries after it stay (see
-//!    [`StorageMut::compact`](crate::storage::StorageMut::compact)) until it is dropped.
-//! 3. Follower: [`Message::decode`] gives [`Decoded::Snapshot`], whose header starts a
-//!    [`SnapshotReceiver`] over [`StorageMut::receive_snapshot`]'s sink; each decoded chunk goes
-//!    to [`SnapshotReceiver::receive`].
-//! 4. Follower: [`SnapshotReceiver::finish`] checks the whole data against the header's
-//!    checksum and gives the complete [`Snapshot`]; [`PendingSnapshot::complete`] puts it into
-//!    the message, which is stepped into the node. The node hands it out in `Ready::snapshot`,
-//!    and `RawNode::persist` installs it (`apply_snapshot`, streamed from the staged data).
+//! The calling order is on [`SnapshotSender`], the type a transport meets first.
 //!
 //! Chunk encoding (little-endian): a version byte (1), the snapshot's `index` and `term`, its
 //! `data_len` (`u64`) and `data_crc` (`u32`), the chunk's `offset` (`u64`), its byte count
@@ -27,12 +13,6 @@
 //!
 //! A transfer is all or nothing: any refused chunk abandons it (the staged data is removed at
 //! once), and the follower's storage is unchanged until the `Ready` that installs it.
-//!
-//! [`Message::encode`]: super::Message::encode
-//! [`Message::decode`]: super::Message::decode
-//! [`Decoded::Snapshot`]: super::Decoded::Snapshot
-//! [`PendingSnapshot::complete`]: super::PendingSnapshot::complete
-//! [`StorageMut::receive_snapshot`]: crate::storage::StorageMut::receive_snapshot
 
 use super::message::DecodeError;
 use crate::error::Error;
@@ -257,6 +237,28 @@ pub enum TransferError {
 
 /// Yields a snapshot's chunks in order, reading one chunk at a time from the snapshot's reader.
 /// An iterator; after an error it yields nothing more.
+///
+/// Calling order:
+/// 1. Leader: a `Ready` hands out a [`MessageType::Snapshot`](super::MessageType::Snapshot)
+///    message holding a [`Snapshot`] handle. Its encoding ([`Message::encode`]) carries the
+///    [`SnapshotHeader`] (metadata, data length, data checksum), not the data.
+/// 2. Leader: [`SnapshotSender::new`] over that handle yields the [`SnapshotChunk`]s in order;
+///    each is encoded ([`SnapshotChunk::encode`]) and sent after the message. The sender holds
+///    the handle, so the snapshot's data and the leader's log entries after it stay (see
+///    [`StorageMut::compact`](crate::storage::StorageMut::compact)) until it is dropped.
+/// 3. Follower: [`Message::decode`] gives [`Decoded::Snapshot`], whose header starts a
+///    [`SnapshotReceiver`] over [`StorageMut::receive_snapshot`]'s sink; each decoded chunk goes
+///    to [`SnapshotReceiver::receive`].
+/// 4. Follower: [`SnapshotReceiver::finish`] checks the whole data against the header's
+///    checksum and gives the complete [`Snapshot`]; [`PendingSnapshot::complete`] puts it into
+///    the message, which is stepped into the node. The node hands it out in `Ready::snapshot`,
+///    and `RawNode::persist` installs it (`apply_snapshot`, streamed from the staged data).
+///
+/// [`Message::encode`]: super::Message::encode
+/// [`Message::decode`]: super::Message::decode
+/// [`Decoded::Snapshot`]: super::Decoded::Snapshot
+/// [`PendingSnapshot::complete`]: super::PendingSnapshot::complete
+/// [`StorageMut::receive_snapshot`]: crate::storage::StorageMut::receive_snapshot
 pub struct SnapshotSender {
     /// Held for the whole transfer: it keeps the data readable and pins the log after it.
     snapshot: Snapshot,
