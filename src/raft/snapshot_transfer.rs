@@ -606,6 +606,46 @@ mod tests {
     }
 
     #[test]
+    fn module_doc_names_the_chunk_fields_in_encoding_order() {
+        // The chunk encoding of the module docs, checked against `encode`: the fields named
+        // between "a version byte (1)," and "the bytes" sit at consecutive positions with the
+        // widths given, the bytes follow, then `crc`.
+        let doc: String = include_str!("snapshot_transfer.rs")
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .map(|l| l.trim_start_matches("//!"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let list = doc.split("a version byte (1),").nth(1).and_then(|rest| rest.split("and the bytes").next());
+        let names: Vec<&str> = list.expect("the field list").split('`').skip(1).step_by(2).collect();
+        assert_eq!(names, ["index", "term", "data_len", "u64", "data_crc", "u32", "offset", "u64", "u32"]);
+        let chunk = SnapshotChunk {
+            snapshot: SnapshotId { index: 11, term: 12 },
+            data_len: 13,
+            data_crc: 14,
+            offset: 15,
+            data: b"xyz".to_vec(),
+            crc: 16,
+        };
+        let bytes = chunk.encode();
+        assert_eq!(bytes[0], CHUNK_VERSION);
+        let mut at = 1;
+        for (name, value) in [("index", 11u64), ("term", 12), ("data_len", 13)] {
+            assert_eq!(LE::read_u64(&bytes[at..]), value, "`{name}` at byte {at}");
+            at += 8;
+        }
+        assert_eq!(LE::read_u32(&bytes[at..]), 14, "`data_crc` at byte {at}");
+        at += 4;
+        assert_eq!(LE::read_u64(&bytes[at..]), 15, "`offset` at byte {at}");
+        at += 8;
+        assert_eq!(LE::read_u32(&bytes[at..]), 3, "the byte count at byte {at}");
+        at += 4;
+        assert_eq!((at, &bytes[at..at + 3]), (CHUNK_HEAD_BYTES, &b"xyz"[..]));
+        assert_eq!(LE::read_u32(&bytes[at + 3..]), 16, "`crc` last");
+        assert_eq!(bytes.len(), CHUNK_FIXED_BYTES + 3);
+    }
+
+    #[test]
     fn every_truncation_and_extension_of_a_chunk_is_a_decode_error() {
         let bytes = transfer(&data(10), 64)[0].encode();
         for n in 0..bytes.len() {
