@@ -24,6 +24,12 @@ pub const SEGMENT_BYTES_MAX: u64 = 1 << 32;
 /// that index arithmetic on bytes read from disk can never overflow.
 pub const INDEX_MAX: u64 = i64::MAX as u64;
 
+/// Default bytes of snapshot data per chunk of a snapshot transfer
+/// ([`SnapshotSender`](crate::raft::SnapshotSender)): what one side holds in memory at a time.
+pub const SNAPSHOT_CHUNK_BYTES_DEFAULT: usize = 1 << 20;
+/// Largest chunk a sender makes: a chunk's byte count is encoded as a `u32`.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = u32::MAX as usize;
+
 const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
 const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
 const _: () = assert!(FOOTER_ENTRY_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
@@ -34,6 +40,7 @@ const _: () = assert!(
     SEGMENT_BYTES_MIN >= SEGMENT_HEADER_BYTES + FOOTER_TRAILER_BYTES + 4 * (RECORD_HEADER_BYTES + FOOTER_ENTRY_BYTES)
 );
 const _: () = assert!(SEGMENT_BYTES_MAX - 1 <= u32::MAX as u64);
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES_DEFAULT <= SNAPSHOT_CHUNK_BYTES_MAX);
 
 /// Rounds `n` up to the record alignment.
 pub const fn align_up(n: u64) -> u64 {

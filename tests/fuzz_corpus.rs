@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 7] = [
     ("record", keel_harness::fuzz::record),
     ("log_dir", keel_harness::fuzz::log_dir),
     ("hard_state", keel_harness::fuzz::hard_state),
     ("snapshot", keel_harness::fuzz::snapshot),
     ("storage_model", keel_harness::fuzz::storage_model),
     ("message", keel_harness::fuzz::message),
+    ("snapshot_transfer", keel_harness::fuzz::snapshot_transfer),
 ];
 
 fn root() -> PathBuf {
@@ -102,6 +103,30 @@ fn write_seed_corpus() {
         seeds.push(("message", "append".into(), append.encode()));
         seeds.push(("message", "reject".into(), reject.encode()));
         seeds.push(("message", "vote".into(), Message::new(MessageType::RequestVote, 1, 3, 9).encode()));
+        let mut snap = Message::new(MessageType::Snapshot, 1, 2, 3);
+        let conf_state = keel::storage::ConfState { voters: vec![1, 2, 3], ..Default::default() };
+        let metadata = keel::storage::SnapshotMetadata { index: 8, term: 3, conf_state };
+        snap.snapshot = Some(keel::storage::Snapshot::from_bytes(metadata, Vec::new()));
+        seeds.push(("message", "snapshot-empty".into(), snap.encode()));
+    }
+    {
+        use keel::raft::SnapshotSender;
+        use keel::storage::{Snapshot, SnapshotMetadata};
+        // Chunk size byte, op count byte, ops (kind, a, b), then the snapshot's data.
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 13 % 256) as u8).collect();
+        let with = |size: u8, ops: &[[u8; 3]]| -> Vec<u8> {
+            let mut v = vec![size, ops.len() as u8];
+            ops.iter().for_each(|op| v.extend_from_slice(op));
+            v.extend_from_slice(&data);
+            v
+        };
+        seeds.push(("snapshot_transfer", "intact".into(), with(31, &[])));
+        seeds.push(("snapshot_transfer", "flip".into(), with(15, &[[0, 3, 77]])));
+        seeds.push(("snapshot_transfer", "swap-dup".into(), with(7, &[[2, 1, 2], [3, 4, 0]])));
+        seeds.push(("snapshot_transfer", "other-fault".into(), with(3, &[[5, 2, 0], [6, 1, 0]])));
+        let snap = Snapshot::from_bytes(SnapshotMetadata { index: 10, term: 3, ..Default::default() }, data.clone());
+        let chunk = SnapshotSender::new(snap, 64).unwrap().next().unwrap().unwrap();
+        seeds.push(("snapshot_transfer", "chunk".into(), chunk.encode()));
     }
     for (target, name, bytes) in seeds {
         let dir = root().join("fuzz/corpus").join(target);

@@ -21,8 +21,8 @@
 //! Every Ready, step and election goes through the helpers at the top, so that a change of the
 //! `RawNode` API (`ready()` and `advance()` returning `Result`) is a few-line change here.
 
-use keel::raft::{Config, Message, MessageType, ProgressState, RawNode, Ready, Role, SnapshotMessage};
-use keel::storage::{ConfState, Entry, HardState, MemStorage, SnapshotMetadata, Storage, StorageMut};
+use keel::raft::{Config, Message, MessageType, ProgressState, RawNode, Ready, Role};
+use keel::storage::{ConfState, Entry, HardState, MemStorage, Snapshot, SnapshotMetadata, Storage, StorageMut};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 type Node = RawNode<MemStorage>;
@@ -139,15 +139,15 @@ fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
     HardState { term, vote, commit }
 }
 
-fn snapshot(index: u64, term: u64, conf_state: ConfState) -> SnapshotMessage {
-    SnapshotMessage { metadata: SnapshotMetadata { index, term, conf_state }, data: b"snapshot".to_vec().into() }
+fn snapshot(index: u64, term: u64, conf_state: ConfState) -> Snapshot {
+    Snapshot::from_bytes(SnapshotMetadata { index, term, conf_state }, &b"snapshot"[..])
 }
 
 /// Storage restored from a snapshot at (`index`, `term`): etcd's `ApplySnapshot` or `restore`.
 fn snapshot_storage(index: u64, term: u64, conf_state: ConfState) -> MemStorage {
     let mut s = MemStorage::new();
     let snap = snapshot(index, term, conf_state);
-    s.apply_snapshot(&snap.metadata, &mut &snap.data[..]).expect("apply the snapshot");
+    s.apply_snapshot(&snap.metadata, &mut snap.reader().unwrap()).expect("apply the snapshot");
     s
 }
 
@@ -192,7 +192,7 @@ fn vote_request(kind: MessageType, from: u64, to: u64, term: u64, index: u64, lo
     m
 }
 
-fn snapshot_message(from: u64, to: u64, term: u64, snap: SnapshotMessage) -> Message {
+fn snapshot_message(from: u64, to: u64, term: u64, snap: Snapshot) -> Message {
     let mut m = msg(MessageType::Snapshot, from, to, term);
     m.snapshot = Some(snap);
     m
@@ -641,7 +641,7 @@ fn a_leader_sends_its_snapshot_to_a_follower_behind_its_first_index() {
     let (r, m) = leader_sending_a_snapshot();
     assert_eq!((m.kind, m.to, m.term), (MessageType::Snapshot, 2, term(&r)));
     let s = m.snapshot.expect("a snapshot");
-    assert_eq!((s.metadata.index, s.metadata.term, &*s.data), (11, 11, &b"snapshot"[..]));
+    assert_eq!((s.metadata.index, s.metadata.term, &s.read_to_vec().unwrap()[..]), (11, 11, &b"snapshot"[..]));
     assert_eq!(progress(&r, 2).2, ProgressState::Snapshot);
 }
 

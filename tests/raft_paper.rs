@@ -550,14 +550,14 @@ fn a_snapshot_the_follower_already_holds_is_acknowledged_only_up_to_its_commit()
     // it knows matches (its commit), or the leader counts those entries towards a quorum.
     let mut node = RawNode::new(&config(2, false, false), storage(&[1, 2, 3], &[1, 1, 1, 2, 2], 3)).unwrap();
     let mut snap = msg(MessageType::Snapshot, 1, 2, 3);
-    snap.snapshot = Some(keel::raft::SnapshotMessage {
-        metadata: keel::storage::SnapshotMetadata {
+    snap.snapshot = Some(keel::storage::Snapshot::from_bytes(
+        keel::storage::SnapshotMetadata {
             index: 3,
             term: 1,
             conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
         },
-        data: b"state".to_vec().into(),
-    });
+        b"state".to_vec(),
+    ));
     node.step(snap).unwrap();
     let rd = node.ready().unwrap();
     let ack = rd

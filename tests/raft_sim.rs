@@ -4,7 +4,11 @@
 //! Ready) and restarts that keep only what was persisted, storage that fails reads, snapshots
 //! with compaction, membership changes (learners added and promoted, voters removed and demoted,
 //! joint changes entered and left automatically or on request, the leader removed), leadership
-//! transfers and linearizable reads. After every step it checks:
+//! transfers and linearizable reads. Snapshots travel as a transport sends them: the message's
+//! encoding, then the data in chunks of random sizes through a `SnapshotReceiver` into the
+//! follower's storage; in the chaotic phase one transfer in ten has a bit flipped, which the
+//! receiver must refuse (the snapshot is then lost, like a dropped message). After every step
+//! it checks:
 //!
 //! - election safety: at most one leader per term, across membership changes;
 //! - log matching: two logs holding an entry of the same index and term agree on every entry
@@ -33,11 +37,12 @@
 mod common;
 
 use keel::raft::{
-    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, Config, Message, RaftError, RawNode, Ready,
-    Role,
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, Config, Decoded, Message, RaftError, RawNode,
+    Ready, Role, SnapshotChunk, SnapshotReceiver, SnapshotSender, TransferError,
 };
 use keel::storage::{
-    ConfState, Entry, EntryType, HardState, MemStorage, RaftState, Snapshot, SnapshotMetadata, Storage, StorageMut,
+    ConfState, Entry, EntryType, HardState, MemStorage, RaftState, Snapshot, SnapshotMetadata, SnapshotSink, Storage,
+    StorageMut,
 };
 use keel_harness::Rng;
 use std::cell::Cell;
@@ -147,6 +152,9 @@ impl StorageMut for SimStorage {
     fn compact(&mut self, index: u64) -> keel::Result<()> {
         self.inner.compact(index)
     }
+    fn receive_snapshot(&self, metadata: &SnapshotMetadata) -> keel::Result<Box<dyn SnapshotSink>> {
+        self.inner.receive_snapshot(metadata)
+    }
 }
 
 /// A state machine the application flushed: what it applied, up to which index, and the
@@ -211,6 +219,10 @@ struct Sim {
     totals: Totals,
     /// `KEEL_RAFT_TRACE`: print every event (for replaying one schedule).
     trace: bool,
+    /// Chunk sizes and damage of snapshot transfers: a generator of its own.
+    wire: Rng,
+    /// Whether snapshot transfers may be damaged (not in the calm phase).
+    wire_faults: bool,
 }
 
 /// What a schedule did, so a run shows that it exercised something.
@@ -226,6 +238,7 @@ struct Totals {
     reads: u64,
     storage_failures: u64,
     restarts_above_commit: u64,
+    transfers_refused: u64,
 }
 
 impl Totals {
@@ -240,6 +253,7 @@ impl Totals {
         self.reads += o.reads;
         self.storage_failures += o.storage_failures;
         self.restarts_above_commit += o.restarts_above_commit;
+        self.transfers_refused += o.transfers_refused;
     }
 }
 
@@ -287,6 +301,8 @@ impl Sim {
             proposals: 0,
             totals: Totals::default(),
             trace: std::env::var_os("KEEL_RAFT_TRACE").is_some(),
+            wire: Rng::new(seed ^ 0x5eed_c4a2),
+            wire_faults: true,
         };
         for id in ids {
             sim.start_new(id);
@@ -396,8 +412,8 @@ impl Sim {
         let node = self.nodes.get_mut(&id).unwrap();
         let raw = node.raw.as_mut().unwrap();
         if let Some(s) = &rd.snapshot {
-            raw.storage_mut().apply_snapshot(&s.metadata, &mut &s.data[..]).unwrap();
-            node.applied = decode_state(&s.data);
+            raw.storage_mut().apply_snapshot(&s.metadata, &mut s.reader().unwrap()).unwrap();
+            node.applied = decode_state(&s.read_to_vec().unwrap());
             node.conf = s.metadata.conf_state.clone();
         }
         if crash_after == Some(1) {
@@ -422,7 +438,7 @@ impl Sim {
         // A snapshot's entries were checked against the global record as they were applied.
         if let Some(s) = &rd.snapshot {
             self.totals.snapshots += 1;
-            for (i, t, d) in decode_state(&s.data) {
+            for (i, t, d) in decode_state(&s.read_to_vec().unwrap()) {
                 self.check_applied(id, i, t, &d);
             }
         }
@@ -586,9 +602,19 @@ impl Sim {
                 self.step, m.kind, m.from, m.to, m.term, m.index, m.log_term, m.commit, m.reject
             );
         }
-        if let Some(raw) = self.raw(to)
-            && let Err(e) = raw.step(m)
-        {
+        let Some(raw) = self.nodes.get_mut(&to).and_then(|n| n.raw.as_mut()) else { return };
+        let m = if m.snapshot.is_some() {
+            match over_the_wire(m, &raw.storage().inner, &mut self.wire, self.wire_faults) {
+                Some(m) => m,
+                None => {
+                    self.totals.transfers_refused += 1;
+                    return;
+                }
+            }
+        } else {
+            m
+        };
+        if let Err(e) = raw.step(m) {
             self.on_error(to, e);
         }
     }
@@ -884,6 +910,7 @@ impl Sim {
     /// final configuration and they agree on it.
     fn calm(&mut self, max_ticks: u64) {
         self.cut.clear();
+        self.wire_faults = false;
         for fail_in in self.fail_in.values() {
             fail_in.set(0);
         }
@@ -950,6 +977,44 @@ impl Sim {
                     && n.raw.as_ref().is_some_and(|raw| raw.status().conf_state == cs)
             })
         })
+    }
+}
+
+/// A snapshot message sent as a transport sends it: encoded (the header, no data), then the
+/// snapshot's data in chunks of a random size, each encoded and decoded, into a receiver
+/// staging in the follower's storage. With `damage`, one transfer in ten gets a bit flipped in
+/// one chunk, which must be refused. The message to step, or `None` if the transfer failed.
+fn over_the_wire(m: Message, storage: &MemStorage, rng: &mut Rng, damage: bool) -> Option<Message> {
+    let snapshot = m.snapshot.clone().expect("a snapshot message");
+    let Ok(Decoded::Snapshot(pending)) = Message::decode(&m.encode()) else {
+        panic!("a snapshot message decodes as an announcement")
+    };
+    let sink = storage.receive_snapshot(&pending.header().metadata).unwrap();
+    let mut receiver = SnapshotReceiver::new(pending.header().clone(), sink);
+    let chunk_bytes = 1 + rng.below(64) as usize;
+    let chunks: Vec<Vec<u8>> =
+        SnapshotSender::new(snapshot, chunk_bytes).unwrap().map(|c| c.unwrap().encode()).collect();
+    let flip = (damage && rng.chance(10)).then(|| (rng.below(chunks.len() as u64) as usize, rng.next_u64()));
+    let mut received = Ok(());
+    for (k, mut bytes) in chunks.into_iter().enumerate() {
+        if let Some((_, bit)) = flip.filter(|&(at, _)| at == k) {
+            let bit = (bit % (bytes.len() as u64 * 8)) as usize;
+            bytes[bit / 8] ^= 1 << (bit % 8);
+        }
+        received = SnapshotChunk::decode(&bytes).map_err(TransferError::from).and_then(|c| receiver.receive(&c));
+        if received.is_err() {
+            break;
+        }
+    }
+    match received.and_then(|()| receiver.finish()) {
+        Ok(s) => {
+            assert!(flip.is_none(), "a transfer with a flipped bit was accepted");
+            Some(pending.complete(s).expect("the receiver made the announced snapshot"))
+        }
+        Err(e) => {
+            assert!(flip.is_some(), "an intact snapshot transfer was refused: {e}");
+            None
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use keel::storage::{
     StorageOptions,
 };
 use keel::wal::LogOptions;
+use std::io::Write;
 
 trait Harness {
     type S: StorageMut;
@@ -352,6 +353,61 @@ fn hard_state_rules_are_enforced<H: Harness>() {
     twice(&mut h, |s| assert_eq!(s.initial_state().unwrap().hard_state, HardState { term: 6, vote: 3, commit: 10 }));
 }
 
+fn a_snapshot_handle_pins_the_entries_after_it<H: Harness>() {
+    // While a handle from snapshot() lives (a transfer in flight), compaction keeps every entry
+    // after the snapshot; once the last clone drops, compaction goes on.
+    let mut h = H::new();
+    h.s().append(&ents(1, 30, 2)).unwrap();
+    h.s().create_snapshot(10, &conf(&[1]), &mut &b"at 10"[..]).unwrap();
+    let handle = h.s().snapshot(0).unwrap();
+    let clone = handle.clone();
+    drop(handle);
+    h.s().compact(25).unwrap();
+    assert_eq!(h.s().first_index().unwrap(), 11, "lowered to one past the pinned snapshot");
+    assert_eq!(h.s().entries(11, 31, u64::MAX).unwrap(), ents(11, 30, 2));
+    h.s().append(&ents(31, 40, 2)).unwrap();
+    h.s().create_snapshot(35, &conf(&[1]), &mut &b"at 35"[..]).unwrap();
+    let newer = h.s().snapshot(0).unwrap();
+    h.s().compact(38).unwrap();
+    assert_eq!(h.s().first_index().unwrap(), 11, "the lowest pin wins");
+    drop(clone);
+    h.s().compact(38).unwrap();
+    assert_eq!(h.s().first_index().unwrap(), 36);
+    drop(newer);
+    h.s().compact(38).unwrap();
+    twice(&mut h, |s| assert_eq!(s.first_index().unwrap(), 38));
+}
+
+fn a_received_snapshot_is_staged_apart_until_installed<H: Harness>() {
+    // receive_snapshot changes nothing the storage holds; a finished sink reads back what was
+    // written, and installing it (streamed) is an ordinary apply_snapshot.
+    let mut h = H::new();
+    h.s().append(&ents(1, 10, 1)).unwrap();
+    let meta = SnapshotMetadata { index: 40, term: 3, conf_state: conf(&[1, 2, 3]) };
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let mut sink = h.s().receive_snapshot(&meta).unwrap();
+    for piece in data.chunks(100_000) {
+        sink.write_all(piece).unwrap();
+    }
+    assert!(matches!(h.s().snapshot(0), Err(Error::SnapshotTemporarilyUnavailable)), "nothing installed yet");
+    let staged = sink.finish().unwrap();
+    assert_eq!((staged.metadata.clone(), staged.data_len()), (meta.clone(), data.len() as u64));
+    assert_eq!(staged.data_crc(), crc32fast::hash(&data));
+    assert_eq!((h.s().first_index().unwrap(), h.s().last_index().unwrap()), (1, 10), "staging changes nothing");
+    // An abandoned one goes without a trace.
+    let mut abandoned = h.s().receive_snapshot(&meta).unwrap();
+    abandoned.write_all(b"partial").unwrap();
+    drop(abandoned);
+    h.s().apply_snapshot(&staged.metadata, &mut staged.reader().unwrap()).unwrap();
+    drop(staged);
+    twice(&mut h, |s| {
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (41, 40));
+        let snap = s.snapshot(0).unwrap();
+        assert_eq!(snap.metadata, meta);
+        assert_eq!(snap.read_to_vec().unwrap(), data);
+    });
+}
+
 macro_rules! suite {
     ($($rule:ident),* $(,)?) => {
         mod mem {
@@ -379,4 +435,6 @@ suite!(
     older_snapshots_are_out_of_date,
     hard_state_and_conf_state_persist,
     hard_state_rules_are_enforced,
+    a_snapshot_handle_pins_the_entries_after_it,
+    a_received_snapshot_is_staged_apart_until_installed,
 );

@@ -211,6 +211,67 @@ fn leftover_temporary_files_are_removed_and_reported() {
 }
 
 #[test]
+fn a_snapshot_handle_still_reads_its_file_after_a_newer_snapshot_removed_it() {
+    // A snapshot file keeps its file open: a handle taken before the file was pruned (a
+    // transfer to a follower in flight) still reads all of it, checksum checked, after the
+    // name is gone. Proves the snapshot file needs no pin of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = DiskStorage::open(dir.path(), StorageOptions { snapshots_kept: 1, ..opts() }).unwrap();
+    s.append(&ents(1, 30, 1)).unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 256) as u8).collect();
+    s.create_snapshot(10, &ConfState::default(), &mut &data[..]).unwrap();
+    let handle = s.snapshot(0).unwrap();
+    s.create_snapshot(20, &ConfState::default(), &mut &b"newer"[..]).unwrap();
+    let names: Vec<String> =
+        snapshot_files(dir.path()).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec!["snap-0000000000000001-0000000000000014.snap"], "the file at 10 was removed");
+    assert_eq!(handle.metadata.index, 10);
+    assert_eq!(handle.read_to_vec().unwrap(), data);
+    assert_eq!(handle.clone().read_to_vec().unwrap(), data, "every reader, not only the first");
+}
+
+#[test]
+fn a_staged_snapshot_is_a_writer_temporary_file_removed_when_dropped_or_at_open() {
+    // Staging uses the snapshot writers' temporary naming, so a crash's leftover is removed
+    // by open like any other; a dropped sink or staged snapshot removes its file at once.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    s.append(&ents(1, 5, 1)).unwrap();
+    let temps = |dir: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "tmp"))
+            .collect();
+        v.sort();
+        v
+    };
+    let meta = SnapshotMetadata { index: 9, term: 2, conf_state: ConfState::default() };
+    let mut sink = s.receive_snapshot(&meta).unwrap();
+    std::io::Write::write_all(&mut sink, b"received state").unwrap();
+    let staged = temps(dir.path());
+    assert_eq!(staged.len(), 1);
+    let name = staged[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("snap-0000000000000002-0000000000000009.snap.") && name.ends_with(".tmp"), "{name}");
+    let snapshot = sink.finish().unwrap();
+    assert_eq!(temps(dir.path()), staged, "finished, it stays staged under the same name");
+    assert!(snapshot_files(dir.path()).is_empty());
+    assert_eq!(snapshot.read_to_vec().unwrap(), b"received state");
+    drop(snapshot);
+    assert!(temps(dir.path()).is_empty());
+    // A crash while staging: the file stays until the next open removes it.
+    let mut sink = s.receive_snapshot(&meta).unwrap();
+    std::io::Write::write_all(&mut sink, b"half").unwrap();
+    std::mem::forget(sink);
+    let leftover = temps(dir.path());
+    drop(s);
+    let (s, report) = open(dir.path());
+    assert_eq!(report.removed_temp_files, leftover);
+    assert!(temps(dir.path()).is_empty());
+    assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 5));
+}
+
+#[test]
 fn only_temporary_files_named_by_keel_are_removed() {
     // Proves open removes the leftovers of keel's own interrupted writes (snapshot temporaries,
     // this version's and the earlier `<name>.tmp`, and `hardstate.tmp`) and nothing else: a

@@ -10,6 +10,10 @@
 //! - [`hard_state`], [`snapshot`]: a storage directory whose HardState file or snapshot file is
 //!   the input, opened (snapshot checksums verified) and read.
 //! - [`message`]: a Raft message decoded from network bytes.
+//! - [`snapshot_transfer`]: a snapshot chunk decoded from network bytes, and a whole transfer
+//!   into `DiskStorage` on the simulated disk with its chunks damaged, reordered, duplicated,
+//!   dropped or mixed with another snapshot's as the input says: every change is refused, leaves
+//!   no staged file and no change to the storage, and the intact transfer then installs.
 //! - [`storage_model`]: the input chooses a workload of storage calls, injected I/O failures
 //!   and crash points on the simulated disk; every recovered state is compared with the model
 //!   ([`crate::torture`]).
@@ -147,8 +151,24 @@ fn open_storage(files: &[(String, &[u8])]) {
 /// follower and into a leader (addressed to each), whose Ready is persisted and advanced: what
 /// acts on decoded input must not panic either, and a refused message changes nothing.
 pub fn message(data: &[u8]) {
-    let Ok(m) = keel::raft::Message::decode(data) else { return };
-    assert_eq!(m.encode(), data, "a decoded message re-encodes to its bytes");
+    use keel::raft::Decoded;
+    let m = match keel::raft::Message::decode(data) {
+        Err(_) => return,
+        Ok(Decoded::Message(m)) => {
+            assert_eq!(m.encode(), data, "a decoded message re-encodes to its bytes");
+            m
+        }
+        Ok(Decoded::Snapshot(pending)) => {
+            assert_eq!(pending.encode(), data, "a decoded snapshot message re-encodes to its bytes");
+            assert!(pending.message().snapshot.is_none(), "no snapshot before its data arrived");
+            // Only an announcement of empty data can be completed without more input: its one
+            // (empty) chunk goes through a receiver, as over the network.
+            match complete_empty(pending) {
+                Some(m) => m,
+                None => return,
+            }
+        }
+    };
     for leader in [false, true] {
         let mut node = node_with_log(leader);
         let mut m = m.clone();
@@ -167,6 +187,135 @@ pub fn message(data: &[u8]) {
             node.tick();
         }
     }
+}
+
+/// The message of an announcement of empty data, completed through a receiver, if the
+/// announced checksum is the empty data's.
+fn complete_empty(pending: keel::raft::PendingSnapshot) -> Option<keel::raft::Message> {
+    use keel::raft::{SnapshotReceiver, SnapshotSender};
+    use keel::storage::{MemStorage, Snapshot, StorageMut};
+    let header = pending.header().clone();
+    if header.data_len != 0 {
+        return None;
+    }
+    let sink = MemStorage::new().receive_snapshot(&header.metadata).expect("MemStorage stages");
+    let mut receiver = SnapshotReceiver::new(header.clone(), sink);
+    let empty = Snapshot::from_bytes(header.metadata.clone(), Vec::new());
+    for chunk in SnapshotSender::new(empty, 16).expect("a sender") {
+        receiver.receive(&chunk.expect("memory reads")).ok()?;
+    }
+    let snapshot = receiver.finish().ok()?;
+    Some(pending.complete(snapshot).expect("the receiver made the announced snapshot"))
+}
+
+/// Snapshot transfer. Two parts:
+/// 1. the input decoded as one chunk: no panic, and a chunk that decodes re-encodes to it;
+/// 2. a transfer of a snapshot whose data is the input after a small prefix (chunk size, up
+///    to three changes to the chunk sequence: a flipped bit, a cut, a swap, a duplicate, a
+///    dropped chunk, a chunk of another snapshot, an injected write failure) from memory into
+///    `DiskStorage` on the simulated disk. A transfer whose chunks changed must fail with a
+///    typed error, leave no temporary file and no change to the storage; an unchanged one must
+///    install data equal to the source. After a failure the intact transfer must still work.
+pub fn snapshot_transfer(data: &[u8]) {
+    use keel::raft::{SnapshotChunk, SnapshotHeader, SnapshotReceiver, SnapshotSender, TransferError};
+    use keel::storage::{ConfState, Entry, Snapshot, SnapshotMetadata, StorageMut};
+    if let Ok(chunk) = SnapshotChunk::decode(data) {
+        assert_eq!(chunk.encode(), data, "a decoded chunk re-encodes to its bytes");
+    }
+    let Some((&[size, ops], rest)) = data.split_first_chunk::<2>() else { return };
+    let op_count = usize::from(ops % 4);
+    let Some((ops, body)) = rest.split_at_checked(3 * op_count) else { return };
+    let body = &body[..body.len().min(2048)];
+    let conf_state = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
+    let metadata = SnapshotMetadata { index: 10, term: 3, conf_state: conf_state.clone() };
+    let source = Snapshot::from_bytes(metadata.clone(), body.to_vec());
+    let chunk_bytes = 1 + usize::from(size % 32);
+    let encode_all = |s: &Snapshot| -> Vec<Vec<u8>> {
+        SnapshotSender::new(s.clone(), chunk_bytes)
+            .expect("a sender")
+            .map(|c| c.expect("memory reads").encode())
+            .collect()
+    };
+    let intact = encode_all(&source);
+    let other = encode_all(&Snapshot::from_bytes(SnapshotMetadata { index: 11, ..metadata.clone() }, body.to_vec()));
+    let mut chunks = intact.clone();
+    let mut write_fault = None;
+    for op in ops.chunks_exact(3) {
+        let (a, b) = (usize::from(op[1]), usize::from(op[2]));
+        let n = chunks.len();
+        match op[0] % 7 {
+            0 if n > 0 => {
+                let c = &mut chunks[a % n];
+                let bit = (a * 256 + b) % (c.len() * 8).max(1);
+                if let Some(byte) = c.get_mut(bit / 8) {
+                    *byte ^= 1 << (bit % 8);
+                }
+            }
+            1 if n > 0 => {
+                let c = &mut chunks[a % n];
+                c.truncate(b % c.len().max(1));
+            }
+            2 if n > 0 => chunks.swap(a % n, b % n),
+            3 if n > 0 => {
+                let c = chunks[a % n].clone();
+                chunks.insert(a % n, c);
+            }
+            4 if n > 0 => {
+                chunks.remove(a % n);
+            }
+            5 if n > 0 => chunks[a % n] = other[a % other.len()].clone(),
+            // Staging writes the data (if any), the trailer and the header: the first two
+            // writes always happen.
+            6 => write_fault = Some(1 + (a % 2) as u64),
+            _ => {}
+        }
+    }
+    let changed = chunks != intact || write_fault.is_some();
+
+    let fs = Arc::new(SimFileSystem::new());
+    let log = LogOptions { segment_bytes: 4096, fs: Arc::clone(&fs) as Arc<dyn FileSystem>, ..LogOptions::default() };
+    let (mut storage, _) = DiskStorage::open(DIR, StorageOptions { log, ..StorageOptions::default() }).expect("open");
+    storage.set_conf_state(&conf_state).expect("conf state");
+    storage.append(&[Entry::new(1, 1, b"x".to_vec())]).expect("append");
+    let names_before = sorted_names(fs.as_ref());
+    let header = SnapshotHeader::of(&source);
+    let receive = |storage: &DiskStorage, chunks: &[Vec<u8>], fault: Option<u64>| -> Result<Snapshot, TransferError> {
+        let sink = storage.receive_snapshot(&header.metadata).map_err(TransferError::Staging)?;
+        if let Some(n) = fault {
+            fs.fail_nth_write(n, crate::sim::WriteFault::Eio);
+        }
+        let mut receiver = SnapshotReceiver::new(header.clone(), sink);
+        for bytes in chunks {
+            receiver.receive(&SnapshotChunk::decode(bytes)?)?;
+        }
+        receiver.finish()
+    };
+    match receive(&storage, &chunks, write_fault) {
+        Ok(snapshot) => {
+            assert!(!changed, "a changed transfer was accepted");
+            assert_eq!(snapshot.read_to_vec().expect("staged data reads"), body);
+        }
+        Err(e) => {
+            assert!(changed, "the intact transfer failed: {e}");
+            assert!(!matches!(e, TransferError::Abandoned | TransferError::Source(_)), "{e}");
+            fs.clear_faults();
+            assert_eq!(sorted_names(fs.as_ref()), names_before, "a failed transfer leaves nothing behind");
+            assert_eq!((storage.first_index().unwrap(), storage.last_index().unwrap()), (1, 1));
+            assert!(storage.snapshot(0).is_err(), "no snapshot was installed");
+        }
+    }
+    let snapshot = receive(&storage, &intact, None).expect("the intact transfer after a failure");
+    storage.apply_snapshot(&snapshot.metadata, &mut snapshot.reader().expect("a reader")).expect("install");
+    drop(snapshot);
+    assert_eq!(storage.snapshot(0).expect("installed").read_to_vec().expect("reads"), body);
+    assert!(!sorted_names(fs.as_ref()).iter().any(|n| n.ends_with(".tmp")), "no staged file stays");
+}
+
+fn sorted_names(fs: &dyn FileSystem) -> Vec<String> {
+    let mut names: Vec<String> =
+        fs.list(Path::new(DIR)).expect("list").into_iter().map(|n| n.to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
 }
 
 /// Node 1 of three over `MemStorage` holding entries 1..=6 (terms 1, 1, 2, 2, 3, 3) with four

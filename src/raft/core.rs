@@ -15,7 +15,7 @@ use super::conf_change::ConfChange;
 use super::config::Config;
 use super::log::RaftLog;
 use super::membership::{Membership, VoteResult};
-use super::message::{CAMPAIGN_TRANSFER, Message, MessageType, SnapshotMessage};
+use super::message::{CAMPAIGN_TRANSFER, Message, MessageType};
 use super::progress::{Progress, ProgressState};
 use super::raw_node::NewNodeError;
 use super::read_only::{ReadOnly, ReadOnlyOption, ReadState};
@@ -394,10 +394,11 @@ impl<S: Storage> Raft<S> {
             Err(Error::SnapshotTemporarilyUnavailable) => return Ok(false),
             Err(e) => return Err(e),
         };
-        let data = snapshot.read_to_vec()?;
+        // A handle, not the data: the transport streams it in chunks (`snapshot_transfer`), and
+        // while the handle lives the storage keeps the entries after it.
         let index = snapshot.metadata.index;
         let mut m = Message::new(MessageType::Snapshot, self.id, to, self.term);
-        m.snapshot = Some(SnapshotMessage { metadata: snapshot.metadata, data: data.into() });
+        m.snapshot = Some(snapshot);
         if let Some(p) = self.progress.get_mut(&to) {
             p.become_snapshot(index);
         }

@@ -10,10 +10,9 @@
 //! anything else is returned to the caller, and the Raft core stops the node with it. Nothing
 //! here guesses a value in place of one storage failed to give.
 
-use super::message::SnapshotMessage;
 use super::raw_node::NewNodeError;
 use crate::Error;
-use crate::storage::{Entry, EntryType, Storage};
+use crate::storage::{Entry, EntryType, Snapshot, Storage};
 
 #[derive(Debug)]
 pub(crate) struct RaftLog<S: Storage> {
@@ -21,7 +20,7 @@ pub(crate) struct RaftLog<S: Storage> {
     unstable: Vec<Entry>,
     offset: u64,
     /// A snapshot received and not yet persisted.
-    snapshot: Option<SnapshotMessage>,
+    snapshot: Option<Snapshot>,
     /// Whether the unstable snapshot was handed out in a `Ready`.
     snapshot_in_progress: bool,
     /// Last unstable index handed out for persisting.
@@ -284,7 +283,7 @@ impl<S: Storage> RaftLog<S> {
         self.snapshot.is_some()
     }
 
-    pub(crate) fn snapshot_to_persist(&self) -> Option<&SnapshotMessage> {
+    pub(crate) fn snapshot_to_persist(&self) -> Option<&Snapshot> {
         self.snapshot.as_ref().filter(|_| !self.snapshot_in_progress)
     }
 
@@ -317,7 +316,7 @@ impl<S: Storage> RaftLog<S> {
     }
 
     /// Replaces the log by a snapshot received from the leader.
-    pub(crate) fn restore(&mut self, snapshot: SnapshotMessage) {
+    pub(crate) fn restore(&mut self, snapshot: Snapshot) {
         let index = snapshot.metadata.index;
         self.committed = index;
         self.unstable.clear();

@@ -1,16 +1,20 @@
 //! Raft messages and their compact binary encoding.
 //!
-//! Encoding (little-endian): a version byte (1), the message type, `to`, `from`, `term`,
+//! Encoding (little-endian): a version byte (2), the message type, `to`, `from`, `term`,
 //! `log_term`, `index`, `commit`, `reject` (one byte), `reject_hint`, the entry count (`u32`)
 //! and each entry (index, term, type byte, data length `u32`, data), then a snapshot flag byte
-//! and, if set, the snapshot (index, term, the four ConfState id lists each as a `u32` count and
-//! ids, `auto_leave`, data length `u64`, data), then the context (length `u32`, bytes). A rejected AppendResponse's hint is
-//! `reject_hint` with its term in `log_term`; there is no separate hint-term field. Framing and
-//! checksums belong to the transport. (A test checks this field list against `encode`.)
+//! and, if set, the snapshot's header (index, term, the four ConfState id lists each as a `u32`
+//! count and ids, `auto_leave`, data length `u64`, data checksum `u32`): not its data, which
+//! follows as chunks (`snapshot_transfer`), so decoding such a message gives
+//! [`Decoded::Snapshot`], which cannot be stepped until its chunks have arrived. A rejected
+//! AppendResponse's hint is `reject_hint` with its term in `log_term`; there is no separate
+//! hint-term field. Then the context (length `u32`, bytes). Framing and checksums belong to the transport. (A test checks this field
+//! list against `encode`.) Version 1 carried the snapshot's data inline; version 2
+//! (briefly) either the context or the snapshot header, never both.
 
-use crate::storage::{ConfState, Entry, EntryType, SnapshotMetadata};
+use super::snapshot_transfer::{SnapshotHeader, TransferError};
+use crate::storage::{ConfState, Entry, EntryType, Snapshot, SnapshotMetadata};
 use byteorder::{ByteOrder, LE};
-use std::sync::Arc;
 
 /// The kinds of message nodes exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,15 +74,6 @@ impl MessageType {
     }
 }
 
-/// A snapshot carried by a [`MessageType::Snapshot`] message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotMessage {
-    /// What the snapshot covers: its last index, that index's term, the membership then.
-    pub metadata: SnapshotMetadata,
-    /// The state machine's snapshot data, whole, in memory.
-    pub data: Arc<[u8]>,
-}
-
 /// One Raft message. Fields a type does not use are zero.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -107,8 +102,9 @@ pub struct Message {
     /// AppendResponse rejection: the follower's index to retry from (its last index or the
     /// last index whose term is at most `log_term`).
     pub reject_hint: u64,
-    /// Snapshot: the snapshot to install; `None` in every other type.
-    pub snapshot: Option<SnapshotMessage>,
+    /// Snapshot: the snapshot to install (a handle: its data is streamed, never copied into
+    /// the message); `None` in every other type.
+    pub snapshot: Option<Snapshot>,
     /// ReadIndex and its response: the application's request context; Heartbeat and its
     /// response: the context of the newest read waiting for this heartbeat round; RequestVote:
     /// [`CAMPAIGN_TRANSFER`] for an election started by a leadership transfer.
@@ -215,8 +211,14 @@ impl Message {
         super::data_bytes(&self.entries)
     }
 
-    /// The encoding described in the module docs.
+    /// The encoding described in the module docs. A snapshot is encoded as its header: a
+    /// transport sends its data after the message, through a
+    /// [`SnapshotSender`](super::SnapshotSender).
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with(self.snapshot.as_ref().map(SnapshotHeader::of).as_ref())
+    }
+
+    fn encode_with(&self, snapshot: Option<&SnapshotHeader>) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.entries.iter().map(|e| 21 + e.data.len()).sum::<usize>());
         out.push(VERSION);
         out.push(self.kind as u8);
@@ -233,15 +235,15 @@ impl Message {
             put_u32(&mut out, e.data.len() as u32);
             out.extend_from_slice(&e.data);
         }
-        match &self.snapshot {
+        match snapshot {
             None => out.push(0),
             Some(s) => {
                 out.push(1);
                 put_u64(&mut out, s.metadata.index);
                 put_u64(&mut out, s.metadata.term);
                 put_conf_state(&mut out, &s.metadata.conf_state);
-                put_u64(&mut out, s.data.len() as u64);
-                out.extend_from_slice(&s.data);
+                put_u64(&mut out, s.data_len);
+                put_u32(&mut out, s.data_crc);
             }
         }
         put_u32(&mut out, self.context.len() as u32);
@@ -250,7 +252,8 @@ impl Message {
     }
 
     /// Decodes [`Message::encode`]'s output; bad bytes give a [`DecodeError`], never a panic.
-    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    /// A message announcing a snapshot gives [`Decoded::Snapshot`]: its data is still to come.
+    pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         let mut r = Reader { bytes, at: 0 };
         let version = r.u8("version")?;
         if version != VERSION {
@@ -278,15 +281,13 @@ impl Message {
             let data = r.take(len, "entry data")?.to_vec();
             entries.push(Entry { index, term, entry_type, data: data.into() });
         }
-        let snapshot = match r.bool("snapshot flag")? {
+        let header = match r.bool("snapshot flag")? {
             false => None,
             true => {
                 let (index, term) = (r.u64("snapshot index")?, r.u64("snapshot term")?);
                 let conf_state = r.conf_state()?;
-                let len = r.u64("snapshot length")?;
-                let len = usize::try_from(len).map_err(|_| r.error(format!("snapshot length {len} too large")))?;
-                let data: Arc<[u8]> = r.take(len, "snapshot data")?.into();
-                Some(SnapshotMessage { metadata: SnapshotMetadata { index, term, conf_state }, data })
+                let (data_len, data_crc) = (r.u64("snapshot data length")?, r.u32("snapshot data checksum")?);
+                Some(SnapshotHeader { metadata: SnapshotMetadata { index, term, conf_state }, data_len, data_crc })
             }
         };
         let context_len = r.u32("context length")? as usize;
@@ -294,11 +295,64 @@ impl Message {
         if r.remaining() != 0 {
             return Err(r.error(format!("{} bytes after the message", r.remaining())));
         }
-        Ok(Message { kind, to, from, term, log_term, index, entries, commit, reject, reject_hint, snapshot, context })
+        let snapshot = None;
+        let message =
+            Message { kind, to, from, term, log_term, index, entries, commit, reject, reject_hint, snapshot, context };
+        Ok(match header {
+            None => Decoded::Message(message),
+            Some(header) => Decoded::Snapshot(PendingSnapshot { message, header }),
+        })
     }
 }
 
-const VERSION: u8 = 2;
+/// What [`Message::decode`] gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// A message, ready for [`RawNode::step`](super::RawNode::step).
+    Message(Message),
+    /// A message announcing a snapshot whose data follows in chunks: not a [`Message`] until
+    /// a [`SnapshotReceiver`](super::SnapshotReceiver) built from its header has received them.
+    Snapshot(PendingSnapshot),
+}
+
+/// A decoded message that announced a snapshot, waiting for the snapshot's data: it holds no
+/// snapshot, so nothing can install one before [`PendingSnapshot::complete`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingSnapshot {
+    /// The message, with `snapshot` still `None`.
+    message: Message,
+    header: SnapshotHeader,
+}
+
+impl PendingSnapshot {
+    /// What the snapshot's data must be: start a [`SnapshotReceiver`](super::SnapshotReceiver)
+    /// with it.
+    pub fn header(&self) -> &SnapshotHeader {
+        &self.header
+    }
+
+    /// The message without its snapshot (sender, term, ...), for routing and logging.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The message with its snapshot, once the receiver has finished it. Refused if `snapshot`
+    /// is not the announced one (metadata, data length and checksum).
+    pub fn complete(self, snapshot: Snapshot) -> Result<Message, TransferError> {
+        let got = SnapshotHeader::of(&snapshot);
+        if got != self.header {
+            return Err(TransferError::NotAnnounced { expected: Box::new(self.header), actual: Box::new(got) });
+        }
+        Ok(Message { snapshot: Some(snapshot), ..self.message })
+    }
+
+    /// The bytes it was decoded from.
+    pub fn encode(&self) -> Vec<u8> {
+        self.message.encode_with(Some(&self.header))
+    }
+}
+
+const VERSION: u8 = 3;
 
 /// Why bytes are not a message: where and what.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -400,24 +454,40 @@ mod tests {
         m.index = 41;
         m.commit = 40;
         m.entries = vec![Entry::new(42, 7, b"x".to_vec()), Entry::new(43, 7, Vec::new())];
-        m.snapshot = Some(SnapshotMessage {
-            metadata: SnapshotMetadata {
+        m.snapshot = Some(Snapshot::from_bytes(
+            SnapshotMetadata {
                 index: 9,
                 term: 2,
                 conf_state: ConfState { voters: vec![1, 2, 3], learners: vec![4], ..ConfState::default() },
             },
-            data: Arc::from(&b"state"[..]),
-        });
+            &b"state"[..],
+        ));
         m.context = b"read-7".to_vec();
         m
     }
 
     #[test]
     fn round_trip() {
-        let m = sample();
-        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        let mut m = sample();
+        let snapshot = m.snapshot.take().unwrap();
+        assert_eq!(Message::decode(&m.encode()).unwrap(), Decoded::Message(m.clone()));
         let plain = Message::new(MessageType::HeartbeatResponse, 3, 1, 2);
-        assert_eq!(Message::decode(&plain.encode()).unwrap(), plain);
+        assert_eq!(Message::decode(&plain.encode()).unwrap(), Decoded::Message(plain));
+        m.snapshot = Some(snapshot.clone());
+        let Decoded::Snapshot(pending) = Message::decode(&m.encode()).unwrap() else { panic!("a snapshot message") };
+        assert_eq!(pending.header(), &SnapshotHeader::of(&snapshot));
+        assert_eq!(pending.message().snapshot, None, "no snapshot until its data arrived");
+        assert_eq!(pending.encode(), m.encode());
+        assert_eq!(pending.complete(snapshot).unwrap(), m);
+    }
+
+    #[test]
+    fn a_pending_snapshot_completes_only_with_the_announced_snapshot() {
+        let m = sample();
+        let Decoded::Snapshot(pending) = Message::decode(&m.encode()).unwrap() else { panic!("a snapshot message") };
+        let metadata = pending.header().metadata.clone();
+        let other = Snapshot::from_bytes(metadata, &b"other"[..]);
+        assert!(matches!(pending.complete(other), Err(TransferError::NotAnnounced { .. })));
     }
 
     #[test]
@@ -473,6 +543,9 @@ mod tests {
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(Message::decode(&extra).unwrap_err().what.contains("after the message"));
+        let mut old = bytes.clone();
+        old[0] = 1;
+        assert!(Message::decode(&old).unwrap_err().what.contains("version 1"), "version 1 carried data inline");
         let mut bad = bytes.clone();
         bad[1] = 99;
         assert_eq!(Message::decode(&bad).unwrap_err().offset, 2);

@@ -10,6 +10,8 @@
 //! - `membership`: the configuration the core works with (voters, learners, joint consensus)
 //!   and the quorum rules;
 //! - `read_only`: linearizable reads ([`ReadState`], [`ReadOnlyOption`]);
+//! - `snapshot_transfer`: a snapshot sent in checksummed chunks ([`SnapshotSender`],
+//!   [`SnapshotReceiver`]);
 //! - `progress`: the leader's view of each follower ([`ProgressState`]) and the flow-control
 //!   window;
 //! - `log`: the persisted log plus the unstable tail;
@@ -26,15 +28,17 @@ mod message;
 mod progress;
 mod raw_node;
 mod read_only;
+mod snapshot_transfer;
 
 use std::sync::Arc;
 
 pub use conf_change::{ConfChange, ConfChangeDecodeError, ConfChangeSingle, ConfChangeTransition, ConfChangeType};
 pub use config::{Config, ConfigError};
-pub use message::{CAMPAIGN_TRANSFER, DecodeError, Message, MessageType, SnapshotMessage};
+pub use message::{CAMPAIGN_TRANSFER, DecodeError, Decoded, Message, MessageType, PendingSnapshot};
 pub use progress::ProgressState;
 pub use raw_node::{NewNodeError, RawNode, Ready, SnapshotStatus, SoftState, Status};
 pub use read_only::{ReadOnlyOption, ReadState};
+pub use snapshot_transfer::{SnapshotChunk, SnapshotHeader, SnapshotReceiver, SnapshotSender, TransferError};
 
 /// Bytes of entry data in `entries`: what size limits and flow control count.
 pub(crate) fn data_bytes(entries: &[crate::storage::Entry]) -> u64 {

@@ -26,11 +26,11 @@ use super::conf_change::ConfChange;
 use super::config::{Config, ConfigError};
 use super::core::Raft;
 use super::membership::Membership;
-use super::message::{Message, SnapshotMessage};
+use super::message::Message;
 use super::progress::ProgressState;
 use super::read_only::ReadState;
 use super::{RaftError, Role};
-use crate::storage::{ConfState, Entry, EntryType, HardState, Storage, StorageMut};
+use crate::storage::{ConfState, Entry, EntryType, HardState, Snapshot, Storage, StorageMut};
 use std::collections::BTreeMap;
 
 /// Volatile state the application may want to observe.
@@ -52,7 +52,7 @@ pub struct Ready {
     /// To persist (append), before `persisted_messages` are sent.
     pub entries: Vec<Entry>,
     /// A snapshot from the leader to install, before `entries`.
-    pub snapshot: Option<SnapshotMessage>,
+    pub snapshot: Option<Snapshot>,
     /// Committed, persisted entries to apply, in order.
     pub committed_entries: Vec<Entry>,
     /// Messages that may be sent before anything in this Ready is persisted.
@@ -83,7 +83,8 @@ impl<S: StorageMut> RawNode<S> {
     pub fn persist(&mut self, rd: &Ready) -> crate::Result<()> {
         let s = self.storage_mut();
         if let Some(snapshot) = &rd.snapshot {
-            s.apply_snapshot(&snapshot.metadata, &mut &snapshot.data[..])?;
+            // Streamed from wherever the snapshot's data is (a received snapshot: its staging).
+            s.apply_snapshot(&snapshot.metadata, &mut snapshot.reader()?)?;
         }
         if !rd.entries.is_empty() {
             s.append(&rd.entries)?;

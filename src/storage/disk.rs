@@ -17,23 +17,26 @@
 //!   holds resets the log, and a HardState whose commit is below the snapshot takes the
 //!   snapshot's commit, term and ConfState.
 //! - `compact`: the log's compaction marker, then segment removal.
+//! - `receive_snapshot` changes nothing: it stages the data in a snapshot writer's temporary
+//!   file, which `apply_snapshot` later copies (streamed) into a snapshot file of its own.
 //!
 //! Invariants: once `failed` is set (or the log latched), nothing is written until reopen;
 //! `snapshots` is ordered oldest to newest and every entry's header was checked.
 
 use super::hard_state::{self, CONF_IDS_MAX, HardStateFile};
+use super::pin::Pins;
 use super::snapshot::{self, SnapshotFile, SnapshotWriter};
 use super::types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotId, SnapshotMetadata};
-use super::{Storage, StorageMut};
+use super::{SnapshotSink, Storage, StorageMut};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::io::{FileSystem, ops};
 use crate::wal::{Log, LogOptions, NewEntry, RecoveryReport};
 use std::any::Any;
 use std::fmt;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The log's directory inside the storage directory.
 const LOG_DIR: &str = "log";
@@ -102,8 +105,8 @@ pub struct DiskStorage {
     snapshots: Vec<Arc<SnapshotFile>>,
     snapshots_kept: usize,
     in_progress: Arc<AtomicUsize>,
-    /// The number of the next snapshot writer: each names its own temporary file with it.
-    next_writer: AtomicU64,
+    /// Snapshot handles handed out by `snapshot()` pin the entries after them.
+    pins: Pins,
     failed: Option<String>,
     buf: Vec<u8>,
 }
@@ -155,7 +158,7 @@ impl DiskStorage {
             snapshots,
             snapshots_kept: options.snapshots_kept,
             in_progress: Arc::new(AtomicUsize::new(0)),
-            next_writer: AtomicU64::new(0),
+            pins: Pins::default(),
             failed: None,
             buf: Vec::new(),
         };
@@ -255,7 +258,7 @@ fn load_snapshots(
     let mut newest_checked = false;
     for (_, name) in found.iter().rev() {
         let path = dir.join(name);
-        let checked = SnapshotFile::open(Arc::clone(fs), &path).and_then(|sf| {
+        let checked = SnapshotFile::open(fs.as_ref(), &path).and_then(|sf| {
             if !newest_checked && verify_newest {
                 sf.verify()?;
             }
@@ -459,7 +462,7 @@ impl DiskStorage {
 
     /// Adds a durable snapshot file as the newest snapshot.
     fn register(&mut self, path: &Path) -> Result<()> {
-        let sf = SnapshotFile::open(Arc::clone(&self.fs), path)?;
+        let sf = SnapshotFile::open(self.fs.as_ref(), path)?;
         self.snapshots.push(Arc::new(sf));
         self.prune_snapshots()
     }
@@ -527,10 +530,8 @@ impl Storage for DiskStorage {
     fn snapshot(&self, request_index: u64) -> Result<Snapshot> {
         match self.snapshots.last() {
             Some(s) if self.in_progress.load(Ordering::SeqCst) == 0 && s.metadata.index >= request_index => {
-                Ok(Snapshot {
-                    metadata: s.metadata.clone(),
-                    data: Arc::clone(s) as Arc<dyn super::types::SnapshotSource>,
-                })
+                let data = Arc::clone(s) as Arc<dyn super::types::SnapshotSource>;
+                Ok(Snapshot::new(s.metadata.clone(), data).pinned(&self.pins))
             }
             _ => Err(Error::SnapshotTemporarilyUnavailable),
         }
@@ -601,8 +602,7 @@ impl StorageMut for DiskStorage {
             &self.dir,
             metadata.clone(),
             true,
-            Arc::clone(&self.in_progress),
-            self.next_writer.fetch_add(1, Ordering::Relaxed),
+            Some(Arc::clone(&self.in_progress)),
         );
         let mut w = self.latch(created)?;
         if let Err(e) = std::io::copy(data, &mut w) {
@@ -630,8 +630,7 @@ impl StorageMut for DiskStorage {
         super::check_begin_snapshot(index, self.newest_snapshot_index(), self.log.last_index())?;
         let term = self.term(index)?;
         let metadata = SnapshotMetadata { index, term, conf_state: conf_state.clone() };
-        let writer = self.next_writer.fetch_add(1, Ordering::Relaxed);
-        SnapshotWriter::create(Arc::clone(&self.fs), &self.dir, metadata, false, Arc::clone(&self.in_progress), writer)
+        SnapshotWriter::create(Arc::clone(&self.fs), &self.dir, metadata, false, Some(Arc::clone(&self.in_progress)))
     }
 
     fn finish_snapshot(&mut self, writer: SnapshotWriter) -> Result<()> {
@@ -645,12 +644,43 @@ impl StorageMut for DiskStorage {
         self.register(&path)
     }
 
+    fn receive_snapshot(&self, metadata: &SnapshotMetadata) -> Result<Box<dyn SnapshotSink>> {
+        // A staging failure is not latched: the file is no state of the storage, and dropping
+        // the sink removes it.
+        self.check_writable()?;
+        Self::check_conf_state(&metadata.conf_state)?;
+        let w = SnapshotWriter::create(Arc::clone(&self.fs), &self.dir, metadata.clone(), true, None)?;
+        Ok(Box::new(StagingSink(w)))
+    }
+
     fn compact(&mut self, index: u64) -> Result<()> {
         self.check_writable()?;
+        let index = self.pins.compact_limit(index);
         if !super::check_compact(index, self.log.first_index(), self.log.last_index())? {
             return Ok(());
         }
         let r = self.log.compact(index);
         self.latch(r)
+    }
+}
+
+/// `DiskStorage`'s [`SnapshotSink`]: a snapshot writer whose file stays under its temporary name.
+struct StagingSink(SnapshotWriter);
+
+impl Write for StagingSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.write(data)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl SnapshotSink for StagingSink {
+    fn finish(self: Box<Self>) -> Result<Snapshot> {
+        let metadata = self.0.metadata().clone();
+        let staged = self.0.finish_staged()?;
+        Ok(Snapshot::new(metadata, Arc::new(staged)))
     }
 }

@@ -1,7 +1,8 @@
 //! [`MemStorage`]: the storage rules in memory, for tests and as the model of property tests.
 
-use super::types::{ConfState, Entry, HardState, MemorySnapshot, RaftState, Snapshot, SnapshotMetadata};
-use super::{Storage, StorageMut};
+use super::pin::Pins;
+use super::types::{ConfState, Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
+use super::{SnapshotSink, Storage, StorageMut};
 use crate::error::{Error, Result};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -13,13 +14,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub struct MemStorage {
     hard_state: HardState,
     conf_state: ConfState,
-    snapshot: Option<(SnapshotMetadata, Arc<[u8]>)>,
+    /// The newest snapshot (unpinned: `snapshot()` hands out pinned clones).
+    snapshot: Option<Snapshot>,
     /// Index of `entries[0]` (one past the last if empty).
     first_index: u64,
     /// Term of `first_index - 1`.
     prev_term: u64,
     entries: VecDeque<Entry>,
     in_progress: Arc<AtomicUsize>,
+    pins: Pins,
 }
 
 impl Default for MemStorage {
@@ -32,6 +35,7 @@ impl Default for MemStorage {
             prev_term: 0,
             entries: VecDeque::new(),
             in_progress: Arc::new(AtomicUsize::new(0)),
+            pins: Pins::default(),
         }
     }
 }
@@ -60,7 +64,7 @@ impl MemStorage {
     }
 
     fn newest_snapshot_index(&self) -> u64 {
-        self.snapshot.as_ref().map_or(0, |(m, _)| m.index)
+        self.snapshot.as_ref().map_or(0, |s| s.metadata.index)
     }
 }
 
@@ -86,6 +90,30 @@ impl Write for MemSnapshotWriter {
 impl Drop for MemSnapshotWriter {
     fn drop(&mut self) {
         self.in_progress.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Stages a received snapshot's data for [`MemStorage`], in memory.
+#[derive(Debug)]
+pub(crate) struct MemSnapshotSink {
+    metadata: SnapshotMetadata,
+    data: Vec<u8>,
+}
+
+impl Write for MemSnapshotSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.data.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SnapshotSink for MemSnapshotSink {
+    fn finish(self: Box<Self>) -> Result<Snapshot> {
+        Ok(Snapshot::from_bytes(self.metadata, self.data))
     }
 }
 
@@ -122,8 +150,8 @@ impl Storage for MemStorage {
 
     fn snapshot(&self, request_index: u64) -> Result<Snapshot> {
         match &self.snapshot {
-            Some((m, d)) if self.in_progress.load(Ordering::SeqCst) == 0 && m.index >= request_index => {
-                Ok(Snapshot { metadata: m.clone(), data: Arc::new(MemorySnapshot(Arc::clone(d))) })
+            Some(s) if self.in_progress.load(Ordering::SeqCst) == 0 && s.metadata.index >= request_index => {
+                Ok(s.clone().pinned(&self.pins))
             }
             _ => Err(Error::SnapshotTemporarilyUnavailable),
         }
@@ -167,7 +195,7 @@ impl StorageMut for MemStorage {
         self.prev_term = metadata.term;
         self.hard_state = super::hard_state_after_snapshot(self.hard_state, metadata);
         self.conf_state = metadata.conf_state.clone();
-        self.snapshot = Some((metadata.clone(), bytes.into()));
+        self.snapshot = Some(Snapshot::from_bytes(metadata.clone(), bytes));
         Ok(())
     }
 
@@ -188,11 +216,16 @@ impl StorageMut for MemStorage {
             return Err(Error::SnapshotOutOfDate { index: writer.metadata.index, covered: newest });
         }
         let data = std::mem::take(&mut writer.data);
-        self.snapshot = Some((writer.metadata.clone(), data.into()));
+        self.snapshot = Some(Snapshot::from_bytes(writer.metadata.clone(), data));
         Ok(())
     }
 
+    fn receive_snapshot(&self, metadata: &SnapshotMetadata) -> Result<Box<dyn SnapshotSink>> {
+        Ok(Box::new(MemSnapshotSink { metadata: metadata.clone(), data: Vec::new() }))
+    }
+
     fn compact(&mut self, index: u64) -> Result<()> {
+        let index = self.pins.compact_limit(index);
         if !super::check_compact(index, self.first_index, self.last())? {
             return Ok(());
         }

@@ -17,8 +17,9 @@
 mod disk;
 pub(crate) mod hard_state;
 mod mem;
+mod pin;
 pub(crate) mod snapshot;
-mod types;
+pub(crate) mod types;
 
 pub use disk::{DiskStorage, StorageOptions, StorageReport};
 pub use mem::MemStorage;
@@ -83,9 +84,32 @@ pub trait StorageMut: Storage {
         std::io::copy(data, &mut w).map_err(|e| crate::Error::io("write snapshot", "<snapshot data>", e))?;
         self.finish_snapshot(w)
     }
+    /// Starts receiving the data of a snapshot a leader is sending (the
+    /// [`SnapshotReceiver`](crate::raft::SnapshotReceiver) writes the chunks into the returned
+    /// sink), without changing anything the storage holds: the data is staged apart until
+    /// [`SnapshotSink::finish`] hands out a complete [`Snapshot`], which a `Ready` later installs
+    /// through [`StorageMut::apply_snapshot`]. Dropping the sink, or the finished snapshot,
+    /// removes what was staged. `DiskStorage` stages in a snapshot writer's temporary file in
+    /// its directory (removed at open if a crash leaves it); `MemStorage` in memory.
+    fn receive_snapshot(&self, metadata: &SnapshotMetadata) -> Result<Box<dyn SnapshotSink>>;
     /// Drops entries below `index` (at most `last_index + 1`); at or below `first_index` it does
     /// nothing.
+    ///
+    /// While a snapshot handle from [`Storage::snapshot`] is alive (any clone of it: a transfer
+    /// to a follower in flight), the entries after its index are kept: `index` is lowered to one
+    /// past the lowest such snapshot's index, and the rest of the request is dropped (call again
+    /// once the transfer is over). `first_index` tells what was kept.
     fn compact(&mut self, index: u64) -> Result<()>;
+}
+
+/// Where a snapshot received from a leader is staged; see [`StorageMut::receive_snapshot`].
+///
+/// Calling order: 1. write the data (in order, all of it); 2. [`finish`](SnapshotSink::finish).
+/// Dropped before `finish`, it removes what it staged.
+pub trait SnapshotSink: Write + Send {
+    /// Ends staging: the data written, as a snapshot that reads it back (checking it against the
+    /// checksum computed while it was written). Nothing is installed yet.
+    fn finish(self: Box<Self>) -> Result<Snapshot>;
 }
 
 /// Checks an append against the log's bounds, the same way for every implementation (and as

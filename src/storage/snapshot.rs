@@ -1,6 +1,12 @@
 //! Snapshot files: one per snapshot, named by term and index, written to a temporary name,
 //! fdatasynced, renamed and the directory fsynced. Data is streamed in and out, never held in
 //! memory whole. Layout in `segments/FORMAT.md` ("Snapshot file").
+//!
+//! A [`SnapshotFile`] keeps its file open: a snapshot handle stays readable after the file is
+//! removed (pruned by a newer snapshot) for as long as the handle lives, which is what a
+//! snapshot transfer to a follower needs. A snapshot received from a leader is staged in a
+//! writer's temporary file ([`SnapshotWriter::finish_staged`]), read back from there, and
+//! removed when its [`StagedSnapshot`] drops.
 
 use super::hard_state::{CONF_STATE_FIXED_BYTES, decode_conf_state, encode_conf_state};
 use super::types::{ConfState, SnapshotId, SnapshotMetadata, SnapshotSource};
@@ -10,7 +16,7 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 pub(crate) const MAGIC: [u8; 8] = *b"KEELSNAP";
 pub(crate) const VERSION: u32 = 1;
@@ -31,6 +37,10 @@ pub(crate) const TRAILER_BYTES: u64 = 8;
 /// Largest header accepted when reading (a ConfState of about 8,000 node ids).
 const HEADER_BYTES_MAX: usize = 1 << 16;
 const CHUNK_BYTES: usize = 1 << 20;
+/// The number of the next snapshot writer, in this process: each names its own temporary file
+/// with it. Process-wide rather than per storage, so that a staged snapshot that outlives its
+/// storage never removes a file of a writer of the storage reopened in the same directory.
+static NEXT_WRITER: AtomicU64 = AtomicU64::new(0);
 
 #[cfg(test)]
 pub(crate) const LAYOUT: &[(&str, usize, usize)] = &[
@@ -57,8 +67,8 @@ pub(crate) fn file_name(id: SnapshotId) -> String {
 }
 
 /// The temporary file a snapshot writer streams into before renaming it to `file_name(id)`:
-/// that name, then `writer` (a number no other writer of the open storage uses, in 16 hex
-/// digits), then `.tmp`. A name per writer, so that two writers of the same snapshot never
+/// that name, then `writer` (a number no other writer in the process uses, in 16 hex digits),
+/// then `.tmp`. A name per writer, so that two writers of the same snapshot never
 /// write, remove or rename each other's file.
 pub(crate) fn temp_file_name(id: SnapshotId, writer: u64) -> String {
     format!("{}.{writer:016x}.tmp", file_name(id))
@@ -148,7 +158,7 @@ pub(crate) fn refuse_newer(fs: &dyn FileSystem, dir: &Path, names: &[String]) ->
     Ok(())
 }
 
-/// A snapshot file whose header has been checked.
+/// A snapshot file whose header has been checked, open.
 #[derive(Debug)]
 pub(crate) struct SnapshotFile {
     pub path: PathBuf,
@@ -158,12 +168,13 @@ pub(crate) struct SnapshotFile {
     pub data_offset: u64,
     pub data_len: u64,
     pub data_crc: u32,
-    fs: Arc<dyn FileSystem>,
+    /// Held open, so that readers still work once the file is removed.
+    file: Arc<dyn DataFile>,
 }
 
 impl SnapshotFile {
     /// Opens and checks the header and size of a snapshot file.
-    pub(crate) fn open(fs: Arc<dyn FileSystem>, path: &Path) -> Result<SnapshotFile> {
+    pub(crate) fn open(fs: &dyn FileSystem, path: &Path) -> Result<SnapshotFile> {
         use CorruptionKind::{Checksum, Malformed};
         let bad = |offset, kind| Corruption::new(path, offset, kind).into_error();
         let file = fs.open(path).map_err(|e| Error::io("open", path, e))?;
@@ -227,15 +238,14 @@ impl SnapshotFile {
             data_offset: len as u64,
             data_len,
             data_crc: LE::read_u32(&trailer),
-            fs,
+            file: Arc::from(file),
         })
     }
 
     /// A streaming reader of the data that checks the checksum at the end.
     pub(crate) fn reader(&self) -> Result<SnapshotReader> {
-        let file = self.fs.open(&self.path).map_err(|e| Error::io("open", &self.path, e))?;
         Ok(SnapshotReader {
-            file,
+            file: Arc::clone(&self.file),
             path: self.path.clone(),
             next: self.data_offset,
             end: self.data_offset + self.data_len,
@@ -264,6 +274,10 @@ impl SnapshotSource for SnapshotFile {
         self.data_len
     }
 
+    fn data_crc(&self) -> u32 {
+        self.data_crc
+    }
+
     fn reader(&self) -> Result<Box<dyn Read + Send>> {
         Ok(Box::new(SnapshotFile::reader(self)?))
     }
@@ -276,7 +290,7 @@ impl SnapshotSource for SnapshotFile {
 /// Streams a snapshot's data; the last `read` fails if the data checksum does not match.
 #[derive(Debug)]
 pub struct SnapshotReader {
-    file: Box<dyn DataFile>,
+    file: Arc<dyn DataFile>,
     path: PathBuf,
     next: u64,
     end: u64,
@@ -342,8 +356,9 @@ pub struct SnapshotWriter {
     buf: Vec<u8>,
     written: u64,
     hasher: crc32fast::Hasher,
-    /// Counts writers in progress, so `snapshot()` can answer "temporarily unavailable".
-    in_progress: Arc<AtomicUsize>,
+    /// Counts writers of snapshots in progress, so `snapshot()` can answer "temporarily
+    /// unavailable"; `None` for staging a received snapshot, which is not the storage's yet.
+    in_progress: Option<Arc<AtomicUsize>>,
     /// The first write error, reported again by `finish`.
     failed: Option<String>,
 }
@@ -354,13 +369,14 @@ impl SnapshotWriter {
         dir: &Path,
         metadata: SnapshotMetadata,
         installed: bool,
-        in_progress: Arc<AtomicUsize>,
-        writer: u64,
+        in_progress: Option<Arc<AtomicUsize>>,
     ) -> Result<SnapshotWriter> {
         // Never removed first: if the name exists, it is another writer's (or a bug), not ours.
-        let tmp = dir.join(temp_file_name(metadata.id(), writer));
+        let tmp = dir.join(temp_file_name(metadata.id(), NEXT_WRITER.fetch_add(1, Ordering::Relaxed)));
         let file = fs.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        in_progress.fetch_add(1, Ordering::SeqCst);
+        if let Some(n) = &in_progress {
+            n.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(SnapshotWriter {
             header_len: header_len(&metadata.conf_state) as u64,
             fs,
@@ -397,26 +413,85 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Writes the header and trailer, fdatasyncs, renames to the final name and fsyncs the
-    /// directory. Returns the final path.
-    pub(crate) fn finish(mut self) -> Result<PathBuf> {
+    /// Writes the rest of the data, the trailer and the header. The file is still the writer's:
+    /// dropping the writer removes it.
+    fn complete(&mut self) -> Result<()> {
         if let Some(cause) = &self.failed {
             return Err(Error::Failed { cause: cause.clone() });
         }
         let tmp = self.tmp.clone();
         self.flush_buf().map_err(Error::at("write", &tmp))?;
-        let file = self.file.take().expect("writer not finished");
+        let file = self.file.as_ref().expect("writer not finished");
         let mut trailer = [0u8; TRAILER_BYTES as usize];
         LE::write_u32(&mut trailer, self.hasher.clone().finalize());
         file.write_at(&trailer, self.header_len + self.written).map_err(Error::at("write", &tmp))?;
-        file.write_at(&encode_header(&self.metadata, self.installed, self.written), 0)
-            .map_err(Error::at("write", &tmp))?;
+        file.write_at(&encode_header(&self.metadata, self.installed, self.written), 0).map_err(Error::at("write", &tmp))
+    }
+
+    /// Writes the header and trailer, fdatasyncs, renames to the final name and fsyncs the
+    /// directory. Returns the final path.
+    pub(crate) fn finish(mut self) -> Result<PathBuf> {
+        self.complete()?;
+        let tmp = self.tmp.clone();
+        let file = self.file.take().expect("writer not finished");
         file.sync_data().map_err(Error::at("fdatasync", &tmp))?;
         drop(file);
         let path = self.dir.join(file_name(self.metadata.id()));
         self.fs.rename(&self.tmp, &path).map_err(|e| Error::io("rename", &path, e))?;
         self.fs.sync_dir(&self.dir).map_err(|e| Error::io("fsync directory", &self.dir, e))?;
         Ok(path)
+    }
+
+    /// Completes the file under its temporary name and hands it over to a [`StagedSnapshot`],
+    /// which reads it back and removes it when dropped. Nothing is synced: a staged file is
+    /// never durable state (open removes it as any writer's leftover), and installing it
+    /// (`apply_snapshot`) writes a durable copy.
+    pub(crate) fn finish_staged(mut self) -> Result<StagedSnapshot> {
+        self.complete()?;
+        let file: Arc<dyn DataFile> = Arc::from(self.file.take().expect("writer not finished"));
+        let staged = SnapshotFile {
+            path: self.tmp.clone(),
+            metadata: self.metadata.clone(),
+            installed: self.installed,
+            data_offset: self.header_len,
+            data_len: self.written,
+            data_crc: self.hasher.clone().finalize(),
+            file,
+        };
+        Ok(StagedSnapshot { file: staged, fs: Arc::clone(&self.fs) })
+    }
+}
+
+/// A snapshot received from a leader, staged in a writer's temporary file: readable through
+/// its open file, removed when dropped. See [`SnapshotWriter::finish_staged`].
+#[derive(Debug)]
+pub(crate) struct StagedSnapshot {
+    file: SnapshotFile,
+    fs: Arc<dyn FileSystem>,
+}
+
+impl SnapshotSource for StagedSnapshot {
+    fn data_len(&self) -> u64 {
+        self.file.data_len
+    }
+
+    fn data_crc(&self) -> u32 {
+        self.file.data_crc
+    }
+
+    fn reader(&self) -> Result<Box<dyn Read + Send>> {
+        Ok(Box::new(self.file.reader()?))
+    }
+
+    fn describe(&self) -> PathBuf {
+        self.file.path.clone()
+    }
+}
+
+impl Drop for StagedSnapshot {
+    fn drop(&mut self) {
+        // Garbage now (open also removes leftovers); readers still hold the open file.
+        let _ = self.fs.remove(&self.file.path);
     }
 }
 
@@ -443,7 +518,9 @@ impl Write for SnapshotWriter {
 
 impl Drop for SnapshotWriter {
     fn drop(&mut self) {
-        self.in_progress.fetch_sub(1, Ordering::SeqCst);
+        if let Some(n) = &self.in_progress {
+            n.fetch_sub(1, Ordering::SeqCst);
+        }
         if self.file.take().is_some() {
             // Unfinished: the temporary file is garbage (open also removes leftovers).
             let _ = self.fs.remove(&self.tmp);

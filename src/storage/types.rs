@@ -1,5 +1,6 @@
 //! The Raft state that storage persists: HardState, ConfState, entries and snapshots.
 
+use super::pin::{Pin, Pins};
 use crate::error::{Error, Result};
 use crate::payload::Payload;
 use std::fmt;
@@ -140,11 +141,24 @@ impl SnapshotMetadata {
 }
 
 /// A snapshot: metadata and a way to stream its data (which may be larger than memory).
+///
+/// A cheap handle: clones share the data. A handle from [`Storage::snapshot`] also pins the
+/// storage's log entries after `metadata.index` until its last clone is dropped, so that a
+/// follower sent this snapshot can be caught up from the log afterwards (see
+/// [`StorageMut::compact`]).
+///
+/// Two snapshots are equal when their metadata, data length and data checksum are: what a
+/// [`Message`](crate::raft::Message) announces on the wire. The data is not read to compare.
+///
+/// [`Storage::snapshot`]: super::Storage::snapshot
+/// [`StorageMut::compact`]: super::StorageMut::compact
 #[derive(Clone)]
 pub struct Snapshot {
     /// What the snapshot covers: its last index, that index's term, the membership then.
     pub metadata: SnapshotMetadata,
     pub(crate) data: Arc<dyn SnapshotSource>,
+    /// Keeps the entries after the snapshot in the storage that handed it out.
+    pin: Option<Arc<Pin>>,
 }
 
 /// Where a snapshot's data comes from: memory here; a storage implementation supplies its own
@@ -153,22 +167,37 @@ pub struct Snapshot {
 pub(crate) trait SnapshotSource: Send + Sync {
     /// Bytes of data.
     fn data_len(&self) -> u64;
+    /// The CRC-32 (crc32fast) of the data.
+    fn data_crc(&self) -> u32;
     /// A reader of the data; see [`Snapshot::reader`].
     fn reader(&self) -> Result<Box<dyn Read + Send>>;
     /// Where the data lives, for error messages.
     fn describe(&self) -> PathBuf;
 }
 
-/// Snapshot data held in memory (`MemStorage`).
-pub(crate) struct MemorySnapshot(pub(crate) Arc<[u8]>);
+/// Snapshot data held in memory (`MemStorage`, [`Snapshot::from_bytes`]).
+pub(crate) struct MemorySnapshot {
+    data: Arc<[u8]>,
+    crc: u32,
+}
+
+impl MemorySnapshot {
+    pub(crate) fn new(data: Arc<[u8]>) -> MemorySnapshot {
+        MemorySnapshot { crc: crc32fast::hash(&data), data }
+    }
+}
 
 impl SnapshotSource for MemorySnapshot {
     fn data_len(&self) -> u64 {
-        self.0.len() as u64
+        self.data.len() as u64
+    }
+
+    fn data_crc(&self) -> u32 {
+        self.crc
     }
 
     fn reader(&self) -> Result<Box<dyn Read + Send>> {
-        Ok(Box::new(std::io::Cursor::new(Arc::clone(&self.0))))
+        Ok(Box::new(std::io::Cursor::new(Arc::clone(&self.data))))
     }
 
     fn describe(&self) -> PathBuf {
@@ -178,14 +207,48 @@ impl SnapshotSource for MemorySnapshot {
 
 impl fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Snapshot").field("metadata", &self.metadata).field("data_len", &self.data_len()).finish()
+        f.debug_struct("Snapshot")
+            .field("metadata", &self.metadata)
+            .field("data_len", &self.data_len())
+            .field("data_crc", &format_args!("{:#010x}", self.data_crc()))
+            .finish()
     }
 }
 
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Snapshot) -> bool {
+        (&self.metadata, self.data_len(), self.data_crc()) == (&other.metadata, other.data_len(), other.data_crc())
+    }
+}
+
+impl Eq for Snapshot {}
+
 impl Snapshot {
+    /// A snapshot of `data` held in memory: for tests, simulators, and a state machine small
+    /// enough to serialize whole. Computes the data checksum once.
+    pub fn from_bytes(metadata: SnapshotMetadata, data: impl Into<Arc<[u8]>>) -> Snapshot {
+        Snapshot::new(metadata, Arc::new(MemorySnapshot::new(data.into())))
+    }
+
+    pub(crate) fn new(metadata: SnapshotMetadata, data: Arc<dyn SnapshotSource>) -> Snapshot {
+        Snapshot { metadata, data, pin: None }
+    }
+
+    /// This handle, pinning the entries after it in a storage (see `storage/pin.rs`).
+    pub(crate) fn pinned(mut self, pins: &Pins) -> Snapshot {
+        self.pin = Some(pins.pin(self.metadata.index));
+        self
+    }
+
     /// Bytes of data.
     pub fn data_len(&self) -> u64 {
         self.data.data_len()
+    }
+
+    /// The CRC-32 (IEEE, as crc32fast computes it) of the data; for a snapshot file, the one
+    /// stored in it. A [`reader`](Snapshot::reader) checks the data against it.
+    pub fn data_crc(&self) -> u32 {
+        self.data.data_crc()
     }
 
     /// A reader of the data. For a snapshot file it streams from disk and checks the data
