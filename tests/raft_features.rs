@@ -249,6 +249,68 @@ fn a_learner_is_promoted_to_voter() {
 }
 
 #[test]
+fn a_learners_vote_does_not_count() {
+    // etcd: TestLearnerCannotVote-like. With voters {1,2,3} and learner 4, a candidate granted
+    // votes by itself and the learner has no quorum; one more voter's vote makes it leader.
+    let mut n = Net::with(&[1, 2, 3], no_lease);
+    n.elect(1);
+    n.join(4);
+    n.change(1, &ConfChange::simple(AddLearnerNode, 4));
+    n.isolated = [1, 3].into();
+    n.node(2).campaign().unwrap();
+    n.settle();
+    assert!(n.queue.is_empty());
+    assert_eq!(n.role(2), Role::PreCandidate);
+    // Asked or not (it is not: only voters are), a learner's granted pre-vote does not count.
+    let term = n.nodes[&2].status().hard_state.term;
+    let grant = Message::new(MessageType::RequestPreVoteResponse, 4, 2, term + 1);
+    n.node(2).step(grant).unwrap();
+    assert_eq!(n.role(2), Role::PreCandidate, "2 and the learner 4 are not a quorum of {{1,2,3}}");
+    n.isolated = [1].into();
+    n.node(2).campaign().unwrap();
+    n.settle();
+    assert_eq!(n.role(2), Role::Leader);
+}
+
+#[test]
+fn a_change_racing_a_leader_change_is_committed_by_the_next_leader_or_lost() {
+    // A change the old leader replicated to a quorum survives the leader change and is applied
+    // everywhere; one it did not replicate is lost, and the new leader takes a change of its own.
+    for replicated in [true, false] {
+        let mut n = Net::with(&[1, 2, 3], no_lease);
+        n.elect(1);
+        n.join(4);
+        n.node(1).propose_conf_change(&ConfChange::simple(AddLearnerNode, 4)).unwrap();
+        n.persist(1);
+        let to_2: Vec<Message> = n.queue.drain(..).filter(|m| m.to == 2 && replicated).collect();
+        n.queue.clear();
+        for m in to_2 {
+            n.node(2).step(m).unwrap();
+        }
+        n.persist(2);
+        n.queue.clear(); // the acknowledgement is lost: 1 never learns the change committed
+        n.isolated = [1].into();
+        n.node(2).campaign().unwrap();
+        n.settle();
+        assert_eq!(n.role(2), Role::Leader);
+        n.tick(2, 1);
+        let learners = n.conf(2).learners;
+        if replicated {
+            assert_eq!(learners, vec![4], "committed by the new leader through its own entry");
+            assert_eq!(n.conf(3).learners, vec![4]);
+        } else {
+            assert!(learners.is_empty(), "lost with the old leader");
+            n.change(2, &ConfChange::simple(AddLearnerNode, 5));
+            assert_eq!(n.conf(3).learners, vec![5]);
+        }
+        // The old leader rejoins and takes the new leader's log (and its membership).
+        n.isolated.clear();
+        n.tick(2, 2);
+        assert_eq!(n.conf(1), n.conf(2), "replicated: {replicated}");
+    }
+}
+
+#[test]
 fn a_joint_change_enters_c_old_new_and_leaves_it_on_its_own() {
     // Thesis §4.3; etcd: TestJointConfigurations (auto leave). Replace 3 by 4 and 5 in one change.
     let mut n = Net::new(&[1, 2, 3]);
