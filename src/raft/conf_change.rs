@@ -201,6 +201,38 @@ mod tests {
     }
 
     #[test]
+    fn the_layout_in_format_md_matches_encode() {
+        // The fixed-offset rows of FORMAT.md's table (offset, size, field) against the bytes of
+        // a change with two entries and a two-byte context.
+        let spec = include_str!("../../segments/FORMAT.md");
+        let table = spec.split("### Membership change entry data").nth(1).expect("the section");
+        let rows: Vec<(usize, usize, &str)> = table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                Some((cells.get(1)?.parse().ok()?, cells.get(2)?.parse().ok()?, *cells.get(3)?))
+            })
+            .collect();
+        assert_eq!(rows, vec![(0, 1, "version"), (1, 1, "transition"), (2, 4, "change_count")]);
+        let cc = ConfChange {
+            transition: ConfChangeTransition::Explicit,
+            changes: vec![
+                ConfChangeSingle { change_type: ConfChangeType::AddLearnerNode, node_id: 7 },
+                ConfChangeSingle { change_type: ConfChangeType::RemoveNode, node_id: 2 },
+            ],
+            context: b"ab".to_vec(),
+        };
+        let b = cc.encode();
+        assert_eq!((b[0], b[1], LE::read_u32(&b[2..6])), (VERSION, 2, 2));
+        assert_eq!((b[6], LE::read_u64(&b[7..15]), b[15], LE::read_u64(&b[16..24])), (1, 7, 2, 2));
+        let n = 2;
+        assert_eq!(LE::read_u32(&b[6 + 9 * n..10 + 9 * n]), 2, "context_len at 6 + 9 x count");
+        assert_eq!(&b[10 + 9 * n..], b"ab", "context at 10 + 9 x count");
+    }
+
+    #[test]
     fn joint_or_simple_follows_etcd() {
         let one = ConfChange::simple(ConfChangeType::AddNode, 2);
         assert_eq!(one.enters_joint(), None);
