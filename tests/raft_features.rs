@@ -635,6 +635,29 @@ fn a_single_voter_answers_reads_at_once() {
     assert_eq!(read_states(&n, 1), vec![ReadState { index: n.commit(1), request_ctx: b"s".to_vec() }]);
 }
 
+#[test]
+fn a_restarted_single_voter_answers_reads_only_after_committing_in_its_term() {
+    // Found by the simulator (etcd answers a single voter at once): a commit-only HardState
+    // change is not synced, so a single voter restarting after a power loss may hold committed
+    // entries (here up to 3) above its stored commit (1). Its commit index is stale until an
+    // entry of its new term commits; a read answered before that would miss entries 2 and 3.
+    let mut s = bootstrap(&[1]);
+    s.append(&(1..=3).map(|i| Entry::new(i, 1, vec![i as u8])).collect::<Vec<_>>()).unwrap();
+    s.set_hard_state(&HardState { term: 1, vote: 1, commit: 1 }).unwrap();
+    let mut n = Net { nodes: BTreeMap::from([(1, RawNode::new(&Config::new(1), s).unwrap())]), ..Net::new(&[]) };
+    n.node(1).campaign().unwrap();
+    let rd = n.node(1).ready().unwrap(); // the vote, not yet persisted: not leader yet
+    n.node(1).read_index(b"early".to_vec()).ok();
+    n.node(1).persist(&rd).unwrap();
+    n.node(1).advance(rd).unwrap();
+    assert_eq!(n.role(1), Role::Leader);
+    n.node(1).read_index(b"r".to_vec()).unwrap();
+    assert_eq!(n.commit(1), 1, "its own entry (4) is not persisted yet");
+    n.persist(1);
+    let rs = read_states(&n, 1);
+    assert_eq!(rs, vec![ReadState { index: 4, request_ctx: b"r".to_vec() }], "answered at its own entry, not at 1");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Leadership transfer
 
