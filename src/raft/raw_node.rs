@@ -423,6 +423,12 @@ impl<S: Storage> RawNode<S> {
         self.raft.log.storage
     }
 
+    /// The last index of this node's log, persisted or not (`status().last_index` without
+    /// building a `Status`): right after a leader's `propose`, the index of the new entry.
+    pub fn last_index(&self) -> u64 {
+        self.raft.log.last_index()
+    }
+
     /// The first and last index of this node's log (persisted or not).
     pub fn log_bounds(&self) -> crate::Result<(u64, u64)> {
         Ok((self.raft.log.first_index()?, self.raft.log.last_index()))
