@@ -255,8 +255,6 @@ fn a_proposal_cut_off_by_a_leader_change_resolves_as_dropped() {
     c.isolated.clear();
     let outcome = c.outcome(&mut lost, &[new_leader]);
     assert!(matches!(outcome, Outcome::Dropped(DropReason::Superseded { index: i }) if i == index), "{outcome:?}");
-    // The handle resolves when the node thread hands the Ready out, before the driver took it.
-    c.until("1 applied the index", &[], |c| c.applied[&1].iter().any(|e| e.index == index));
     let at_index = c.applied[&1].iter().find(|e| e.index == index).unwrap();
     assert_eq!(at_index.term, new_term, "1 applied the new leader's entry there");
     c.settle(new_leader);
@@ -359,6 +357,20 @@ fn run_until<S: StorageMut + Send + 'static>(
     }
 }
 
+/// Takes Readies of a single node, advancing them, until one for which `keep` holds, which it
+/// returns unadvanced; fails after `WAIT`.
+fn ready_where<S: StorageMut + Send + 'static>(node: &Node<S>, what: &str, keep: impl Fn(&Ready) -> bool) -> Ready {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        let Some(rd) = node.ready_timeout(Duration::from_millis(10)).unwrap() else { continue };
+        if keep(&rd) {
+            return rd;
+        }
+        node.advance(rd).unwrap();
+    }
+}
+
 fn leads<S: StorageMut + Send + 'static>(node: &Node<S>) -> bool {
     node.status().unwrap().soft_state.role == Role::Leader
 }
@@ -405,17 +417,8 @@ fn stop_ends_the_thread_from_any_state_and_later_calls_say_stopped() {
     run_until(&node, &mut Vec::new(), "1 leads", leads);
     let mut p = node.propose(b"in flight".to_vec()).unwrap();
     let index = node.status().unwrap().last_index;
-    // Earlier Readies (the leader's empty entry) are advanced; the one holding the proposal
-    // is kept: a single node commits an entry only once its Ready is advanced.
-    let deadline = Instant::now() + WAIT;
-    let rd = loop {
-        assert!(Instant::now() < deadline, "no Ready held the proposal");
-        let Some(rd) = node.ready_timeout(Duration::from_millis(10)).unwrap() else { continue };
-        if rd.entries.iter().any(|e| e.index == index) {
-            break rd;
-        }
-        node.advance(rd).unwrap();
-    };
+    // A single node commits an entry only once the Ready holding it is advanced.
+    let rd = ready_where(&node, "the Ready holds the proposal", |rd| rd.entries.iter().any(|e| e.index == index));
     let n = node.clone();
     let storage = within("stopping with a Ready outstanding", move || n.stop()).unwrap();
     assert_eq!(storage.last_index().unwrap(), index, "persisted before it was handed out");
@@ -435,6 +438,32 @@ fn stop_ends_the_thread_from_any_state_and_later_calls_say_stopped() {
     within("stopping while another thread waits for a Ready", move || n.stop().map(drop)).unwrap();
     let r = rx.recv_timeout(WAIT).expect("ready() returned");
     assert!(matches!(r, Err(NodeError::Stopped)), "{r:?}");
+}
+
+#[test]
+fn a_proposal_is_told_its_outcome_when_the_ready_handing_it_out_is_advanced() {
+    // So a handle that says Committed means the application applied the entry (it advances
+    // after applying); a node stopped before that advance still tells what the Ready decided.
+    let node = Arc::new(Node::start(&Config::new(1), bootstrap(&[1])).unwrap());
+    node.campaign().unwrap();
+    run_until(&node, &mut Vec::new(), "1 leads", leads);
+    let mut p = node.propose(b"one".to_vec()).unwrap();
+    let index = node.status().unwrap().last_index;
+    let hands_out = |i: u64| move |rd: &Ready| rd.committed_entries.iter().any(|e| e.index == i);
+    let rd = ready_where(&node, "the entry is handed out", hands_out(index));
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(p.try_outcome().is_none(), "told before the advance: {p:?}");
+    node.advance(rd).unwrap();
+    let outcome = p.try_outcome();
+    assert!(matches!(outcome, Some(Outcome::Committed { index: i, .. }) if i == index), "{outcome:?}");
+
+    let mut q = node.propose(b"two".to_vec()).unwrap();
+    let index = node.status().unwrap().last_index;
+    let _rd = ready_where(&node, "the second entry is handed out", hands_out(index));
+    let n = node.clone();
+    within("stopping with a decided Ready outstanding", move || n.stop()).unwrap();
+    let outcome = q.try_outcome();
+    assert!(matches!(outcome, Some(Outcome::Committed { index: i, .. }) if i == index), "{outcome:?}");
 }
 
 /// MemStorage whose appends fail while `fail` is set.
@@ -570,8 +599,15 @@ fn a_single_node_over_disk_storage_restarts_with_its_state() {
     let after = node.status().unwrap();
     assert_eq!(after.hard_state, before.hard_state);
     assert_eq!(after.last_index, last_index);
-    let mut again = Vec::new();
-    run_until(&node, &mut again, "the log is handed out again", |n| n.status().unwrap().applied >= last_index);
+    let mut again: Vec<Entry> = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while again.last().is_none_or(|e| e.index < last_index) {
+        assert!(Instant::now() < deadline, "the log was not handed out again");
+        if let Some(rd) = node.ready_timeout(Duration::from_millis(10)).unwrap() {
+            again.extend(rd.committed_entries.iter().cloned());
+            node.advance(rd).unwrap();
+        }
+    }
     let again: Vec<(u64, u64, Vec<u8>)> =
         again.iter().filter(|e| !e.data.is_empty()).map(|e| (e.index, e.term, e.data.to_vec())).collect();
     assert_eq!(again, committed);

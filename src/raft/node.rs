@@ -1,64 +1,7 @@
 //! `Node`: a [`RawNode`] on a thread of its own, driven from any thread through bounded
 //! channels (etcd-raft's `Node`), with proposals that report what became of them.
 //!
-//! Calling order:
-//! 1. `Node::start(&config, storage)`: the node thread takes the storage; from here on only
-//!    the node thread touches it (the application reaches it through `with_storage`);
-//! 2. feed input, from any thread: `tick` (on a timer), `step` (messages from peers),
-//!    `propose` and `propose_conf_change` (each returns a [`Proposal`] to wait on),
-//!    `read_index`, `transfer_leadership`, `campaign`, `report_unreachable`,
-//!    `report_snapshot`;
-//! 3. in one thread, take `let rd = node.ready()?` (or `ready_timeout`, `try_ready`): the
-//!    node thread has already persisted its snapshot, entries and HardState;
-//! 4. send `rd.messages` and `rd.persisted_messages`, in any order: the Ready is persisted, so
-//!    both may leave at once;
-//! 5. restore `rd.snapshot`'s data into the state machine if there is one, then apply
-//!    `rd.committed_entries`; for each membership change among them
-//!    (`EntryType::ConfChangeV2`) decode it with `ConfChange::decode` and call
-//!    `node.apply_conf_change(&cc)?`, which also persists the ConfState it returns;
-//! 6. serve `rd.read_states` once the applied index reaches each one's `index`;
-//! 7. `node.advance(rd)?`, then back to 3;
-//! 8. `node.stop()?` ends the thread and gives the storage back.
-//!
-//! Input (step 2) may arrive between `ready` and `advance`; nothing it produces is handed out
-//! before the next Ready. After `stop`, or after a storage error stopped the node, every call
-//! returns [`NodeError::Stopped`] or [`NodeError::Storage`].
-//!
-//! ```
-//! use keel::raft::{Config, Node, Outcome, Role};
-//! use keel::storage::{ConfState, EntryType, MemStorage, StorageMut};
-//! use std::time::Duration;
-//!
-//! let mut storage = MemStorage::new();
-//! storage.set_conf_state(&ConfState { voters: vec![1], ..ConfState::default() })?;
-//! let node = Node::start(&Config::new(1), storage)?;
-//! node.campaign()?;
-//! let mut applied = Vec::new();
-//! let mut proposal = None;
-//! let outcome = loop {
-//!     // 3. Persisted already; a single node has nobody to send messages to (step 4).
-//!     let rd = node.ready_timeout(Duration::from_secs(10))?.expect("a Ready within 10 s");
-//!     // 5. Apply: a new leader's empty entry, then ours.
-//!     for e in &rd.committed_entries {
-//!         if e.entry_type == EntryType::Normal && !e.data.is_empty() {
-//!             applied.push((e.index, e.data.to_vec()));
-//!         }
-//!     }
-//!     node.advance(rd)?; // 7.
-//!     if proposal.is_none() && node.status()?.soft_state.role == Role::Leader {
-//!         proposal = Some(node.propose(b"x=1".to_vec())?);
-//!     }
-//!     if let Some(outcome) = proposal.as_mut().and_then(|p| p.try_outcome()) {
-//!         break outcome;
-//!     }
-//! };
-//! assert!(matches!(outcome, Outcome::Committed { index: 2, term: 1 }), "{outcome:?}");
-//! assert_eq!(applied, vec![(2, b"x=1".to_vec())]);
-//! let storage = node.stop()?; // 8.
-//! assert!(node.tick().is_err(), "stopped");
-//! # drop(storage);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! The calling order and an example are on [`Node`].
 //!
 //! Invariants:
 //! - at most one Ready is outstanding: the node thread takes the next one only after the
@@ -161,9 +104,67 @@ struct Shared {
     stopped: OnceLock<NodeError>,
 }
 
-/// A Raft node on its own thread; see the module docs for the calling order. Every method takes
-/// `&self`: share it (`Arc<Node<S>>`) between the ticker, the transport and the thread that
-/// takes Readies.
+/// A Raft node on its own thread. Every method takes `&self`: share it (`Arc<Node<S>>`)
+/// between the ticker, the transport and the one thread that takes Readies.
+///
+/// Calling order:
+/// 1. `Node::start(&config, storage)`: the node thread takes the storage; from here on only
+///    the node thread touches it (the application reaches it through `with_storage`);
+/// 2. feed input, from any thread: `tick` (on a timer), `step` (messages from peers),
+///    `propose` and `propose_conf_change` (each returns a [`Proposal`] to wait on),
+///    `read_index`, `transfer_leadership`, `campaign`, `report_unreachable`,
+///    `report_snapshot`;
+/// 3. in one thread, take `let rd = node.ready()?` (or `ready_timeout`, `try_ready`): the
+///    node thread has already persisted its snapshot, entries and HardState;
+/// 4. send `rd.messages` and `rd.persisted_messages`, in any order: the Ready is persisted, so
+///    both may leave at once;
+/// 5. restore `rd.snapshot`'s data into the state machine if there is one, then apply
+///    `rd.committed_entries`; for each membership change among them
+///    (`EntryType::ConfChangeV2`) decode it with `ConfChange::decode` and call
+///    `node.apply_conf_change(&cc)?`, which also persists the ConfState it returns;
+/// 6. serve `rd.read_states` once the applied index reaches each one's `index`;
+/// 7. `node.advance(rd)?`, then back to 3;
+/// 8. `node.stop()?` ends the thread and gives the storage back.
+///
+/// Input (step 2) may arrive between `ready` and `advance`; nothing it produces is handed out
+/// before the next Ready. After `stop`, or after a storage error stopped the node, every call
+/// returns [`NodeError::Stopped`] or [`NodeError::Storage`].
+///
+/// ```
+/// use keel::raft::{Config, Node, Outcome, Role};
+/// use keel::storage::{ConfState, EntryType, MemStorage, StorageMut};
+/// use std::time::Duration;
+///
+/// let mut storage = MemStorage::new();
+/// storage.set_conf_state(&ConfState { voters: vec![1], ..ConfState::default() })?;
+/// let node = Node::start(&Config::new(1), storage)?;
+/// node.campaign()?;
+/// let mut applied = Vec::new();
+/// let mut proposal = None;
+/// let outcome = loop {
+///     // 3. Persisted already; a single node has nobody to send messages to (step 4).
+///     let rd = node.ready_timeout(Duration::from_secs(10))?.expect("a Ready within 10 s");
+///     // 5. Apply: a new leader's empty entry, then ours.
+///     for e in &rd.committed_entries {
+///         if e.entry_type == EntryType::Normal && !e.data.is_empty() {
+///             applied.push((e.index, e.data.to_vec()));
+///         }
+///     }
+///     node.advance(rd)?; // 7.
+///     if proposal.is_none() && node.status()?.soft_state.role == Role::Leader {
+///         proposal = Some(node.propose(b"x=1".to_vec())?);
+///     }
+///     if let Some(outcome) = proposal.as_mut().and_then(|p| p.try_outcome()) {
+///         break outcome;
+///     }
+/// };
+/// assert!(matches!(outcome, Outcome::Committed { index: 2, term: 1 }), "{outcome:?}");
+/// assert_eq!(applied, vec![(2, b"x=1".to_vec())]);
+/// let storage = node.stop()?; // 8.
+/// assert!(node.tick().is_err(), "stopped");
+/// # drop(storage);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Node<S: StorageMut + Send + 'static> {
     id: u64,
     commands: SyncSender<Command<S>>,
@@ -246,9 +247,10 @@ impl<S: StorageMut + Send + 'static> Node<S> {
     }
 
     /// Proposes one entry of application data. The returned [`Proposal`] resolves to its
-    /// [`Outcome`]: on the leader `Committed` or `Dropped` (or `Unknown`); on a follower,
-    /// at once, `Forwarded` to the leader; refused (no leader, ...), `Dropped(Refused(_))`.
-    /// Blocks only while the command queue is full.
+    /// [`Outcome`]: on the leader `Committed` or `Dropped` (or `Unknown`) once the Ready that
+    /// hands out its index is advanced; on a follower, at once, `Forwarded` to the leader;
+    /// refused (no leader, ...), `Dropped(Refused(_))`. Blocks only while the command queue is
+    /// full.
     pub fn propose(&self, data: Vec<u8>) -> Result<Proposal, NodeError> {
         let (proposal, tx) = Proposal::new();
         self.send(Command::Propose(data, tx))?;
@@ -322,7 +324,8 @@ impl<S: StorageMut + Send + 'static> Node<S> {
     }
 
     /// Reports that `rd`'s messages were sent and its committed entries applied; the node may
-    /// hand out the next Ready.
+    /// hand out the next Ready. When it returns, the proposals `rd` decided hold their
+    /// outcome.
     pub fn advance(&self, rd: Ready) -> Result<(), NodeError> {
         self.call(|tx| Command::Advance(Box::new(rd), tx))
     }
@@ -414,7 +417,7 @@ impl<S: StorageMut> Worker<S> {
         // a caller that finds it closed finds the reason too.
         let _ = self.shared.stopped.set(NodeError::Stopped);
         let Worker { raw, tracker, .. } = self;
-        drop(tracker); // pending proposals: Unknown(Stopped)
+        drop(tracker); // decided proposals are told, undecided ones are Unknown(Stopped)
         raw.into_storage()
     }
 
@@ -483,6 +486,7 @@ impl<S: StorageMut> Worker<S> {
                 let r = self.raw.advance(*rd);
                 if r.is_ok() {
                     self.ready_outstanding = false;
+                    self.tracker.release();
                 }
                 let _ = tx.send(self.check(r));
             }

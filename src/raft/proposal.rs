@@ -2,8 +2,9 @@
 //! application waits on, the [`Outcome`] it resolves to, and the node thread's `Tracker` that
 //! resolves it.
 //!
-//! A proposal the leader appended at (index, term) is decided by what this node later hands out
-//! at that index:
+//! A proposal the leader appended at (index, term) is decided by the Ready that hands out its
+//! index, and its handle is told when the application advances that Ready (so a `Committed`
+//! entry has been applied, calling order step 5 before 7), or when the node stops:
 //!
 //! | this node hands out at the proposal's index         | outcome                              |
 //! |-----------------------------------------------------|--------------------------------------|
@@ -14,6 +15,9 @@
 //! | a snapshot past the index, ending in the same or a higher term | `Unknown(Snapshot { index })` |
 //! | nothing yet, and the node stops                     | `Unknown(Stopped)`                   |
 //!
+//! A follower forwards a proposal and cannot follow it further: `Forwarded { leader }` at once.
+//! A proposal `RawNode` refuses: `Dropped(Refused(error))` at once.
+//!
 //! (Terms never decrease along a log, so an entry below a snapshot ending in a lower term than
 //! the proposal's cannot be the proposal.)
 //!
@@ -22,8 +26,9 @@
 //! commits it. Only a committed entry at the index is proof either way.
 //!
 //! Invariants: a proposal resolves at most once; every proposal the tracker holds resolves
-//! (when its index is handed out, or as `Unknown(Stopped)` when the tracker is dropped); a
-//! proposal that never reached the node thread resolves as `Dropped(Stopped)`.
+//! (when the Ready handing out its index is advanced, or when the tracker is dropped: decided
+//! outcomes are told, the rest are `Unknown(Stopped)`); a proposal that never reached the node
+//! thread resolves as `Dropped(Stopped)`.
 
 use super::RaftError;
 use crate::storage::Entry;
@@ -35,8 +40,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// The entry was committed at `index` in `term` and handed out to apply (in a `Ready`'s
-    /// `committed_entries`, or inside a snapshot ending at it). Committed, not yet applied: the
-    /// application applies it in its own loop.
+    /// `committed_entries`, or inside a snapshot ending at it), and the application advanced
+    /// that Ready: it has applied the entry, unless the node stopped before the advance.
     Committed {
         /// The entry's index.
         index: u64,
@@ -137,11 +142,13 @@ impl Proposal {
     }
 }
 
-/// The node thread's proposals appended on this node (as leader) and not yet decided, by
-/// (index, term): one index may hold a stale proposal of an earlier term and a new one.
+/// The node thread's proposals appended on this node (as leader): those not yet decided, by
+/// (index, term) (one index may hold a stale proposal of an earlier term and a new one), and
+/// those the outstanding Ready decided, told once the application advances it.
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
     pending: BTreeMap<(u64, u64), SyncSender<Outcome>>,
+    decided: Vec<(SyncSender<Outcome>, Outcome)>,
 }
 
 impl Tracker {
@@ -156,7 +163,8 @@ impl Tracker {
         self.pending.len()
     }
 
-    /// A snapshot ending at (index, term) replaced the log up to `index`.
+    /// A snapshot ending at (index, term) is being handed out and replaces the log up to
+    /// `index`.
     pub(crate) fn snapshot(&mut self, index: u64, term: u64) {
         while let Some(entry) = self.pending.first_entry() {
             let (i, t) = *entry.key();
@@ -170,12 +178,11 @@ impl Tracker {
             } else {
                 Outcome::Unknown(UnknownReason::Snapshot { index: i })
             };
-            // A handle dropped by the application is not an error: nobody is waiting.
-            let _ = entry.remove().send(outcome);
+            self.decided.push((entry.remove(), outcome));
         }
     }
 
-    /// `entries` (contiguous, in order) were handed out to apply.
+    /// `entries` (contiguous, in order) are being handed out to apply.
     pub(crate) fn committed(&mut self, entries: &[Entry]) {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
         while let Some(entry) = self.pending.first_entry() {
@@ -193,14 +200,25 @@ impl Tracker {
             } else {
                 Outcome::Dropped(DropReason::Superseded { index: i })
             };
-            let _ = entry.remove().send(outcome);
+            self.decided.push((entry.remove(), outcome));
+        }
+    }
+
+    /// Tells the handles what the Ready just advanced decided: the application has applied
+    /// what it handed out.
+    pub(crate) fn release(&mut self) {
+        for (tx, outcome) in self.decided.drain(..) {
+            // A handle dropped by the application is not an error: nobody is waiting.
+            let _ = tx.send(outcome);
         }
     }
 }
 
 impl Drop for Tracker {
-    /// The node thread is ending (stopped, failed or panicking): what it tracked is undecided.
+    /// The node thread is ending (stopped, failed or panicking): what a Ready handed out is
+    /// decided (whether or not it was applied), the rest is unknown.
     fn drop(&mut self) {
+        self.release();
         for (_, tx) in std::mem::take(&mut self.pending) {
             let _ = tx.send(Outcome::Unknown(UnknownReason::Stopped));
         }
@@ -222,18 +240,21 @@ mod tests {
     }
 
     #[test]
-    fn committed_entries_decide_by_term_at_the_index() {
+    fn committed_entries_decide_by_term_at_the_index_and_tell_once_released() {
         let mut t = Tracker::default();
         let mut same = tracked(&mut t, 3, 2);
         let mut replaced = tracked(&mut t, 4, 2);
         let mut later = tracked(&mut t, 6, 2);
         t.committed(&[entry(2, 1), entry(3, 2), entry(4, 3), entry(5, 3)]);
+        assert!(same.try_outcome().is_none(), "decided, but the Ready is not advanced yet");
+        t.release();
         assert!(matches!(same.try_outcome(), Some(Outcome::Committed { index: 3, term: 2 })));
         assert!(matches!(replaced.try_outcome(), Some(Outcome::Dropped(DropReason::Superseded { index: 4 }))));
         assert!(later.try_outcome().is_none(), "index 6 is not handed out yet");
         assert_eq!(t.len(), 1);
         t.committed(&[]);
         t.committed(&[entry(6, 2)]);
+        t.release();
         assert!(matches!(later.try_outcome(), Some(Outcome::Committed { index: 6, term: 2 })));
         assert!(matches!(later.wait(), Outcome::Committed { index: 6, .. }), "the outcome is kept");
     }
@@ -246,6 +267,7 @@ mod tests {
         let mut stale = tracked(&mut t, 5, 2);
         let mut new = tracked(&mut t, 5, 4);
         t.committed(&[entry(5, 4)]);
+        t.release();
         assert!(matches!(stale.try_outcome(), Some(Outcome::Dropped(DropReason::Superseded { index: 5 }))));
         assert!(matches!(new.try_outcome(), Some(Outcome::Committed { index: 5, term: 4 })));
     }
@@ -258,6 +280,7 @@ mod tests {
         let mut at_end = tracked(&mut t, 7, 4);
         let mut above = tracked(&mut t, 8, 4);
         t.snapshot(7, 4);
+        t.release();
         assert!(matches!(below_same_term.try_outcome(), Some(Outcome::Unknown(UnknownReason::Snapshot { index: 3 }))));
         assert!(matches!(below_higher_term.try_outcome(), Some(Outcome::Dropped(DropReason::Superseded { index: 4 }))));
         assert!(matches!(at_end.try_outcome(), Some(Outcome::Committed { index: 7, term: 4 })));
@@ -265,10 +288,13 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_tracker_leaves_pending_proposals_unknown_and_a_lost_sender_means_dropped() {
+    fn a_dropped_tracker_tells_what_was_decided_and_leaves_the_rest_unknown() {
         let mut t = Tracker::default();
+        let mut decided = tracked(&mut t, 2, 1);
         let mut pending = tracked(&mut t, 3, 1);
+        t.committed(&[entry(2, 1)]);
         drop(t);
+        assert!(matches!(decided.try_outcome(), Some(Outcome::Committed { index: 2, term: 1 })));
         assert!(matches!(pending.wait_timeout(Duration::ZERO), Some(Outcome::Unknown(UnknownReason::Stopped))));
         let (mut never_arrived, tx) = Proposal::new();
         assert!(never_arrived.try_outcome().is_none());

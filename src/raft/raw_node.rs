@@ -170,8 +170,8 @@ impl<S: Storage> RawNode<S> {
     /// storage.set_conf_state(&ConfState { voters: vec![1, 2, 3], ..ConfState::default() })?;
     /// let mut node = RawNode::new(&Config::new(1), storage)?;
     /// assert_eq!(node.status().soft_state.role, Role::Follower);
-    /// node.campaign(); // a PreVote round first: the Ready holds the requests to send
-    /// let ready = node.ready();
+    /// node.campaign()?; // a PreVote round first: the Ready holds the requests to send
+    /// let ready = node.ready()?;
     /// assert_eq!(ready.messages.len(), 2);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
