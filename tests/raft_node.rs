@@ -204,7 +204,10 @@ fn leader_proposals_commit_everywhere_and_a_follower_forwards_its_own() {
     for id in 1..=3 {
         let data = c.applied_data(id);
         for (k, index) in committed.iter().enumerate() {
-            assert!(data.contains(&(*index, format!("p{k}").into_bytes())), "node {id} applied p{k} at {index}: {data:?}");
+            assert!(
+                data.contains(&(*index, format!("p{k}").into_bytes())),
+                "node {id} applied p{k} at {index}: {data:?}"
+            );
         }
     }
     let mut forwarded = c.node(2).propose(b"via 2".to_vec()).unwrap();

@@ -31,12 +31,12 @@
 // proposers), except `tick`, which is dropped as etcd drops a tick its 128-slot tick channel
 // cannot hold: a node that far behind gains nothing from a burst of queued ticks.
 
+use super::RaftError;
 use super::conf_change::ConfChange;
 use super::config::Config;
 use super::message::Message;
 use super::proposal::{DropReason, Outcome, Proposal, Tracker};
 use super::raw_node::{NewNodeError, RawNode, Ready, SnapshotStatus, Status};
-use super::RaftError;
 use crate::storage::{ConfState, StorageMut};
 use parking_lot::Mutex;
 use std::ops::ControlFlow;
@@ -351,7 +351,10 @@ impl<S: StorageMut + Send + 'static> Node<S> {
     /// snapshot (`StorageMut::create_snapshot`), compact, or read. Never write what the node
     /// writes (entries, HardState, ConfState). The node does nothing else meanwhile; a panic in
     /// `f` ends the node thread (and [`Node::stop`] raises it again).
-    pub fn with_storage<R: Send + 'static>(&self, f: impl FnOnce(&mut S) -> R + Send + 'static) -> Result<R, NodeError> {
+    pub fn with_storage<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut S) -> R + Send + 'static,
+    ) -> Result<R, NodeError> {
         let (tx, rx) = sync_channel(1);
         self.send(Command::WithStorage(Box::new(move |s: &mut S| {
             let _ = tx.send(f(s));
