@@ -17,7 +17,10 @@
 //! - `log`: the persisted log plus the unstable tail;
 //! - `core`: the state machine (roles, PreVote, CheckQuorum, replication, commitment,
 //!   membership changes, reads, leadership transfer);
-//! - `raw_node`: [`RawNode`], [`Ready`], [`Status`].
+//! - `raw_node`: [`RawNode`], [`Ready`], [`Status`];
+//! - `node`: [`Node`], the `RawNode` on a thread of its own, driven through bounded channels;
+//! - `proposal`: [`Proposal`], the handle a `Node` proposal resolves through to its
+//!   [`Outcome`].
 
 mod conf_change;
 mod config;
@@ -25,7 +28,9 @@ mod core;
 mod log;
 mod membership;
 mod message;
+mod node;
 mod progress;
+mod proposal;
 mod raw_node;
 mod read_only;
 mod snapshot_transfer;
@@ -35,7 +40,9 @@ use std::sync::Arc;
 pub use conf_change::{ConfChange, ConfChangeDecodeError, ConfChangeSingle, ConfChangeTransition, ConfChangeType};
 pub use config::{Config, ConfigError};
 pub use message::{CAMPAIGN_TRANSFER, DecodeError, Decoded, Message, MessageType, PendingSnapshot};
+pub use node::{COMMAND_QUEUE_CAPACITY, Node, NodeError, StartError};
 pub use progress::ProgressState;
+pub use proposal::{DropReason, Outcome, Proposal, UnknownReason};
 pub use raw_node::{NewNodeError, RawNode, Ready, SnapshotStatus, SoftState, Status};
 pub use read_only::{ReadOnlyOption, ReadState};
 pub use snapshot_transfer::{SnapshotChunk, SnapshotHeader, SnapshotReceiver, SnapshotSender, TransferError};

@@ -171,8 +171,8 @@ impl<S: Storage> RawNode<S> {
     /// storage.set_conf_state(&ConfState { voters: vec![1, 2, 3], ..ConfState::default() })?;
     /// let mut node = RawNode::new(&Config::new(1), storage)?;
     /// assert_eq!(node.status().soft_state.role, Role::Follower);
-    /// node.campaign(); // a PreVote round first: the Ready holds the requests to send
-    /// let ready = node.ready();
+    /// node.campaign()?; // a PreVote round first: the Ready holds the requests to send
+    /// let ready = node.ready()?;
     /// assert_eq!(ready.messages.len(), 2);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -422,6 +422,12 @@ impl<S: Storage> RawNode<S> {
     /// crash).
     pub fn into_storage(self) -> S {
         self.raft.log.storage
+    }
+
+    /// The last index of this node's log, persisted or not (`status().last_index` without
+    /// building a `Status`): right after a leader's `propose`, the index of the new entry.
+    pub fn last_index(&self) -> u64 {
+        self.raft.log.last_index()
     }
 
     /// The first and last index of this node's log (persisted or not).
