@@ -83,7 +83,6 @@ impl Net {
                 if e.entry_type == EntryType::ConfChangeV2 {
                     let cc = ConfChange::decode(&e.data).unwrap();
                     let cs = node.apply_conf_change(&cc).unwrap();
-                    node.storage_mut().set_conf_state(&cs).unwrap();
                     self.confs.entry(id).or_default().push(cs);
                 }
                 self.applied.entry(id).or_default().push(e.clone());
@@ -460,18 +459,55 @@ fn removing_the_leader_hands_leadership_over_once_the_change_is_applied() {
 }
 
 #[test]
-fn a_restarted_node_starts_from_the_conf_state_in_storage() {
-    // The ConfState persisted with the applied change is what RawNode::new uses.
+fn a_restarted_node_rebuilds_its_membership_as_of_its_applied_index() {
+    // Nothing about membership is persisted apart from the log: a node restarted at any applied
+    // index (before the changes, between them, after them) starts with the configuration as of
+    // that index, and the changes after it are handed out again to apply.
     let mut n = Net::new(&[1, 2, 3]);
     n.elect(1);
     n.change(1, &ConfChange::simple(AddLearnerNode, 4));
+    let first_change = n.last(1);
+    n.change(1, &joint(ConfChangeTransition::Explicit, vec![change(AddNode, 4), change(RemoveNode, 3)]));
+    let joint_at = n.last(1);
+    n.change(1, &ConfChange::leave_joint());
     let node = n.nodes.remove(&2).unwrap();
-    let applied = node.status().applied;
+    let last = node.status().last_index;
     let storage = node.into_storage();
-    let mut cfg = Config::new(2);
-    cfg.applied = applied;
-    let restarted = RawNode::new(&cfg, storage).unwrap();
-    assert_eq!(restarted.status().conf_state.learners, vec![4]);
+    assert_eq!(storage.initial_state().unwrap().conf_state.voters, vec![1, 2, 3], "only the bootstrap is stored");
+    let expect = [
+        (first_change - 1, ConfState { voters: vec![1, 2, 3], ..ConfState::default() }),
+        (first_change, ConfState { voters: vec![1, 2, 3], learners: vec![4], ..ConfState::default() }),
+        (
+            joint_at,
+            ConfState {
+                voters: vec![1, 2, 4],
+                voters_outgoing: vec![1, 2, 3],
+                learners: vec![],
+                ..ConfState::default()
+            },
+        ),
+        (last, ConfState { voters: vec![1, 2, 4], ..ConfState::default() }),
+    ];
+    for (applied, cs) in expect {
+        let mut cfg = Config::new(2);
+        cfg.applied = applied;
+        let mut restarted = RawNode::new(&cfg, storage.clone()).unwrap();
+        assert_eq!(restarted.status().conf_state, cs, "restarted at applied {applied}");
+        // The changes after `applied` come out again, and apply on top of it.
+        let mut tick = 0;
+        while restarted.status().applied < last && tick < 10 {
+            if restarted.has_ready() {
+                let rd = restarted.ready().unwrap();
+                for e in rd.committed_entries.iter().filter(|e| e.entry_type == EntryType::ConfChangeV2) {
+                    restarted.apply_conf_change(&ConfChange::decode(&e.data).unwrap()).unwrap();
+                }
+                restarted.persist(&rd).unwrap();
+                restarted.advance(rd).unwrap();
+            }
+            tick += 1;
+        }
+        assert_eq!(restarted.status().conf_state, ConfState { voters: vec![1, 2, 4], ..ConfState::default() });
+    }
 }
 
 #[test]

@@ -555,7 +555,7 @@ impl Sim {
     }
 
     fn restart(&mut self, id: u64) {
-        let Some(mut storage) = self.nodes.get_mut(&id).unwrap().down.take() else { return };
+        let Some(storage) = self.nodes.get_mut(&id).unwrap().down.take() else { return };
         // The state machine restarts from the newest of its flushed state and the snapshot;
         // committed entries after it are replayed.
         let from_snapshot = match storage.snapshot(0) {
@@ -574,19 +574,31 @@ impl Sim {
             (s, f) => s.or(f),
         }
         .unwrap_or(Flushed { applied: Vec::new(), index: 0, conf: self.bootstrap.clone() });
-        // The configuration in storage is the one as of the applied index.
-        storage.inner.set_conf_state(&start.conf).unwrap();
         if start.index > storage.initial_state().unwrap().hard_state.commit {
             self.totals.restarts_above_commit += 1;
         }
-        let config = self.config(id, start.index, !in_conf(&start.conf, id));
+        // `joining`: the node may have been removed (or never added) as of its applied index.
+        let config = self.config(id, start.index, true);
         if self.trace {
             eprintln!("[{}] restart {id} applied {} conf {:?}", self.step, start.index, start.conf);
         }
         let node = self.nodes.get_mut(&id).unwrap();
         node.applied = start.applied;
         node.conf = start.conf;
-        node.raw = Some(RawNode::new(&config, storage).unwrap());
+        let start_index = start.index;
+        // Start-up reads (the membership is rebuilt from the log) are not failed on purpose: a
+        // node that cannot start would only stay down.
+        let planned = storage.fail_in.replace(0);
+        let raw =
+            RawNode::new(&config, storage).unwrap_or_else(|e| self.fail(format!("node {id} cannot restart: {e}")));
+        raw.storage().fail_in.set(planned);
+        // The membership the node rebuilt is the one the application tracked for this index.
+        let rebuilt = raw.status().conf_state;
+        let tracked = self.nodes[&id].conf.clone();
+        if rebuilt != tracked {
+            self.fail(format!("node {id} restarted at applied {start_index} with {rebuilt:?}, expected {tracked:?}"));
+        }
+        self.nodes.get_mut(&id).unwrap().raw = Some(raw);
     }
 
     fn deliver(&mut self, m: Message) {

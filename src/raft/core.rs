@@ -75,8 +75,8 @@ pub(crate) struct Raft<S: Storage> {
 impl<S: Storage> Raft<S> {
     pub(crate) fn new(config: &Config, storage: S) -> Result<Raft<S>, NewNodeError> {
         let state = storage.initial_state()?;
-        let membership = Membership::from_conf_state(&state.conf_state).map_err(NewNodeError::ConfState)?;
         let log = RaftLog::new(storage, config.applied)?;
+        let membership = membership_at_applied(&log, &state.conf_state)?;
         let mut r = Raft {
             id: config.id,
             term: state.hard_state.term,
@@ -1025,4 +1025,47 @@ impl<S: Storage> Raft<S> {
         self.send(r);
         Ok(())
     }
+}
+
+/// The configuration as of the applied index, rebuilt at start: the newest snapshot's ConfState
+/// (or, before any snapshot, the bootstrap ConfState in storage), then every membership change
+/// in the log up to the applied index, in order. Nothing the application persisted after a
+/// change is needed, so no crash between applying a change and recording the applied index can
+/// leave the two disagreeing (a ConfState written apart from the applied index either replays a
+/// change twice or loses it).
+fn membership_at_applied<S: Storage>(
+    log: &RaftLog<S>,
+    bootstrap: &crate::storage::ConfState,
+) -> Result<Membership, NewNodeError> {
+    let applied = log.applied;
+    let snapshot = match log.storage.snapshot(0) {
+        Ok(s) if s.metadata.index > 0 => Some((s.metadata.index, s.metadata.conf_state.clone())),
+        Ok(_) | Err(Error::SnapshotTemporarilyUnavailable) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let first = log.storage.first_index()?;
+    let (base, conf) = match snapshot {
+        Some((index, cs)) if index <= applied => (index, cs),
+        // Below the snapshot: the configuration there is known only if the log starts at 1.
+        _ if first == 1 => (0, bootstrap.clone()),
+        Some((index, _)) => return Err(NewNodeError::MembershipUnknown { applied, snapshot: index }),
+        None => (first - 1, bootstrap.clone()),
+    };
+    let mut m = Membership::from_conf_state(&conf).map_err(NewNodeError::ConfState)?;
+    let mut lo = base + 1;
+    while lo <= applied {
+        let page = log.storage.entries(lo, applied + 1, 1 << 20)?;
+        for e in &page {
+            if e.entry_type != EntryType::Normal {
+                let cc = ConfChange::decode(&e.data)
+                    .map_err(|err| NewNodeError::ConfState(format!("entry {}: {err}", e.index)))?;
+                m = m.apply(&cc).map_err(|err| NewNodeError::ConfState(format!("entry {}: {err}", e.index)))?;
+            }
+        }
+        match page.last() {
+            Some(e) => lo = e.index + 1,
+            None => break,
+        }
+    }
+    Ok(m)
 }

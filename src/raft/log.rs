@@ -1,7 +1,8 @@
 //! The Raft log as the consensus module sees it: what storage holds (persisted) followed by
 //! entries and a snapshot not yet persisted ("unstable").
 //!
-//! Invariants: `applied <= committed <= last_index()`; unstable entries start at `offset`, and
+//! Invariants: `applied <= applying <= committed <= last_index()` (`applying`: handed out to
+//! apply; `applied`: reported applied by `advance`); unstable entries start at `offset`, and
 //! storage is only read below `offset` (storage may still hold older entries at and after it,
 //! which the next persisted append replaces); entries up to `in_progress` were handed out in a
 //! `Ready` and are being persisted; only persisted entries are handed out to apply.
@@ -26,6 +27,10 @@ pub(crate) struct RaftLog<S: Storage> {
     /// Last unstable index handed out for persisting.
     in_progress: u64,
     pub(crate) committed: u64,
+    /// The last index handed out to apply (in a Ready not necessarily advanced yet).
+    pub(crate) applying: u64,
+    /// The last index the application reported applied (`advance`): membership decisions
+    /// (the next change, campaigning) wait for this one, not for `applying`.
     pub(crate) applied: u64,
 }
 
@@ -53,6 +58,7 @@ impl<S: Storage> RaftLog<S> {
             snapshot_in_progress: false,
             in_progress: last,
             committed,
+            applying: applied.max(first - 1),
             applied: applied.max(first - 1),
         })
     }
@@ -239,7 +245,7 @@ impl<S: Storage> RaftLog<S> {
     /// Committed, persisted entries not yet handed out to apply, at most `max_bytes` of data.
     pub(crate) fn next_committed(&self, max_bytes: u64) -> crate::Result<Vec<Entry>> {
         let hi = self.committed.min(self.persisted_index()) + 1;
-        let lo = (self.applied + 1).max(self.first_index()?);
+        let lo = (self.applying + 1).max(self.first_index()?);
         if lo >= hi {
             return Ok(Vec::new());
         }
@@ -265,11 +271,18 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub(crate) fn has_next_committed(&self) -> bool {
-        self.committed.min(self.persisted_index()) > self.applied
+        self.committed.min(self.persisted_index()) > self.applying
     }
 
+    /// Entries up to `index` were handed out to apply.
+    pub(crate) fn applying_to(&mut self, index: u64) {
+        self.applying = self.applying.max(index);
+    }
+
+    /// The application reported entries up to `index` applied.
     pub(crate) fn applied_to(&mut self, index: u64) {
         self.applied = self.applied.max(index);
+        self.applying = self.applying.max(index);
     }
 
     /// Entries to hand out for persisting (not handed out before).
@@ -311,7 +324,7 @@ impl<S: Storage> RaftLog<S> {
         if self.snapshot.as_ref().is_some_and(|s| s.metadata.index == index) {
             self.snapshot = None;
             self.snapshot_in_progress = false;
-            self.applied = self.applied.max(index);
+            self.applied_to(index);
         }
     }
 

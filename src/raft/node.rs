@@ -286,9 +286,9 @@ impl<S: StorageMut + Send + 'static> Node<S> {
         self.call(|tx| Command::TransferLeadership(to, tx))
     }
 
-    /// Applies a committed membership change, persists the configuration now in force
-    /// (`StorageMut::set_conf_state`) and returns it. Call it for every `ConfChangeV2` entry in
-    /// `committed_entries`, in order, before `advance`.
+    /// Applies a committed membership change and returns the configuration now in force. Call
+    /// it for every `ConfChangeV2` entry in `committed_entries`, in order, before `advance`.
+    /// Nothing needs persisting: a restart rebuilds the configuration from the log.
     pub fn apply_conf_change(&self, cc: &ConfChange) -> Result<ConfState, NodeError> {
         self.call(|tx| Command::ApplyConfChange(cc.clone(), tx))
     }
@@ -479,11 +479,7 @@ impl<S: StorageMut> Worker<S> {
             }
             Command::ApplyConfChange(cc, tx) => {
                 let r = self.raw.apply_conf_change(&cc);
-                let r = self.check(r).and_then(|cs| match self.raw.storage_mut().set_conf_state(&cs) {
-                    Ok(()) => Ok(cs),
-                    Err(e) => Err(self.fail(Arc::new(e))),
-                });
-                let _ = tx.send(r);
+                let _ = tx.send(self.check(r));
             }
             Command::Advance(rd, tx) => {
                 let r = self.raw.advance(*rd);

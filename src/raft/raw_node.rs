@@ -9,10 +9,10 @@
 //!    `rd.hard_state` (`set_hard_state`): `node.persist(&rd)` does exactly that;
 //! 5. send `rd.persisted_messages` (votes and acknowledgements, which promise what is durable);
 //! 6. apply `rd.committed_entries` to the state machine; for each membership change among
-//!    them (`EntryType::ConfChangeV2`), decode it with `ConfChange::decode`, call
-//!    `apply_conf_change` and persist the ConfState it returns together with the applied index
-//!    (`StorageMut::set_conf_state`): a restarted node starts from the ConfState in storage,
-//!    which must be the configuration as of `Config::applied`;
+//!    them (`EntryType::ConfChangeV2`), decode it with `ConfChange::decode` and call
+//!    `apply_conf_change`. Nothing about membership needs persisting: a restarted node rebuilds
+//!    the configuration as of `Config::applied` from the newest snapshot's ConfState (or the
+//!    bootstrap ConfState in storage) and the changes in the log after it;
 //! 7. serve `rd.read_states` once the applied index reaches each one's `index`;
 //! 8. `node.advance(rd)`.
 //!
@@ -134,9 +134,21 @@ pub enum NewNodeError {
         /// The storage's last index.
         last_index: u64,
     },
-    /// The storage's ConfState breaks a membership rule (a node both voter and learner, ...).
-    #[error("the stored ConfState is invalid: {0}")]
+    /// The configuration as of the applied index is invalid: the stored ConfState or snapshot
+    /// breaks a membership rule (a node both voter and learner, ...), or a membership change in
+    /// the log up to the applied index does not decode or apply.
+    #[error("the membership as of the applied index is invalid: {0}")]
     ConfState(String),
+    /// `Config::applied` is below the newest snapshot and the log before the snapshot is
+    /// compacted: the configuration at `applied` cannot be known. Restart the state machine from
+    /// the snapshot (with `Config::applied` at its index).
+    #[error("Config::applied {applied} is below the snapshot at {snapshot} and the log before it is compacted")]
+    MembershipUnknown {
+        /// `Config::applied`.
+        applied: u64,
+        /// The newest snapshot's index.
+        snapshot: u64,
+    },
     /// `Config::applied` says the application applied entries the log does not hold.
     #[error("Config::applied {applied} is above the storage's last index {last_index}")]
     AppliedAboveLog {
@@ -250,9 +262,10 @@ impl<S: Storage> RawNode<S> {
         self.propose_entries(vec![e])
     }
 
-    /// Applies a committed membership change and returns the configuration now in force, which
-    /// the application persists (`StorageMut::set_conf_state`). A leader removed or demoted by
-    /// it steps down; a node that is no longer a voter never campaigns.
+    /// Applies a committed membership change and returns the configuration now in force (to
+    /// put in snapshots; it need not be persisted otherwise: see the module docs). A leader
+    /// removed or demoted by it hands leadership over; a node that is no longer a voter never
+    /// campaigns.
     pub fn apply_conf_change(&mut self, cc: &ConfChange) -> Result<ConfState, RaftError> {
         self.stopped()?;
         let next: Membership = self.raft.membership.apply(cc).map_err(RaftError::InvalidConfChange)?;
@@ -360,7 +373,7 @@ impl<S: Storage> RawNode<S> {
         self.prev_hard = hard;
         self.outstanding = self.readies;
         if let Some(i) = rd.committed_entries.last().map(|e| e.index) {
-            self.raft.log.applied_to(i);
+            self.raft.log.applying_to(i);
         }
         Ok(rd)
     }
@@ -376,6 +389,9 @@ impl<S: Storage> RawNode<S> {
         }
         if let Some(e) = rd.entries.last() {
             self.raft.log.stable_to(e.index, e.term);
+        }
+        if let Some(i) = rd.committed_entries.last().map(|e| e.index) {
+            self.raft.log.applied_to(i);
         }
         self.outstanding = 0;
         if rd.hard_state.is_some_and(|hs| hs.vote == self.raft.id && hs.term == self.raft.term) {
@@ -400,7 +416,7 @@ impl<S: Storage> RawNode<S> {
             id: r.id,
             hard_state: r.hard_state(),
             soft_state: self.soft_state(),
-            applied: r.log.applied,
+            applied: r.log.applying,
             last_index: r.log.last_index(),
             progress,
             conf_state: r.membership.to_conf_state(),

@@ -66,7 +66,12 @@ pub trait StorageMut: Storage {
     /// - after a power loss or kernel crash: at least the commit index of the last synced change
     ///   (a term, vote, ConfState or snapshot write), at most the newest; never higher.
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<()>;
-    /// Persists the ConfState (keeping the HardState).
+    /// Persists the ConfState (keeping the HardState). For a Raft node this is the bootstrap
+    /// configuration, set once before the first start: the node tracks membership changes
+    /// through the log and snapshots, and rebuilds the configuration as of `Config::applied` at
+    /// each start from the newest snapshot's ConfState (or this one, while the log still starts
+    /// at index 1) and the changes in the log after it. Writing a later configuration here
+    /// would have those changes applied twice.
     fn set_conf_state(&mut self, conf_state: &ConfState) -> Result<()>;
     /// Installs a snapshot received from a leader: entries are dropped and the log restarts
     /// after `metadata.index`, whatever the local log held. The HardState's commit becomes at
