@@ -642,20 +642,55 @@ fn a_new_leader_answers_reads_only_after_committing_an_entry_of_its_term() {
 }
 
 #[test]
-fn lease_based_reads_answer_at_once_and_need_check_quorum() {
-    // etcd: TestReadOnlyOptionLease, and Config validation.
+fn lease_based_reads_answer_at_once_only_inside_the_lease() {
+    // etcd: TestReadOnlyOptionLease, and Config validation. The lease is measured from the
+    // heartbeats a quorum answered (not from the CheckQuorum period): with no answer yet, or
+    // none within election_tick - 2 ticks, or after a TimeoutNow, a read takes a heartbeat round.
     let lease = |id| {
         let mut c = Config::new(id);
         c.read_only_option = ReadOnlyOption::LeaseBased;
         c
     };
+    let heartbeats = |n: &Net| n.queue.iter().filter(|m| m.kind == MessageType::Heartbeat).count();
     let mut n = Net::with(&[1, 2, 3], lease);
     n.elect(1);
     n.propose(1, b"w");
+    n.node(1).read_index(b"no lease yet".to_vec()).unwrap();
+    n.persist(1);
+    assert_eq!(heartbeats(&n), 2, "no heartbeat answered yet: a round");
+    n.settle();
+    assert_eq!(read_states(&n, 1).len(), 1);
+    n.tick(1, 1); // a heartbeat round answered at tick 1: the lease runs to tick 1 + 10 - 2
     n.node(1).read_index(b"l".to_vec()).unwrap();
     n.persist(1);
-    assert!(n.queue.iter().all(|m| m.kind != MessageType::Heartbeat), "no heartbeat round");
-    assert_eq!(read_states(&n, 1), vec![ReadState { index: n.commit(1), request_ctx: b"l".to_vec() }]);
+    assert_eq!(heartbeats(&n), 0, "inside the lease: no round");
+    assert_eq!(read_states(&n, 1)[1], ReadState { index: n.commit(1), request_ctx: b"l".to_vec() });
+    // Cut off: the lease runs out after election_tick - 2 ticks without answers.
+    n.isolated = [2, 3].into();
+    for _ in 0..7 {
+        n.node(1).tick();
+    }
+    n.settle();
+    n.node(1).read_index(b"late".to_vec()).unwrap();
+    n.persist(1);
+    assert_eq!(read_states(&n, 1).len(), 3, "tick 8 < 1 + 10 - 2: still inside");
+    n.node(1).tick();
+    n.settle();
+    n.node(1).read_index(b"expired".to_vec()).unwrap();
+    n.settle();
+    assert_eq!(read_states(&n, 1).len(), 3, "tick 9: the lease ran out, and no quorum answers the round");
+    // A TimeoutNow ends the lease for the term.
+    let mut m = Net::with(&[1, 2, 3], lease);
+    m.elect(1);
+    m.tick(1, 1);
+    m.isolated = [2].into(); // the transfer never completes
+    m.node(1).transfer_leadership(2).unwrap();
+    m.settle();
+    assert_eq!(m.nodes[&1].status().lead_transferee, 2, "the TimeoutNow went out (and was lost)");
+    m.node(1).read_index(b"after TimeoutNow".to_vec()).unwrap();
+    m.persist(1);
+    assert_eq!(heartbeats(&m), 2, "the lease ended with the TimeoutNow: a round");
+    assert!(read_states(&m, 1).is_empty());
     let mut bad = lease(1);
     bad.check_quorum = false;
     assert!(bad.validate().is_err());

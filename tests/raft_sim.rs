@@ -38,7 +38,7 @@ mod common;
 
 use keel::raft::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, Config, Decoded, Message, RaftError, RawNode,
-    Ready, Role, SnapshotChunk, SnapshotReceiver, SnapshotSender, TransferError,
+    ReadOnlyOption, Ready, Role, SnapshotChunk, SnapshotReceiver, SnapshotSender, TransferError,
 };
 use keel::storage::{
     ConfState, Entry, EntryType, HardState, MemStorage, RaftState, Snapshot, SnapshotMetadata, SnapshotSink, Storage,
@@ -281,8 +281,12 @@ impl Sim {
         // Without CheckQuorum a partitioned leader keeps believing it leads: reads must still
         // be linearizable (the heartbeat round, not a lease, is what makes them so).
         config.check_quorum = rng.chance(70);
-        let setup =
-            Setup { skew: rng.chance(40), failing_reads: rng.chance(30), lose_commit_only: rng.chance(50), config };
+        let skew = rng.chance(40);
+        // Lease-based reads assume clocks that drift little: only in schedules without skew.
+        if !skew && config.check_quorum && rng.chance(40) {
+            config.read_only_option = ReadOnlyOption::LeaseBased;
+        }
+        let setup = Setup { skew, failing_reads: rng.chance(30), lose_commit_only: rng.chance(50), config };
         let bootstrap = ConfState { voters: ids.clone(), ..ConfState::default() };
         let mut sim = Sim {
             seed,

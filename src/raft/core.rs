@@ -62,6 +62,11 @@ pub(crate) struct Raft<S: Storage> {
     /// A TimeoutNow arrived while a committed membership change was still to be applied: the
     /// transfer's election starts once it is (etcd drops the TimeoutNow instead).
     campaign_when_applied: bool,
+    /// Ticks since the node started: the leader's clock for leases.
+    ticks: u64,
+    /// Leader: a TimeoutNow was sent in this term, so another node may be elected inside this
+    /// leader's lease (a transfer's vote request bypasses it): no more lease reads this term.
+    lease_revoked: bool,
     read_only: ReadOnly,
     /// Leader: read requests that arrived before it committed an entry of its term, (from, ctx).
     pending_reads: Vec<(u64, Vec<u8>)>,
@@ -100,6 +105,8 @@ impl<S: Storage> Raft<S> {
             lead_transferee: 0,
             leaving: false,
             campaign_when_applied: false,
+            ticks: 0,
+            lease_revoked: false,
             read_only: ReadOnly::default(),
             pending_reads: Vec::new(),
             read_states: Vec::new(),
@@ -162,6 +169,7 @@ impl<S: Storage> Raft<S> {
         self.lead_transferee = 0;
         self.leaving = false;
         self.campaign_when_applied = false;
+        self.lease_revoked = false;
         self.read_only = ReadOnly::default();
         self.pending_reads.clear();
         let last = self.log.last_index();
@@ -291,6 +299,7 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn tick(&mut self) -> crate::Result<()> {
+        self.ticks += 1;
         self.election_elapsed += 1;
         if self.role == Role::Leader {
             self.heartbeat_elapsed += 1;
@@ -423,6 +432,8 @@ impl<S: Storage> Raft<S> {
             let mut m = Message::new(MessageType::Heartbeat, self.id, to, self.term);
             m.commit = matched.min(self.log.committed);
             m.context = ctx.clone();
+            // The leader's clock, echoed in the response: when the follower's lease started.
+            m.index = self.ticks;
             self.send(m);
         }
     }
@@ -639,8 +650,34 @@ impl<S: Storage> Raft<S> {
                 self.read_only.add_request(commit, ctx, from, id);
                 self.bcast_heartbeat();
             }
-            ReadOnlyOption::LeaseBased => self.respond_read(from, commit, ctx),
+            ReadOnlyOption::LeaseBased if self.lease_valid() => self.respond_read(from, commit, ctx),
+            // No lease to rely on now: confirm with a heartbeat round, as the safe mode does.
+            ReadOnlyOption::LeaseBased => {
+                let id = self.id;
+                self.read_only.add_request(commit, ctx, from, id);
+                self.bcast_heartbeat();
+            }
         }
+    }
+
+    /// Whether no other leader can have been elected: a quorum (of both halves while joint)
+    /// answered heartbeats sent less than `election_tick - 2` ticks ago, and each of them refuses
+    /// other candidates for `election_tick` ticks from when it heard one (2 ticks of margin for
+    /// where within a tick a heartbeat arrives). Measured from the heartbeats answered, not from
+    /// the CheckQuorum period, which may lag by an election timeout. Assumes followers' clocks
+    /// run at most `election_tick / (election_tick - 2)` times as fast as the leader's.
+    fn lease_valid(&self) -> bool {
+        if self.lease_revoked {
+            return false;
+        }
+        let (now, id) = (self.ticks, self.id);
+        let lease = self.config.election_tick as u64;
+        let progress = &self.progress;
+        let fresh = |v: u64| {
+            (v == id || progress.get(&v).and_then(|p| p.lease_tick).is_some_and(|t| t + lease > now + 2))
+                .then_some(true)
+        };
+        self.membership.vote_result(fresh) == VoteResult::Won
     }
 
     fn respond_read(&mut self, from: u64, index: u64, ctx: Vec<u8>) {
@@ -688,6 +725,7 @@ impl<S: Storage> Raft<S> {
     /// Tells the transfer target to campaign now. A leaving leader steps down as it does.
     fn send_timeout_now(&mut self, to: u64) {
         self.send(Message::new(MessageType::TimeoutNow, self.id, to, self.term));
+        self.lease_revoked = true;
         if self.leaving {
             let term = self.term;
             self.become_follower(term, 0);
@@ -815,6 +853,9 @@ impl<S: Storage> Raft<S> {
             MessageType::AppendResponse => self.handle_append_response(from, m.index)?,
             MessageType::HeartbeatResponse => {
                 p.paused = false;
+                // Never later than now, whatever the peer claims.
+                let sent = m.index.min(self.ticks);
+                p.lease_tick = Some(p.lease_tick.map_or(sent, |t| t.max(sent)));
                 // The snapshot may have been lost: after an election timeout of heartbeats
                 // with no answer to it, probe again (which resends it if still needed).
                 if p.state == ProgressState::Snapshot {
@@ -828,10 +869,7 @@ impl<S: Storage> Raft<S> {
                 if p.matched < self.log.last_index() || p.state == ProgressState::Probe {
                     self.maybe_send_append(from, true)?;
                 }
-                if self.config.read_only_option == ReadOnlyOption::Safe
-                    && !m.context.is_empty()
-                    && self.read_only.recv_ack(from, &m.context, &self.membership)
-                {
+                if !m.context.is_empty() && self.read_only.recv_ack(from, &m.context, &self.membership) {
                     for read in self.read_only.advance(&m.context) {
                         self.respond_read(read.from, read.index, read.ctx);
                     }
@@ -996,6 +1034,7 @@ impl<S: Storage> Raft<S> {
         self.log.commit_to(commit);
         let mut r = Message::new(MessageType::HeartbeatResponse, self.id, m.from, self.term);
         r.context = m.context;
+        r.index = m.index;
         self.send(r);
     }
 

@@ -79,6 +79,9 @@ pub struct Progress {
     pub pending_snapshot: u64,
     /// Heard from since the last CheckQuorum round.
     pub recent_active: bool,
+    /// The leader's tick count when it sent the newest heartbeat this follower answered: the
+    /// follower refuses other candidates for an election timeout from (at least) then.
+    pub lease_tick: Option<u64>,
     /// Heartbeat responses received while waiting for a snapshot to be applied.
     pub snapshot_wait: usize,
     pub inflights: Inflights,
@@ -93,6 +96,7 @@ impl Progress {
             paused: false,
             pending_snapshot: 0,
             recent_active: false,
+            lease_tick: None,
             snapshot_wait: 0,
             inflights: Inflights::new(max_inflight_msgs, max_inflight_bytes),
         }
