@@ -832,7 +832,8 @@ fn heartbeats_carry_no_entries_and_at_most_each_followers_match_as_commit() {
     assert_eq!(beats.len(), 2, "{beats:#?}");
     for (m, (to, w_commit)) in beats.iter().zip([(2, 1005), (3, last)]) {
         assert_eq!(m.kind, MessageType::Heartbeat);
-        assert_eq!((m.to, m.index, m.log_term, m.commit, m.entries.len()), (to, 0, 0, w_commit, 0), "{m:?}");
+        // `index` carries the leader's tick count (1 tick so far), for leases.
+        assert_eq!((m.to, m.index, m.log_term, m.commit, m.entries.len()), (to, 1, 0, w_commit, 0), "{m:?}");
     }
 }
 

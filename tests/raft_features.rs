@@ -459,6 +459,57 @@ fn removing_the_leader_hands_leadership_over_once_the_change_is_applied() {
 }
 
 #[test]
+fn a_non_voter_holding_entries_the_voters_lack_passes_them_on_as_a_caretaker() {
+    // Found by the simulator: leader 2 demoted itself and 3 (joint change, then leaving it at
+    // index 3) and appended 4..=6, which reached only 3; then 2 was gone. Node 1, the only voter
+    // left, does not know index 3 committed, so it still counts 2 and 3 (joint view), and 3's
+    // longer log refuses it a vote: with learners never campaigning, no one could ever win. A
+    // non-voter holding entries it does not know committed campaigns as a caretaker, wins with
+    // 1's vote, passes its log on and hands leadership to 1.
+    let joint_cc = joint(ConfChangeTransition::Auto, vec![change(AddLearnerNode, 2), change(AddLearnerNode, 3)]);
+    let conf_entry = |index: u64, cc: &ConfChange| {
+        let mut e = Entry::new(index, 1, cc.encode());
+        e.entry_type = EntryType::ConfChangeV2;
+        e
+    };
+    let log = vec![
+        Entry::new(1, 1, Vec::new()),
+        conf_entry(2, &joint_cc),
+        conf_entry(3, &ConfChange::leave_joint()),
+        Entry::new(4, 1, b"a".to_vec()),
+        Entry::new(5, 1, b"b".to_vec()),
+        Entry::new(6, 1, b"c".to_vec()),
+    ];
+    let node = |id: u64, last: usize, commit: u64| {
+        let mut s = bootstrap(&[1, 2, 3]);
+        s.append(&log[..last]).unwrap();
+        s.set_hard_state(&HardState { term: 1, vote: 2, commit }).unwrap();
+        let mut cfg = no_lease(id);
+        cfg.applied = commit;
+        cfg.joining = true;
+        RawNode::new(&cfg, s).unwrap()
+    };
+    let mut n = Net { nodes: BTreeMap::from([(1, node(1, 3, 2)), (3, node(3, 6, 3))]), ..Net::new(&[]) };
+    assert_eq!(n.conf(1).voters_outgoing, vec![1, 2, 3], "1 does not know it left the joint configuration");
+    assert_eq!((n.conf(3).voters.clone(), n.conf(3).learners.clone()), (vec![1], vec![2, 3]));
+    for _ in 0..200 {
+        for id in [1, 3] {
+            n.node(id).tick();
+        }
+        n.settle();
+        if n.role(1) == Role::Leader && n.conf(1) == n.conf(3) && n.applied_data(1).len() == 3 {
+            break;
+        }
+    }
+    // Term 2: 3 as caretaker (within one settle); term 3: 1, by the transfer.
+    assert_eq!(n.nodes[&1].status().hard_state.term, 3);
+    assert_eq!(n.role(1), Role::Leader, "1 leads once 3 passed its log on");
+    assert_eq!(n.conf(1), ConfState { voters: vec![1], learners: vec![2, 3], ..ConfState::default() });
+    assert_eq!(n.applied_data(1), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    assert_eq!(n.role(3), Role::Follower);
+}
+
+#[test]
 fn a_restarted_node_rebuilds_its_membership_as_of_its_applied_index() {
     // Nothing about membership is persisted apart from the log: a node restarted at any applied
     // index (before the changes, between them, after them) starts with the configuration as of

@@ -140,6 +140,19 @@ impl<S: Storage> Raft<S> {
         self.membership.is_voter(self.id) && !self.log.has_pending_snapshot()
     }
 
+    /// A non-voter (a learner, or a node removed or demoted) that holds entries it does not know
+    /// committed campaigns as a caretaker when it hears from no leader: otherwise, if the leader
+    /// that removed or demoted itself is gone, the voters left may count it (not knowing the
+    /// change committed) while its longer log refuses them its vote, and no one could ever win
+    /// (the simulator found this). Elected, it only hands leadership to the most caught-up voter.
+    /// A caught-up learner (everything it holds known committed) never campaigns.
+    fn caretaker(&self) -> bool {
+        !self.membership.is_voter(self.id)
+            && !self.membership.voters.is_empty()
+            && !self.log.has_pending_snapshot()
+            && self.log.last_index() > self.log.committed
+    }
+
     fn send(&mut self, mut m: Message) {
         m.from = self.id;
         // Forwarded requests travel like local ones, without a term.
@@ -225,11 +238,19 @@ impl<S: Storage> Raft<S> {
         // An entry of the new term at once, so earlier entries can commit through it (§5.4.2).
         let index = self.log.last_index() + 1;
         self.log.append(&[Entry::new(index, term, Vec::new())]);
+        if !self.membership.is_voter(self.id) {
+            // A caretaker: it leads only to pass its log on to a voter.
+            self.leaving = true;
+            self.hand_over();
+        }
     }
 
     /// Starts an election (or a pre-election) if this node may.
     pub(crate) fn hup(&mut self, transfer: bool) -> crate::Result<()> {
-        if self.role == Role::Leader || !self.promotable() || self.log.has_unapplied_conf_changes()? {
+        if self.role == Role::Leader
+            || !(self.promotable() || self.caretaker())
+            || self.log.has_unapplied_conf_changes()?
+        {
             return Ok(());
         }
         if self.config.pre_vote && !transfer { self.campaign(true, false) } else { self.campaign(false, transfer) }
@@ -321,7 +342,7 @@ impl<S: Storage> Raft<S> {
                 self.heartbeat_elapsed = 0;
                 self.bcast_heartbeat();
             }
-        } else if self.promotable() && self.election_elapsed >= self.randomized_election_timeout {
+        } else if (self.promotable() || self.caretaker()) && self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
             self.hup(false)?;
         }

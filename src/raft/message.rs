@@ -90,7 +90,8 @@ pub struct Message {
     /// AppendResponse rejection: the term of the follower's entry at `reject_hint`.
     pub log_term: u64,
     /// Append: the index before `entries`; AppendResponse: the index accepted (or rejected);
-    /// votes: the candidate's last index.
+    /// votes: the candidate's last index; Heartbeat: the leader's tick count, echoed in the
+    /// HeartbeatResponse (when a follower's lease started, for lease-based reads).
     pub index: u64,
     /// Append: the entries following `index`; Propose: the proposed entries (the leader assigns
     /// their index and term).
