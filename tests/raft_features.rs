@@ -472,7 +472,7 @@ fn a_non_voter_holding_entries_the_voters_lack_passes_them_on_as_a_caretaker() {
         e.entry_type = EntryType::ConfChangeV2;
         e
     };
-    let log = vec![
+    let log = [
         Entry::new(1, 1, Vec::new()),
         conf_entry(2, &joint_cc),
         conf_entry(3, &ConfChange::leave_joint()),
