@@ -275,7 +275,9 @@ impl<S: Storage> RawNode<S> {
     }
 
     /// Asks for a linearizable read: once confirmed, a [`ReadState`] with `ctx` and the index
-    /// to wait for comes out in a `Ready`. A follower forwards the request to the leader.
+    /// to wait for comes out in a `Ready`. A follower forwards the request to the leader. A
+    /// request whose leader changes before it is confirmed, or whose `ctx` is already waiting,
+    /// gets no answer: time it out and ask again with a fresh `ctx`.
     pub fn read_index(&mut self, ctx: Vec<u8>) -> Result<(), RaftError> {
         self.stopped()?;
         let id = self.raft.id;
