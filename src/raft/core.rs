@@ -62,6 +62,9 @@ pub(crate) struct Raft<S: Storage> {
     /// A TimeoutNow arrived while a committed membership change was still to be applied: the
     /// transfer's election starts once it is (etcd drops the TimeoutNow instead).
     campaign_when_applied: bool,
+    /// This node has been a voter in a configuration it knows of (bootstrap, snapshot, or any
+    /// since): only such a node can be counted by another's older view of the membership.
+    was_voter: bool,
     /// Ticks since the node started: the leader's clock for leases.
     ticks: u64,
     /// Leader: a TimeoutNow was sent in this term, so another node may be elected inside this
@@ -81,7 +84,7 @@ impl<S: Storage> Raft<S> {
     pub(crate) fn new(config: &Config, storage: S) -> Result<Raft<S>, NewNodeError> {
         let state = storage.initial_state()?;
         let log = RaftLog::new(storage, config.applied)?;
-        let membership = membership_at_applied(&log, &state.conf_state)?;
+        let (membership, was_voter) = membership_at_applied(&log, &state.conf_state, config.id)?;
         let mut r = Raft {
             id: config.id,
             term: state.hard_state.term,
@@ -105,6 +108,7 @@ impl<S: Storage> Raft<S> {
             lead_transferee: 0,
             leaving: false,
             campaign_when_applied: false,
+            was_voter,
             ticks: 0,
             lease_revoked: false,
             read_only: ReadOnly::default(),
@@ -147,7 +151,9 @@ impl<S: Storage> Raft<S> {
     /// (the simulator found this). Elected, it only hands leadership to the most caught-up voter.
     /// A caught-up learner (everything it holds known committed) never campaigns.
     fn caretaker(&self) -> bool {
-        !self.membership.is_voter(self.id)
+        // A node that never voted is in no one's view of the voters: its log blocks no one.
+        self.was_voter
+            && !self.membership.is_voter(self.id)
             && !self.membership.voters.is_empty()
             && !self.log.has_pending_snapshot()
             && self.log.last_index() > self.log.committed
@@ -570,6 +576,7 @@ impl<S: Storage> Raft<S> {
     /// Makes `next` the configuration (the application applied a committed change).
     pub(crate) fn switch_to(&mut self, next: Membership) {
         self.membership = next;
+        self.was_voter |= self.membership.is_voter(self.id);
         let last = self.log.last_index();
         let ids = self.membership.ids();
         self.progress.retain(|id, _| ids.contains(id));
@@ -1093,10 +1100,12 @@ impl<S: Storage> Raft<S> {
 /// change is needed, so no crash between applying a change and recording the applied index can
 /// leave the two disagreeing (a ConfState written apart from the applied index either replays a
 /// change twice or loses it).
+/// Also returns whether `id` is a voter in any configuration seen on the way.
 fn membership_at_applied<S: Storage>(
     log: &RaftLog<S>,
     bootstrap: &crate::storage::ConfState,
-) -> Result<Membership, NewNodeError> {
+    id: u64,
+) -> Result<(Membership, bool), NewNodeError> {
     let applied = log.applied;
     let snapshot = match log.storage.snapshot(0) {
         Ok(s) if s.metadata.index > 0 => Some((s.metadata.index, s.metadata.conf_state.clone())),
@@ -1112,6 +1121,7 @@ fn membership_at_applied<S: Storage>(
         None => (first - 1, bootstrap.clone()),
     };
     let mut m = Membership::from_conf_state(&conf).map_err(NewNodeError::ConfState)?;
+    let mut was_voter = m.is_voter(id) || bootstrap.voters.contains(&id) || bootstrap.voters_outgoing.contains(&id);
     let mut lo = base + 1;
     while lo <= applied {
         let page = log.storage.entries(lo, applied + 1, 1 << 20)?;
@@ -1120,6 +1130,7 @@ fn membership_at_applied<S: Storage>(
                 let cc = ConfChange::decode(&e.data)
                     .map_err(|err| NewNodeError::ConfState(format!("entry {}: {err}", e.index)))?;
                 m = m.apply(&cc).map_err(|err| NewNodeError::ConfState(format!("entry {}: {err}", e.index)))?;
+                was_voter |= m.is_voter(id);
             }
         }
         match page.last() {
@@ -1127,5 +1138,5 @@ fn membership_at_applied<S: Storage>(
             None => break,
         }
     }
-    Ok(m)
+    Ok((m, was_voter))
 }
