@@ -581,6 +581,42 @@ fn a_snapshot_brings_the_membership_it_was_taken_with() {
     assert_eq!(n.nodes[&3].storage().snapshot(0).unwrap().metadata.index, index);
 }
 
+#[test]
+fn snapshots_restore_joint_configurations_and_demotions() {
+    // etcd: TestRestoreWithVotersOutgoing, TestRestoreVoterToLearner. A follower restoring a
+    // snapshot takes its membership as it is: joint (both halves, learners_next, auto_leave), or
+    // one that made the follower itself a learner (it then no longer campaigns).
+    let cases = [
+        ConfState {
+            voters: vec![1, 2, 4],
+            voters_outgoing: vec![1, 2, 3],
+            learners_next: vec![3],
+            auto_leave: true,
+            ..ConfState::default()
+        },
+        ConfState { voters: vec![1, 2], learners: vec![3], ..ConfState::default() },
+    ];
+    for cs in cases {
+        let mut node = RawNode::new(&no_lease(3), bootstrap(&[1, 2, 3])).unwrap();
+        let mut m = Message::new(MessageType::Snapshot, 1, 3, 2);
+        m.snapshot = Some(Snapshot::from_bytes(
+            keel::storage::SnapshotMetadata { index: 10, term: 2, conf_state: cs.clone() },
+            &b"s"[..],
+        ));
+        node.step(m).unwrap();
+        assert_eq!(node.status().conf_state, cs);
+        let rd = node.ready().unwrap();
+        node.persist(&rd).unwrap();
+        node.advance(rd).unwrap();
+        for _ in 0..50 {
+            node.tick();
+        }
+        let campaigned =
+            node.has_ready() && node.ready().unwrap().messages.iter().any(|m| m.kind == MessageType::RequestPreVote);
+        assert_eq!(campaigned, cs.voters.contains(&3) || cs.voters_outgoing.contains(&3), "{cs:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reads
 
@@ -868,6 +904,26 @@ fn a_transfer_is_abandoned_after_an_election_timeout() {
     assert_eq!(n.nodes[&1].status().lead_transferee, 0);
     assert_eq!(n.role(1), Role::Leader);
     n.node(1).propose(b"again".to_vec()).unwrap();
+}
+
+#[test]
+fn transfers_asked_again_and_again_do_not_postpone_check_quorum() {
+    // From a review (etcd restarts the election timer for each transfer): a leader cut off from
+    // everyone, asked every tick to transfer to one node then the other, still steps down after
+    // its CheckQuorum period.
+    let mut n = Net::with(&[1, 2, 3], prevote_cq);
+    n.elect(1);
+    n.isolated = [1].into();
+    for k in 0..25 {
+        n.node(1).transfer_leadership(2 + k % 2).unwrap();
+        n.node(1).tick();
+        n.settle();
+        if n.role(1) != Role::Leader {
+            assert!(k < 20, "stepped down only after {k} ticks");
+            return;
+        }
+    }
+    panic!("the leader never stepped down");
 }
 
 #[test]

@@ -45,6 +45,8 @@ pub(crate) struct Raft<S: Storage> {
     pub(crate) self_vote_pending: bool,
     election_elapsed: usize,
     heartbeat_elapsed: usize,
+    /// Leader: ticks since the current transfer (or hand-over attempt) began.
+    transfer_elapsed: usize,
     randomized_election_timeout: usize,
     rng: Rng,
     uncommitted_bytes: u64,
@@ -100,6 +102,7 @@ impl<S: Storage> Raft<S> {
             self_vote_pending: false,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
+            transfer_elapsed: 0,
             randomized_election_timeout: config.election_tick,
             rng: Rng::new(config.seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             uncommitted_bytes: 0,
@@ -180,6 +183,7 @@ impl<S: Storage> Raft<S> {
         self.leader_id = 0;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
+        self.transfer_elapsed = 0;
         let e = self.config.election_tick;
         self.randomized_election_timeout = e + self.rng.below(e as u64) as usize;
         self.votes.clear();
@@ -337,8 +341,13 @@ impl<S: Storage> Raft<S> {
                     self.become_follower(term, 0);
                     return Ok(());
                 }
-                // A transfer that has not finished within an election timeout is abandoned
-                // (a leaving leader tries again, perhaps with another voter).
+            }
+            // A transfer that has not finished within an election timeout is abandoned (a
+            // leaving leader tries again, perhaps with another voter). Its own clock: restarting
+            // `election_elapsed` for each transfer asked would postpone CheckQuorum for ever.
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.config.election_tick && (self.lead_transferee != 0 || self.leaving) {
+                self.transfer_elapsed = 0;
                 self.lead_transferee = 0;
                 if self.leaving {
                     self.hand_over();
@@ -766,7 +775,7 @@ impl<S: Storage> Raft<S> {
         }
         self.lead_transferee = to;
         // The transfer is abandoned if it has not finished within an election timeout.
-        self.election_elapsed = 0;
+        self.transfer_elapsed = 0;
         let caught_up = self.progress.get(&to).is_some_and(|p| p.matched == self.log.last_index());
         if caught_up {
             self.send_timeout_now(to);
