@@ -679,21 +679,16 @@ impl<S: Storage> Raft<S> {
 
     fn answer_read(&mut self, from: u64, ctx: Vec<u8>) {
         let commit = self.log.committed;
-        match self.config.read_only_option {
-            // A single voter is its own quorum: no round to wait for.
-            ReadOnlyOption::Safe if self.membership.is_singleton(self.id) => self.respond_read(from, commit, ctx),
-            ReadOnlyOption::Safe => {
-                let id = self.id;
-                self.read_only.add_request(commit, ctx, from, id);
-                self.bcast_heartbeat();
-            }
-            ReadOnlyOption::LeaseBased if self.lease_valid() => self.respond_read(from, commit, ctx),
-            // No lease to rely on now: confirm with a heartbeat round, as the safe mode does.
-            ReadOnlyOption::LeaseBased => {
-                let id = self.id;
-                self.read_only.add_request(commit, ctx, from, id);
-                self.bcast_heartbeat();
-            }
+        // A single voter is its own quorum; a valid lease vouches that no other leader exists.
+        // Otherwise (the safe mode, or no lease to rely on now) a heartbeat round confirms it.
+        let at_once = self.membership.is_singleton(self.id)
+            || (self.config.read_only_option == ReadOnlyOption::LeaseBased && self.lease_valid());
+        if at_once {
+            self.respond_read(from, commit, ctx);
+        } else {
+            let id = self.id;
+            self.read_only.add_request(commit, ctx, from, id);
+            self.bcast_heartbeat();
         }
     }
 
