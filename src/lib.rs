@@ -44,6 +44,7 @@ mod payload;
 pub mod raft;
 mod rng;
 pub mod storage;
+pub mod transport;
 pub mod wal;
 
 pub use error::{Corruption, CorruptionKind, Error, Result};

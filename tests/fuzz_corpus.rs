@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 7] = [
+const TARGETS: [(&str, Target); 8] = [
     ("record", keel_harness::fuzz::record),
     ("log_dir", keel_harness::fuzz::log_dir),
     ("hard_state", keel_harness::fuzz::hard_state),
@@ -16,6 +16,7 @@ const TARGETS: [(&str, Target); 7] = [
     ("storage_model", keel_harness::fuzz::storage_model),
     ("message", keel_harness::fuzz::message),
     ("snapshot_transfer", keel_harness::fuzz::snapshot_transfer),
+    ("peer_stream", keel_harness::fuzz::peer_stream),
 ];
 
 fn root() -> PathBuf {
@@ -108,6 +109,13 @@ fn write_seed_corpus() {
         let metadata = keel::storage::SnapshotMetadata { index: 8, term: 3, conf_state };
         snap.snapshot = Some(keel::storage::Snapshot::from_bytes(metadata, Vec::new()));
         seeds.push(("message", "snapshot-empty".into(), snap.encode()));
+        use keel::transport::{FrameKind, Hello, PROTOCOL_VERSION, encode_frame};
+        let hello = Hello { protocol_version: PROTOCOL_VERSION, cluster_id: 0xC1, from: 2, to: 1 };
+        let mut stream = encode_frame(FrameKind::Hello, &hello.encode());
+        let mut to_1 = append.clone();
+        (to_1.from, to_1.to) = (2, 1);
+        stream.extend(encode_frame(FrameKind::Message, &to_1.encode()));
+        seeds.push(("peer_stream", "hello-append".into(), stream));
     }
     {
         use keel::raft::SnapshotSender;

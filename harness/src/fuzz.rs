@@ -347,6 +347,41 @@ fn node_with_log(leader: bool) -> keel::raft::RawNode<keel::storage::MemStorage>
     node
 }
 
+/// Bytes a peer connection delivers: cut into frames as the transport will (`decode_frame` on
+/// what has arrived), the first frame checked as a handshake, then each message frame decoded and
+/// stepped into a follower and a leader (through [`message`]). Any damage must be a typed error
+/// that ends the connection: never a panic, never an allocation beyond the bytes given.
+pub fn peer_stream(data: &[u8]) {
+    use keel::transport::{FrameKind, Hello, PROTOCOL_VERSION, decode_frame};
+    let ours = Hello { protocol_version: PROTOCOL_VERSION, cluster_id: 0xC1, from: 1, to: 0 };
+    let mut at = 0;
+    let mut greeted = false;
+    loop {
+        let (frame, used) = match decode_frame(&data[at..]) {
+            Ok(Some(f)) => f,
+            Ok(None) => return, // the connection would wait for more bytes
+            Err(e) => {
+                assert!(e.offset <= 8, "a frame error points into the header: {e}");
+                return; // the connection is closed
+            }
+        };
+        assert!(used <= data.len() - at, "a frame cannot take more bytes than arrived");
+        at += used;
+        match (greeted, frame.kind) {
+            (false, FrameKind::Hello) => match Hello::decode(&frame.payload) {
+                Ok(h) if h.check(&ours, |id| (2..=3).contains(&id)).is_ok() => greeted = true,
+                _ => return,
+            },
+            (false, _) => return, // anything before the handshake closes the connection
+            (true, FrameKind::Message) => message(&frame.payload),
+            (true, FrameKind::SnapshotChunk) => {
+                let _ = keel::raft::SnapshotChunk::decode(&frame.payload);
+            }
+            (true, FrameKind::Hello) => return, // a second handshake closes it too
+        }
+    }
+}
+
 /// The model-based target: see [`torture::model_case`].
 pub fn storage_model(data: &[u8]) {
     torture::model_case(data);
