@@ -1,0 +1,317 @@
+//! A TCP transport for Raft messages between processes (issue 13, in progress).
+//!
+//! Each node listens for its peers and opens one outbound connection to each peer: messages to a
+//! peer travel on the sender's connection, so a connection carries one direction (two per pair
+//! of nodes). Every connection starts with a [`Hello`] from the connecting side, checked before
+//! anything else is read: another cluster, another protocol version, another receiver or an
+//! unknown sender closes it.
+//!
+//! Sending never waits: [`TcpTransport::send`] encodes the message and queues its frame for the
+//! peer's writer thread, in a queue bounded by frames and bytes. When the queue is full the
+//! message is dropped and the peer reported unreachable ([`TcpTransport::take_unreachable`], for
+//! `RawNode::report_unreachable`): memory stays bounded while a peer is down. A writer connects
+//! with backoff (50 ms doubling to 1 s) and drops the frame it was writing when a connection
+//! fails (Raft resends). Received messages go to the inbox channel the application reads; a
+//! message claiming another sender than the handshake's is dropped with the connection.
+//!
+//! Not yet: snapshot messages (their data travels in chunks; sending one returns
+//! [`SendError::Snapshot`], to report with `report_snapshot(.., Failure)`), logging through a
+//! logging crate (refusals are written to standard error).
+
+use super::frame::{FrameKind, Hello, PROTOCOL_VERSION, decode_frame, encode_frame};
+use crate::raft::{Decoded, Message};
+use parking_lot::{Condvar, Mutex};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How a [`TcpTransport`] is set up.
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// This node's id.
+    pub node_id: u64,
+    /// The cluster's id: nodes of different clusters never talk.
+    pub cluster_id: u64,
+    /// Each peer's id and the address it listens on.
+    pub peers: BTreeMap<u64, SocketAddr>,
+    /// Frames queued for one peer before messages to it are dropped.
+    pub queue_frames: usize,
+    /// Bytes queued for one peer before messages to it are dropped.
+    pub queue_bytes: usize,
+}
+
+impl TcpConfig {
+    /// Defaults: 4,096 frames or 64 MiB queued per peer.
+    pub fn new(node_id: u64, cluster_id: u64, peers: BTreeMap<u64, SocketAddr>) -> TcpConfig {
+        TcpConfig { node_id, cluster_id, peers, queue_frames: 4096, queue_bytes: 64 << 20 }
+    }
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The message is addressed to a node that is not a configured peer.
+    #[error("node {0} is not a peer")]
+    UnknownPeer(u64),
+    /// The peer's queue is full: the message was dropped and the peer marked unreachable.
+    #[error("the queue to node {0} is full; the message was dropped")]
+    QueueFull(u64),
+    /// Snapshot messages are not sent by this transport yet.
+    #[error("snapshot messages are not sent by the TCP transport yet")]
+    Snapshot,
+}
+
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Vec<u8>>,
+    bytes: usize,
+    stopped: bool,
+}
+
+struct Peer {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+/// Raft messages over TCP; see the module docs.
+pub struct TcpTransport {
+    local: SocketAddr,
+    config: TcpConfig,
+    peers: BTreeMap<u64, Arc<Peer>>,
+    unreachable: Arc<Mutex<BTreeSet<u64>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport").field("local", &self.local).field("node_id", &self.config.node_id).finish()
+    }
+}
+
+const POLL: Duration = Duration::from_millis(20);
+
+impl TcpTransport {
+    /// Starts listening on `listener` (bound by the caller, so tests and servers choose the
+    /// port) and a writer thread per peer. Received messages are sent to `inbox`; when it is
+    /// full they are dropped (Raft resends).
+    pub fn start(config: TcpConfig, listener: TcpListener, inbox: SyncSender<Message>) -> io::Result<TcpTransport> {
+        listener.set_nonblocking(true)?;
+        let local = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let ours =
+            Hello { protocol_version: PROTOCOL_VERSION, cluster_id: config.cluster_id, from: config.node_id, to: 0 };
+        let known: BTreeSet<u64> = config.peers.keys().copied().collect();
+        {
+            let stop = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("keel-accept-{}", config.node_id))
+                    .spawn(move || accept_loop(listener, ours, known, inbox, stop))?,
+            );
+        }
+        let mut peers = BTreeMap::new();
+        for (&id, &addr) in &config.peers {
+            let peer = Arc::new(Peer { queue: Mutex::new(Queue::default()), ready: Condvar::new() });
+            let hello = Hello { to: id, ..ours };
+            let (p, stop) = (peer.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("keel-peer-{}-{id}", config.node_id))
+                    .spawn(move || write_loop(addr, hello, p, stop))?,
+            );
+            peers.insert(id, peer);
+        }
+        Ok(TcpTransport { local, config, peers, unreachable: Arc::new(Mutex::new(BTreeSet::new())), stop, threads })
+    }
+
+    /// The address this node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Queues `m` for its peer (`m.to`); never waits.
+    pub fn send(&self, m: &Message) -> Result<(), SendError> {
+        if m.snapshot.is_some() {
+            return Err(SendError::Snapshot);
+        }
+        let peer = self.peers.get(&m.to).ok_or(SendError::UnknownPeer(m.to))?;
+        let frame = encode_frame(FrameKind::Message, &m.encode());
+        let mut q = peer.queue.lock();
+        if q.frames.len() >= self.config.queue_frames || q.bytes + frame.len() > self.config.queue_bytes {
+            drop(q);
+            self.unreachable.lock().insert(m.to);
+            return Err(SendError::QueueFull(m.to));
+        }
+        q.bytes += frame.len();
+        q.frames.push_back(frame);
+        drop(q);
+        peer.ready.notify_one();
+        Ok(())
+    }
+
+    /// The peers a message was dropped for since the last call: tell Raft
+    /// (`RawNode::report_unreachable`).
+    pub fn take_unreachable(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.unreachable.lock()).into_iter().collect()
+    }
+
+    /// Stops every thread and waits for them; queued messages are dropped.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for peer in self.peers.values() {
+            peer.queue.lock().stopped = true;
+            peer.ready.notify_all();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    ours: Hello,
+    known: BTreeSet<u64>,
+    inbox: SyncSender<Message>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut readers: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, from)) => {
+                let (known, inbox, stop) = (known.clone(), inbox.clone(), stop.clone());
+                let spawned = std::thread::Builder::new().name(format!("keel-read-{}", ours.from)).spawn(move || {
+                    if let Err(why) = read_loop(stream, ours, &known, &inbox, &stop) {
+                        eprintln!("keel transport: node {} closed a connection from {from}: {why}", ours.from);
+                    }
+                });
+                if let Ok(t) = spawned {
+                    readers.push(t);
+                }
+                readers.retain(|t| !t.is_finished());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+    for t in readers {
+        let _ = t.join();
+    }
+}
+
+/// Reads frames from one inbound connection until it fails, lies, or the transport stops.
+/// Returns why it closed (`Ok` when stopped or closed by the peer).
+fn read_loop(
+    mut stream: TcpStream,
+    ours: Hello,
+    known: &BTreeSet<u64>,
+    inbox: &SyncSender<Message>,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(POLL)).map_err(|e| e.to_string())?;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut peer: Option<u64> = None;
+    while !stop.load(Ordering::SeqCst) {
+        // Take every whole frame already received.
+        while let Some((frame, used)) = decode_frame(&buf).map_err(|e| e.to_string())? {
+            buf.drain(..used);
+            match (peer, frame.kind) {
+                (None, FrameKind::Hello) => {
+                    let hello = Hello::decode(&frame.payload).map_err(|e| e.to_string())?;
+                    hello.check(&ours, |id| known.contains(&id)).map_err(|e| format!("handshake refused: {e}"))?;
+                    peer = Some(hello.from);
+                }
+                (None, _) => return Err("a frame before the handshake".into()),
+                (Some(from), FrameKind::Message) => match Message::decode(&frame.payload) {
+                    Ok(Decoded::Message(m)) if m.from == from && m.to == ours.from => match inbox.try_send(m) {
+                        Ok(()) | Err(TrySendError::Full(_)) => {}
+                        Err(TrySendError::Disconnected(_)) => return Ok(()),
+                    },
+                    Ok(Decoded::Message(m)) => {
+                        return Err(format!("a message from {} to {} on node {from}'s connection", m.from, m.to));
+                    }
+                    Ok(Decoded::Snapshot(_)) => {} // not received by this transport yet
+                    Err(e) => return Err(e.to_string()),
+                },
+                (Some(_), FrameKind::SnapshotChunk) => {}
+                (Some(_), FrameKind::Hello) => return Err("a second handshake".into()),
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// Writes one peer's queued frames, connecting (and reconnecting) with backoff.
+fn write_loop(addr: SocketAddr, hello: Hello, peer: Arc<Peer>, stop: Arc<AtomicBool>) {
+    let mut conn: Option<TcpStream> = None;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let frame = {
+            let mut q = peer.queue.lock();
+            while q.frames.is_empty() && !q.stopped {
+                peer.ready.wait_for(&mut q, Duration::from_millis(200));
+            }
+            if q.stopped {
+                return;
+            }
+            let f = q.frames.pop_front().expect("not empty");
+            q.bytes -= f.len();
+            f
+        };
+        if conn.is_none() {
+            match connect(addr, &hello) {
+                Ok(s) => {
+                    conn = Some(s);
+                    backoff = Duration::from_millis(50);
+                }
+                Err(_) => {
+                    // The frame is dropped (Raft resends); wait before trying again.
+                    let until = std::time::Instant::now() + backoff;
+                    while std::time::Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(POLL.min(backoff));
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            }
+        }
+        if let Some(s) = conn.as_mut()
+            && s.write_all(&frame).is_err()
+        {
+            conn = None;
+        }
+    }
+}
+
+fn connect(addr: SocketAddr, hello: &Hello) -> io::Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_nodelay(true)?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(&encode_frame(FrameKind::Hello, &hello.encode()))?;
+    Ok(s)
+}
