@@ -527,6 +527,9 @@ impl StorageMut for FailingAppends {
     fn receive_snapshot(&self, metadata: &SnapshotMetadata) -> keel::Result<Box<dyn keel::storage::SnapshotSink>> {
         self.inner.receive_snapshot(metadata)
     }
+    fn snapshot_stager(&self) -> std::sync::Arc<dyn keel::storage::SnapshotStager> {
+        self.inner.snapshot_stager()
+    }
 }
 
 #[test]

@@ -155,6 +155,9 @@ impl StorageMut for SimStorage {
     fn receive_snapshot(&self, metadata: &SnapshotMetadata) -> keel::Result<Box<dyn SnapshotSink>> {
         self.inner.receive_snapshot(metadata)
     }
+    fn snapshot_stager(&self) -> std::sync::Arc<dyn keel::storage::SnapshotStager> {
+        self.inner.snapshot_stager()
+    }
 }
 
 /// A state machine the application flushed: what it applied, up to which index, and the

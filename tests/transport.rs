@@ -1,7 +1,8 @@
 //! The TCP transport on loopback: three Raft nodes in one process but talking only over TCP
 //! elect a leader and commit; a node of another cluster, a stray byte stream and a message
 //! claiming another sender are refused without harm; a peer that is down fills its bounded queue
-//! and is reported unreachable. Every wait is bounded in time.
+//! and is reported unreachable; a snapshot travels in chunks on a connection of its own and is
+//! reported finished. Every wait is bounded in time.
 
 use keel::raft::{Config, Message, MessageType, RawNode, Role};
 use keel::storage::{ConfState, MemStorage, StorageMut};
@@ -28,7 +29,11 @@ fn start(
 ) -> (TcpTransport, Receiver<Message>) {
     let peers = addrs.iter().filter(|(p, _)| **p != id).map(|(&p, &a)| (p, a)).collect();
     let (tx, rx) = sync_channel(1024);
-    (TcpTransport::start(TcpConfig::new(id, cluster, peers), listener, tx).unwrap(), rx)
+    (
+        TcpTransport::start(TcpConfig::new(id, cluster, peers), listener, tx, MemStorage::new().snapshot_stager())
+            .unwrap(),
+        rx,
+    )
 }
 
 #[test]
@@ -130,7 +135,7 @@ fn a_peer_that_is_down_fills_its_bounded_queue_and_is_reported_unreachable() {
     let (tx, _rx) = sync_channel(16);
     let mut config = TcpConfig::new(1, CLUSTER, peers);
     config.queue_frames = 8;
-    let t = TcpTransport::start(config, ls.pop().unwrap(), tx).unwrap();
+    let t = TcpTransport::start(config, ls.pop().unwrap(), tx, MemStorage::new().snapshot_stager()).unwrap();
     let m = Message::new(MessageType::Heartbeat, 1, 3, 1);
     let results: Vec<Result<(), SendError>> = (0..100).map(|_| t.send(&m)).collect();
     assert!(results.contains(&Err(SendError::QueueFull(3))), "the queue never filled: {results:?}");
@@ -138,4 +143,36 @@ fn a_peer_that_is_down_fills_its_bounded_queue_and_is_reported_unreachable() {
     assert_eq!(t.take_unreachable(), Vec::<u64>::new(), "reported once per drop burst");
     assert_eq!(t.send(&Message::new(MessageType::Heartbeat, 1, 9, 1)), Err(SendError::UnknownPeer(9)));
     t.stop();
+}
+
+#[test]
+fn a_snapshot_travels_in_chunks_and_its_transfer_is_reported() {
+    use keel::raft::SnapshotStatus;
+    use keel::storage::{Snapshot, SnapshotMetadata};
+    let (mut ls, addrs) = listeners(2);
+    let l2 = ls.pop().unwrap();
+    let l1 = ls.pop().unwrap();
+    let (t1, _inbox1) = start(1, CLUSTER, l1, &addrs);
+    let (t2, inbox2) = start(2, CLUSTER, l2, &addrs);
+    // 3 MiB and a bit: four chunks of the default 1 MiB.
+    let data: Vec<u8> = (0..(3 << 20) + 12_345u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let conf_state = ConfState { voters: vec![1, 2], ..ConfState::default() };
+    let mut m = Message::new(MessageType::Snapshot, 1, 2, 4);
+    m.snapshot = Some(Snapshot::from_bytes(SnapshotMetadata { index: 40, term: 3, conf_state }, data.clone()));
+    t1.send(&m).unwrap();
+    let got = inbox2.recv_timeout(Duration::from_secs(20)).expect("the snapshot arrived");
+    let s = got.snapshot.expect("a snapshot message");
+    assert_eq!((got.from, got.term, s.metadata.index, s.metadata.term), (1, 4, 40, 3));
+    assert!(s.read_to_vec().unwrap() == data, "the data arrived intact");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reports = loop {
+        let r = t1.take_snapshot_reports();
+        if !r.is_empty() || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(reports, vec![(2, SnapshotStatus::Finish)]);
+    t1.stop();
+    t2.stop();
 }

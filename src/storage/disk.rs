@@ -653,6 +653,10 @@ impl StorageMut for DiskStorage {
         Ok(Box::new(StagingSink(w)))
     }
 
+    fn snapshot_stager(&self) -> Arc<dyn super::SnapshotStager> {
+        Arc::new(DiskStager { fs: Arc::clone(&self.fs), dir: self.dir.clone() })
+    }
+
     fn compact(&mut self, index: u64) -> Result<()> {
         self.check_writable()?;
         let index = self.pins.compact_limit(index);
@@ -661,6 +665,21 @@ impl StorageMut for DiskStorage {
         }
         let r = self.log.compact(index);
         self.latch(r)
+    }
+}
+
+/// `DiskStorage`'s [`SnapshotStager`](super::SnapshotStager): staging files in its directory,
+/// named as `receive_snapshot` names them (so open removes a crash's leftovers).
+struct DiskStager {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+}
+
+impl super::SnapshotStager for DiskStager {
+    fn stage(&self, metadata: &SnapshotMetadata) -> Result<Box<dyn SnapshotSink>> {
+        DiskStorage::check_conf_state(&metadata.conf_state)?;
+        let w = SnapshotWriter::create(Arc::clone(&self.fs), &self.dir, metadata.clone(), true, None)?;
+        Ok(Box::new(StagingSink(w)))
     }
 }
 

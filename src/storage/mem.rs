@@ -224,6 +224,10 @@ impl StorageMut for MemStorage {
         Ok(Box::new(MemSnapshotSink { metadata: metadata.clone(), data: Vec::new() }))
     }
 
+    fn snapshot_stager(&self) -> std::sync::Arc<dyn super::SnapshotStager> {
+        std::sync::Arc::new(MemStager)
+    }
+
     fn compact(&mut self, index: u64) -> Result<()> {
         let index = self.pins.compact_limit(index);
         if !super::check_compact(index, self.first_index, self.last())? {
@@ -233,5 +237,14 @@ impl StorageMut for MemStorage {
         self.entries.drain(..(index - self.first_index) as usize);
         self.first_index = index;
         Ok(())
+    }
+}
+
+/// `MemStorage`'s stager: snapshots received into memory.
+struct MemStager;
+
+impl super::SnapshotStager for MemStager {
+    fn stage(&self, metadata: &SnapshotMetadata) -> Result<Box<dyn SnapshotSink>> {
+        Ok(Box::new(MemSnapshotSink { metadata: metadata.clone(), data: Vec::new() }))
     }
 }

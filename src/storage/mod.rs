@@ -97,6 +97,9 @@ pub trait StorageMut: Storage {
     /// removes what was staged. `DiskStorage` stages in a snapshot writer's temporary file in
     /// its directory (removed at open if a crash leaves it); `MemStorage` in memory.
     fn receive_snapshot(&self, metadata: &SnapshotMetadata) -> Result<Box<dyn SnapshotSink>>;
+    /// A stager that does what `receive_snapshot` does, usable from other threads while the
+    /// node owns the storage (a transport receiving snapshot chunks).
+    fn snapshot_stager(&self) -> std::sync::Arc<dyn SnapshotStager>;
     /// Drops entries below `index` (at most `last_index + 1`); at or below `first_index` it does
     /// nothing.
     ///
@@ -105,6 +108,15 @@ pub trait StorageMut: Storage {
     /// past the lowest such snapshot's index, and the rest of the request is dropped (call again
     /// once the transfer is over). `first_index` tells what was kept.
     fn compact(&mut self, index: u64) -> Result<()>;
+}
+
+/// Stages received snapshots apart from the storage object, so that a transport's threads can
+/// receive one while the Raft node owns the storage ([`StorageMut::snapshot_stager`]). Staging
+/// is no state of the storage: what a sink staged is removed when it is dropped unfinished.
+pub trait SnapshotStager: Send + Sync {
+    /// A sink for the data of the snapshot `metadata` describes, as
+    /// [`StorageMut::receive_snapshot`] gives.
+    fn stage(&self, metadata: &SnapshotMetadata) -> Result<Box<dyn SnapshotSink>>;
 }
 
 /// Where a snapshot received from a leader is staged; see [`StorageMut::receive_snapshot`].

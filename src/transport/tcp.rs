@@ -14,12 +14,18 @@
 //! fails (Raft resends). Received messages go to the inbox channel the application reads; a
 //! message claiming another sender than the handshake's is dropped with the connection.
 //!
-//! Not yet: snapshot messages (their data travels in chunks; sending one returns
-//! [`SendError::Snapshot`], to report with `report_snapshot(.., Failure)`), logging through a
-//! logging crate (refusals are written to standard error).
+//! A snapshot message goes on a connection of its own, opened for it by a thread of its own: the
+//! message (its header) then the data in chunks from a [`SnapshotSender`], so a large snapshot
+//! never holds up heartbeats and appends. The receiving side stages the chunks through the
+//! storage's [`SnapshotStager`] with a [`SnapshotReceiver`] (every chunk checked, the whole data
+//! checked) and hands the completed message to the inbox; the sender reports how the transfer
+//! ended ([`TcpTransport::take_snapshot_reports`], for `RawNode::report_snapshot`).
+//!
+//! Not yet: logging through a logging crate (refusals are written to standard error).
 
 use super::frame::{FrameKind, Hello, PROTOCOL_VERSION, decode_frame, encode_frame};
-use crate::raft::{Decoded, Message};
+use crate::raft::{Decoded, Message, PendingSnapshot, SnapshotChunk, SnapshotReceiver, SnapshotSender, SnapshotStatus};
+use crate::storage::SnapshotStager;
 use parking_lot::{Condvar, Mutex};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
@@ -61,9 +67,6 @@ pub enum SendError {
     /// The peer's queue is full: the message was dropped and the peer marked unreachable.
     #[error("the queue to node {0} is full; the message was dropped")]
     QueueFull(u64),
-    /// Snapshot messages are not sent by this transport yet.
-    #[error("snapshot messages are not sent by the TCP transport yet")]
-    Snapshot,
 }
 
 #[derive(Default)]
@@ -84,6 +87,8 @@ pub struct TcpTransport {
     config: TcpConfig,
     peers: BTreeMap<u64, Arc<Peer>>,
     unreachable: Arc<Mutex<BTreeSet<u64>>>,
+    /// How snapshot transfers ended, (peer, status), not yet taken.
+    snapshot_reports: Arc<Mutex<Vec<(u64, SnapshotStatus)>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -100,7 +105,12 @@ impl TcpTransport {
     /// Starts listening on `listener` (bound by the caller, so tests and servers choose the
     /// port) and a writer thread per peer. Received messages are sent to `inbox`; when it is
     /// full they are dropped (Raft resends).
-    pub fn start(config: TcpConfig, listener: TcpListener, inbox: SyncSender<Message>) -> io::Result<TcpTransport> {
+    pub fn start(
+        config: TcpConfig,
+        listener: TcpListener,
+        inbox: SyncSender<Message>,
+        stager: Arc<dyn SnapshotStager>,
+    ) -> io::Result<TcpTransport> {
         listener.set_nonblocking(true)?;
         let local = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -113,7 +123,7 @@ impl TcpTransport {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("keel-accept-{}", config.node_id))
-                    .spawn(move || accept_loop(listener, ours, known, inbox, stop))?,
+                    .spawn(move || accept_loop(listener, ours, known, inbox, stager, stop))?,
             );
         }
         let mut peers = BTreeMap::new();
@@ -128,7 +138,15 @@ impl TcpTransport {
             );
             peers.insert(id, peer);
         }
-        Ok(TcpTransport { local, config, peers, unreachable: Arc::new(Mutex::new(BTreeSet::new())), stop, threads })
+        Ok(TcpTransport {
+            local,
+            config,
+            peers,
+            unreachable: Arc::new(Mutex::new(BTreeSet::new())),
+            snapshot_reports: Arc::new(Mutex::new(Vec::new())),
+            stop,
+            threads,
+        })
     }
 
     /// The address this node listens on.
@@ -136,12 +154,14 @@ impl TcpTransport {
         self.local
     }
 
-    /// Queues `m` for its peer (`m.to`); never waits.
+    /// Queues `m` for its peer (`m.to`); never waits. A snapshot message starts a transfer on a
+    /// connection of its own (module docs).
     pub fn send(&self, m: &Message) -> Result<(), SendError> {
-        if m.snapshot.is_some() {
-            return Err(SendError::Snapshot);
-        }
         let peer = self.peers.get(&m.to).ok_or(SendError::UnknownPeer(m.to))?;
+        if m.snapshot.is_some() {
+            self.send_snapshot(m);
+            return Ok(());
+        }
         let frame = encode_frame(FrameKind::Message, &m.encode());
         let mut q = peer.queue.lock();
         if q.frames.len() >= self.config.queue_frames || q.bytes + frame.len() > self.config.queue_bytes {
@@ -154,6 +174,37 @@ impl TcpTransport {
         drop(q);
         peer.ready.notify_one();
         Ok(())
+    }
+
+    fn send_snapshot(&self, m: &Message) {
+        let (to, m) = (m.to, m.clone());
+        let addr = self.config.peers[&to];
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: self.config.cluster_id,
+            from: self.config.node_id,
+            to,
+        };
+        let reports = Arc::clone(&self.snapshot_reports);
+        let spawned =
+            std::thread::Builder::new().name(format!("keel-snap-{}-{to}", self.config.node_id)).spawn(move || {
+                let status = match stream_snapshot(addr, &hello, &m) {
+                    Ok(()) => SnapshotStatus::Finish,
+                    Err(why) => {
+                        eprintln!("keel transport: node {} could not send a snapshot to {to}: {why}", hello.from);
+                        SnapshotStatus::Failure
+                    }
+                };
+                reports.lock().push((to, status));
+            });
+        if spawned.is_err() {
+            self.snapshot_reports.lock().push((to, SnapshotStatus::Failure));
+        }
+    }
+
+    /// How snapshot transfers ended since the last call: tell Raft (`RawNode::report_snapshot`).
+    pub fn take_snapshot_reports(&self) -> Vec<(u64, SnapshotStatus)> {
+        std::mem::take(&mut *self.snapshot_reports.lock())
     }
 
     /// The peers a message was dropped for since the last call: tell Raft
@@ -190,15 +241,16 @@ fn accept_loop(
     ours: Hello,
     known: BTreeSet<u64>,
     inbox: SyncSender<Message>,
+    stager: Arc<dyn SnapshotStager>,
     stop: Arc<AtomicBool>,
 ) {
     let mut readers: Vec<JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, from)) => {
-                let (known, inbox, stop) = (known.clone(), inbox.clone(), stop.clone());
+                let (known, inbox, stop, stager) = (known.clone(), inbox.clone(), stop.clone(), stager.clone());
                 let spawned = std::thread::Builder::new().name(format!("keel-read-{}", ours.from)).spawn(move || {
-                    if let Err(why) = read_loop(stream, ours, &known, &inbox, &stop) {
+                    if let Err(why) = read_loop(stream, ours, &known, &inbox, stager.as_ref(), &stop) {
                         eprintln!("keel transport: node {} closed a connection from {from}: {why}", ours.from);
                     }
                 });
@@ -223,6 +275,7 @@ fn read_loop(
     ours: Hello,
     known: &BTreeSet<u64>,
     inbox: &SyncSender<Message>,
+    stager: &dyn SnapshotStager,
     stop: &AtomicBool,
 ) -> Result<(), String> {
     stream.set_nonblocking(false).map_err(|e| e.to_string())?;
@@ -230,6 +283,7 @@ fn read_loop(
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];
     let mut peer: Option<u64> = None;
+    let mut receiving: Option<(PendingSnapshot, SnapshotReceiver)> = None;
     while !stop.load(Ordering::SeqCst) {
         // Take every whole frame already received.
         while let Some((frame, used)) = decode_frame(&buf).map_err(|e| e.to_string())? {
@@ -249,10 +303,33 @@ fn read_loop(
                     Ok(Decoded::Message(m)) => {
                         return Err(format!("a message from {} to {} on node {from}'s connection", m.from, m.to));
                     }
-                    Ok(Decoded::Snapshot(_)) => {} // not received by this transport yet
+                    Ok(Decoded::Snapshot(pending)) => {
+                        let m = pending.message();
+                        if m.from != from || m.to != ours.from || receiving.is_some() {
+                            return Err("a snapshot announcement out of place".into());
+                        }
+                        let sink = stager.stage(&pending.header().metadata).map_err(|e| e.to_string())?;
+                        let receiver = SnapshotReceiver::new(pending.header().clone(), sink);
+                        receiving = Some((pending, receiver));
+                    }
                     Err(e) => return Err(e.to_string()),
                 },
-                (Some(_), FrameKind::SnapshotChunk) => {}
+                (Some(_), FrameKind::SnapshotChunk) => {
+                    let Some((_, receiver)) = receiving.as_mut() else {
+                        return Err("a snapshot chunk with no snapshot announced".into());
+                    };
+                    let chunk = SnapshotChunk::decode(&frame.payload).map_err(|e| e.to_string())?;
+                    receiver.receive(&chunk).map_err(|e| e.to_string())?;
+                    if receiver.is_complete() {
+                        let (pending, receiver) = receiving.take().expect("receiving");
+                        let snapshot = receiver.finish().map_err(|e| e.to_string())?;
+                        let m = pending.complete(snapshot).map_err(|e| e.to_string())?;
+                        // A snapshot is worth waiting for room in the inbox.
+                        if inbox.send(m).is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
                 (Some(_), FrameKind::Hello) => return Err("a second handshake".into()),
             }
         }
@@ -306,6 +383,21 @@ fn write_loop(addr: SocketAddr, hello: Hello, peer: Arc<Peer>, stop: Arc<AtomicB
             conn = None;
         }
     }
+}
+
+/// One snapshot transfer on a connection of its own: the handshake, the message, the chunks.
+fn stream_snapshot(addr: SocketAddr, hello: &Hello, m: &Message) -> Result<(), String> {
+    let snapshot = m.snapshot.clone().expect("a snapshot message");
+    let mut s = connect(addr, hello).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    s.write_all(&encode_frame(FrameKind::Message, &m.encode())).map_err(|e| e.to_string())?;
+    let sender =
+        SnapshotSender::new(snapshot, crate::limits::SNAPSHOT_CHUNK_BYTES_DEFAULT).map_err(|e| e.to_string())?;
+    for chunk in sender {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        s.write_all(&encode_frame(FrameKind::SnapshotChunk, &chunk.encode())).map_err(|e| e.to_string())?;
+    }
+    s.flush().map_err(|e| e.to_string())
 }
 
 fn connect(addr: SocketAddr, hello: &Hello) -> io::Result<TcpStream> {
