@@ -89,6 +89,8 @@ pub struct TcpTransport {
     unreachable: Arc<Mutex<BTreeSet<u64>>>,
     /// How snapshot transfers ended, (peer, status), not yet taken.
     snapshot_reports: Arc<Mutex<Vec<(u64, SnapshotStatus)>>>,
+    /// Snapshot transfers under way (and finished ones not yet reaped).
+    transfers: Mutex<Vec<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -144,6 +146,7 @@ impl TcpTransport {
             peers,
             unreachable: Arc::new(Mutex::new(BTreeSet::new())),
             snapshot_reports: Arc::new(Mutex::new(Vec::new())),
+            transfers: Mutex::new(Vec::new()),
             stop,
             threads,
         })
@@ -185,10 +188,10 @@ impl TcpTransport {
             from: self.config.node_id,
             to,
         };
-        let reports = Arc::clone(&self.snapshot_reports);
+        let (reports, stop) = (Arc::clone(&self.snapshot_reports), Arc::clone(&self.stop));
         let spawned =
             std::thread::Builder::new().name(format!("keel-snap-{}-{to}", self.config.node_id)).spawn(move || {
-                let status = match stream_snapshot(addr, &hello, &m) {
+                let status = match stream_snapshot(addr, &hello, &m, &stop) {
                     Ok(()) => SnapshotStatus::Finish,
                     Err(why) => {
                         eprintln!("keel transport: node {} could not send a snapshot to {to}: {why}", hello.from);
@@ -197,8 +200,13 @@ impl TcpTransport {
                 };
                 reports.lock().push((to, status));
             });
-        if spawned.is_err() {
-            self.snapshot_reports.lock().push((to, SnapshotStatus::Failure));
+        match spawned {
+            Ok(t) => {
+                let mut transfers = self.transfers.lock();
+                transfers.retain(|t| !t.is_finished());
+                transfers.push(t);
+            }
+            Err(_) => self.snapshot_reports.lock().push((to, SnapshotStatus::Failure)),
         }
     }
 
@@ -224,7 +232,9 @@ impl TcpTransport {
             peer.queue.lock().stopped = true;
             peer.ready.notify_all();
         }
-        for t in self.threads.drain(..) {
+        // Transfers stop between chunks once `stop` is set.
+        let transfers: Vec<JoinHandle<()>> = self.transfers.lock().drain(..).collect();
+        for t in self.threads.drain(..).chain(transfers) {
             let _ = t.join();
         }
     }
@@ -386,7 +396,7 @@ fn write_loop(addr: SocketAddr, hello: Hello, peer: Arc<Peer>, stop: Arc<AtomicB
 }
 
 /// One snapshot transfer on a connection of its own: the handshake, the message, the chunks.
-fn stream_snapshot(addr: SocketAddr, hello: &Hello, m: &Message) -> Result<(), String> {
+fn stream_snapshot(addr: SocketAddr, hello: &Hello, m: &Message, stop: &AtomicBool) -> Result<(), String> {
     let snapshot = m.snapshot.clone().expect("a snapshot message");
     let mut s = connect(addr, hello).map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
@@ -394,6 +404,9 @@ fn stream_snapshot(addr: SocketAddr, hello: &Hello, m: &Message) -> Result<(), S
     let sender =
         SnapshotSender::new(snapshot, crate::limits::SNAPSHOT_CHUNK_BYTES_DEFAULT).map_err(|e| e.to_string())?;
     for chunk in sender {
+        if stop.load(Ordering::SeqCst) {
+            return Err("the transport stopped".into());
+        }
         let chunk = chunk.map_err(|e| e.to_string())?;
         s.write_all(&encode_frame(FrameKind::SnapshotChunk, &chunk.encode())).map_err(|e| e.to_string())?;
     }
