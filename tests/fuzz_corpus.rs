@@ -111,11 +111,29 @@ fn write_seed_corpus() {
         seeds.push(("message", "snapshot-empty".into(), snap.encode()));
         use keel::transport::{FrameKind, Hello, PROTOCOL_VERSION, encode_frame};
         let hello = Hello { protocol_version: PROTOCOL_VERSION, cluster_id: 0xC1, from: 2, to: 1 };
-        let mut stream = encode_frame(FrameKind::Hello, &hello.encode());
+        // The first byte: how many bytes each read delivers.
+        let mut stream = vec![7u8];
+        stream.extend(encode_frame(FrameKind::Hello, &hello.encode()));
         let mut to_1 = append.clone();
         (to_1.from, to_1.to) = (2, 1);
         stream.extend(encode_frame(FrameKind::Message, &to_1.encode()));
         seeds.push(("peer_stream", "hello-append".into(), stream));
+        // A snapshot announced and its data in 16-byte chunks.
+        let mut stream = vec![200u8];
+        stream.extend(encode_frame(FrameKind::Hello, &hello.encode()));
+        let mut snap_to_1 = Message::new(MessageType::Snapshot, 2, 1, 3);
+        let conf_state = keel::storage::ConfState { voters: vec![1, 2, 3], ..Default::default() };
+        let data: Vec<u8> = (0..100u8).collect();
+        snap_to_1.snapshot = Some(keel::storage::Snapshot::from_bytes(
+            keel::storage::SnapshotMetadata { index: 8, term: 3, conf_state },
+            data,
+        ));
+        stream.extend(encode_frame(FrameKind::Message, &snap_to_1.encode()));
+        let sender = keel::raft::SnapshotSender::new(snap_to_1.snapshot.clone().unwrap(), 16).unwrap();
+        for chunk in sender {
+            stream.extend(encode_frame(FrameKind::SnapshotChunk, &chunk.unwrap().encode()));
+        }
+        seeds.push(("peer_stream", "hello-snapshot".into(), stream));
     }
     {
         use keel::raft::SnapshotSender;

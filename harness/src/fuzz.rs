@@ -169,6 +169,12 @@ pub fn message(data: &[u8]) {
             }
         }
     };
+    step_into_nodes(m);
+}
+
+/// Steps `m` (readdressed to node 1) into a follower and a leader and drives each a little: a
+/// refused message changes nothing, and nothing panics.
+fn step_into_nodes(m: keel::raft::Message) {
     for leader in [false, true] {
         let mut node = node_with_log(leader);
         let mut m = m.clone();
@@ -347,37 +353,29 @@ fn node_with_log(leader: bool) -> keel::raft::RawNode<keel::storage::MemStorage>
     node
 }
 
-/// Bytes a peer connection delivers: cut into frames as the transport will (`decode_frame` on
-/// what has arrived), the first frame checked as a handshake, then each message frame decoded and
-/// stepped into a follower and a leader (through [`message`]). Any damage must be a typed error
-/// that ends the connection: never a panic, never an allocation beyond the bytes given.
+/// Bytes a peer connection delivers, fed to the transport's own [`Inbound`](keel::transport::Inbound)
+/// in pieces of the sizes the first byte picks (as reads deliver them): the handshake checked,
+/// snapshots staged through `MemStorage`'s stager, and each delivered message stepped into a
+/// follower and a leader (through [`message`]'s checks). Any damage must end the connection with
+/// a reason: never a panic, never an allocation beyond the bytes given.
 pub fn peer_stream(data: &[u8]) {
-    use keel::transport::{FrameKind, Hello, PROTOCOL_VERSION, decode_frame};
+    use keel::storage::StorageMut;
+    use keel::transport::{Delivered, Hello, Inbound, PROTOCOL_VERSION};
+    let Some((&piece, mut rest)) = data.split_first() else { return };
+    let piece = usize::from(piece).max(1);
     let ours = Hello { protocol_version: PROTOCOL_VERSION, cluster_id: 0xC1, from: 1, to: 0 };
-    let mut at = 0;
-    let mut greeted = false;
-    loop {
-        let (frame, used) = match decode_frame(&data[at..]) {
-            Ok(Some(f)) => f,
-            Ok(None) => return, // the connection would wait for more bytes
-            Err(e) => {
-                assert!(e.offset <= 8, "a frame error points into the header: {e}");
-                return; // the connection is closed
-            }
-        };
-        assert!(used <= data.len() - at, "a frame cannot take more bytes than arrived");
-        at += used;
-        match (greeted, frame.kind) {
-            (false, FrameKind::Hello) => match Hello::decode(&frame.payload) {
-                Ok(h) if h.check(&ours, |id| (2..=3).contains(&id)).is_ok() => greeted = true,
-                _ => return,
-            },
-            (false, _) => return, // anything before the handshake closes the connection
-            (true, FrameKind::Message) => message(&frame.payload),
-            (true, FrameKind::SnapshotChunk) => {
-                let _ = keel::raft::SnapshotChunk::decode(&frame.payload);
-            }
-            (true, FrameKind::Hello) => return, // a second handshake closes it too
+    let stager = keel::storage::MemStorage::new().snapshot_stager();
+    let mut conn = Inbound::new(ours);
+    while !rest.is_empty() {
+        let (now, later) = rest.split_at(piece.min(rest.len()));
+        rest = later;
+        let Ok(delivered) = conn.feed(now, |id| (2..=3).contains(&id), stager.as_ref()) else { return };
+        for d in delivered {
+            let m = match d {
+                Delivered::Message(m) | Delivered::Snapshot(m) => m,
+            };
+            assert!((2..=3).contains(&m.from) && m.to == 1, "only the greeted peer's messages to this node");
+            step_into_nodes(m);
         }
     }
 }

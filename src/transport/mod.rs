@@ -5,7 +5,7 @@
 mod frame;
 mod tcp;
 
-pub use tcp::{SendError, TcpConfig, TcpTransport};
+pub use tcp::{Delivered, Inbound, SendError, TcpConfig, TcpTransport};
 
 pub use frame::{
     FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX, Frame, FrameError, FrameKind, HandshakeError, Hello, PROTOCOL_VERSION,

@@ -278,8 +278,100 @@ fn accept_loop(
     }
 }
 
-/// Reads frames from one inbound connection until it fails, lies, or the transport stops.
-/// Returns why it closed (`Ok` when stopped or closed by the peer).
+/// The byte-level protocol of an inbound peer connection, apart from the socket: bytes in,
+/// messages out, or why the connection must close. The fuzz target `peer_stream` drives it.
+pub struct Inbound {
+    ours: Hello,
+    buf: Vec<u8>,
+    /// The peer, once its handshake was accepted.
+    peer: Option<u64>,
+    /// A snapshot announced and its data still arriving.
+    receiving: Option<(PendingSnapshot, SnapshotReceiver)>,
+}
+
+/// What an [`Inbound`] connection delivered.
+#[derive(Debug)]
+pub enum Delivered {
+    /// A Raft message, for the node.
+    Message(Message),
+    /// A snapshot message whose data arrived whole and checked.
+    Snapshot(Message),
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("peer", &self.peer)
+            .field("buffered", &self.buf.len())
+            .field("receiving", &self.receiving.as_ref().map(|(p, _)| p.header().metadata.index))
+            .finish()
+    }
+}
+
+impl Inbound {
+    /// A connection to this node (`ours`: its handshake, whose `from` is this node).
+    pub fn new(ours: Hello) -> Inbound {
+        Inbound { ours, buf: Vec::new(), peer: None, receiving: None }
+    }
+
+    /// Takes the bytes just read; returns what they completed, in order, or why the connection
+    /// must close (a bad frame or handshake, a frame out of place, a message claiming another
+    /// sender, a damaged snapshot). Never panics, whatever the bytes.
+    pub fn feed(
+        &mut self,
+        bytes: &[u8],
+        is_peer: impl Fn(u64) -> bool,
+        stager: &dyn SnapshotStager,
+    ) -> Result<Vec<Delivered>, String> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some((frame, used)) = decode_frame(&self.buf[at..]).map_err(|e| e.to_string())? {
+            at += used;
+            match (self.peer, frame.kind) {
+                (None, FrameKind::Hello) => {
+                    let hello = Hello::decode(&frame.payload).map_err(|e| e.to_string())?;
+                    hello.check(&self.ours, &is_peer).map_err(|e| format!("handshake refused: {e}"))?;
+                    self.peer = Some(hello.from);
+                }
+                (None, _) => return Err("a frame before the handshake".into()),
+                (Some(from), FrameKind::Message) => match Message::decode(&frame.payload).map_err(|e| e.to_string())? {
+                    Decoded::Message(m) if m.from == from && m.to == self.ours.from => out.push(Delivered::Message(m)),
+                    Decoded::Message(m) => {
+                        return Err(format!("a message from {} to {} on node {from}'s connection", m.from, m.to));
+                    }
+                    Decoded::Snapshot(pending) => {
+                        let m = pending.message();
+                        if m.from != from || m.to != self.ours.from || self.receiving.is_some() {
+                            return Err("a snapshot announcement out of place".into());
+                        }
+                        let sink = stager.stage(&pending.header().metadata).map_err(|e| e.to_string())?;
+                        let receiver = SnapshotReceiver::new(pending.header().clone(), sink);
+                        self.receiving = Some((pending, receiver));
+                    }
+                },
+                (Some(_), FrameKind::SnapshotChunk) => {
+                    let Some((_, receiver)) = self.receiving.as_mut() else {
+                        return Err("a snapshot chunk with no snapshot announced".into());
+                    };
+                    let chunk = SnapshotChunk::decode(&frame.payload).map_err(|e| e.to_string())?;
+                    receiver.receive(&chunk).map_err(|e| e.to_string())?;
+                    if receiver.is_complete() {
+                        let (pending, receiver) = self.receiving.take().expect("receiving");
+                        let snapshot = receiver.finish().map_err(|e| e.to_string())?;
+                        out.push(Delivered::Snapshot(pending.complete(snapshot).map_err(|e| e.to_string())?));
+                    }
+                }
+                (Some(_), FrameKind::Hello) => return Err("a second handshake".into()),
+            }
+        }
+        self.buf.drain(..at);
+        Ok(out)
+    }
+}
+
+/// Reads one inbound connection until it fails, lies, or the transport stops. Returns why it
+/// closed (`Ok` when stopped or closed by the peer).
 fn read_loop(
     mut stream: TcpStream,
     ours: Hello,
@@ -290,64 +382,28 @@ fn read_loop(
 ) -> Result<(), String> {
     stream.set_nonblocking(false).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(POLL)).map_err(|e| e.to_string())?;
-    let mut buf: Vec<u8> = Vec::new();
+    let mut conn = Inbound::new(ours);
     let mut chunk = vec![0u8; 64 << 10];
-    let mut peer: Option<u64> = None;
-    let mut receiving: Option<(PendingSnapshot, SnapshotReceiver)> = None;
     while !stop.load(Ordering::SeqCst) {
-        // Take every whole frame already received.
-        while let Some((frame, used)) = decode_frame(&buf).map_err(|e| e.to_string())? {
-            buf.drain(..used);
-            match (peer, frame.kind) {
-                (None, FrameKind::Hello) => {
-                    let hello = Hello::decode(&frame.payload).map_err(|e| e.to_string())?;
-                    hello.check(&ours, |id| known.contains(&id)).map_err(|e| format!("handshake refused: {e}"))?;
-                    peer = Some(hello.from);
-                }
-                (None, _) => return Err("a frame before the handshake".into()),
-                (Some(from), FrameKind::Message) => match Message::decode(&frame.payload) {
-                    Ok(Decoded::Message(m)) if m.from == from && m.to == ours.from => match inbox.try_send(m) {
-                        Ok(()) | Err(TrySendError::Full(_)) => {}
-                        Err(TrySendError::Disconnected(_)) => return Ok(()),
-                    },
-                    Ok(Decoded::Message(m)) => {
-                        return Err(format!("a message from {} to {} on node {from}'s connection", m.from, m.to));
-                    }
-                    Ok(Decoded::Snapshot(pending)) => {
-                        let m = pending.message();
-                        if m.from != from || m.to != ours.from || receiving.is_some() {
-                            return Err("a snapshot announcement out of place".into());
-                        }
-                        let sink = stager.stage(&pending.header().metadata).map_err(|e| e.to_string())?;
-                        let receiver = SnapshotReceiver::new(pending.header().clone(), sink);
-                        receiving = Some((pending, receiver));
-                    }
-                    Err(e) => return Err(e.to_string()),
-                },
-                (Some(_), FrameKind::SnapshotChunk) => {
-                    let Some((_, receiver)) = receiving.as_mut() else {
-                        return Err("a snapshot chunk with no snapshot announced".into());
-                    };
-                    let chunk = SnapshotChunk::decode(&frame.payload).map_err(|e| e.to_string())?;
-                    receiver.receive(&chunk).map_err(|e| e.to_string())?;
-                    if receiver.is_complete() {
-                        let (pending, receiver) = receiving.take().expect("receiving");
-                        let snapshot = receiver.finish().map_err(|e| e.to_string())?;
-                        let m = pending.complete(snapshot).map_err(|e| e.to_string())?;
-                        // A snapshot is worth waiting for room in the inbox.
-                        if inbox.send(m).is_err() {
-                            return Ok(());
-                        }
-                    }
-                }
-                (Some(_), FrameKind::Hello) => return Err("a second handshake".into()),
-            }
-        }
-        match stream.read(&mut chunk) {
+        let n = match stream.read(&mut chunk) {
             Ok(0) => return Ok(()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
             Err(e) => return Err(e.to_string()),
+        };
+        for d in conn.feed(&chunk[..n], |id| known.contains(&id), stager)? {
+            let sent = match d {
+                // Dropped when the inbox is full: Raft resends.
+                Delivered::Message(m) => match inbox.try_send(m) {
+                    Ok(()) | Err(TrySendError::Full(_)) => Ok(()),
+                    Err(TrySendError::Disconnected(_)) => Err(()),
+                },
+                // A snapshot is worth waiting for room in the inbox.
+                Delivered::Snapshot(m) => inbox.send(m).map_err(drop),
+            };
+            if sent.is_err() {
+                return Ok(()); // the node is gone
+            }
         }
     }
     Ok(())
