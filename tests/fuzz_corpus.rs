@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 8] = [
+const TARGETS: [(&str, Target); 9] = [
     ("record", keel_harness::fuzz::record),
     ("log_dir", keel_harness::fuzz::log_dir),
     ("hard_state", keel_harness::fuzz::hard_state),
@@ -17,6 +17,7 @@ const TARGETS: [(&str, Target); 8] = [
     ("message", keel_harness::fuzz::message),
     ("snapshot_transfer", keel_harness::fuzz::snapshot_transfer),
     ("peer_stream", keel_harness::fuzz::peer_stream),
+    ("resp_request", keel_harness::fuzz::resp_request),
 ];
 
 fn root() -> PathBuf {
@@ -134,6 +135,12 @@ fn write_seed_corpus() {
             stream.extend(encode_frame(FrameKind::SnapshotChunk, &chunk.unwrap().encode()));
         }
         seeds.push(("peer_stream", "hello-snapshot".into(), stream));
+        seeds.push((
+            "resp_request",
+            "set-get".into(),
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec(),
+        ));
+        seeds.push(("resp_request", "inline".into(), b"PING\r\nset a 1\n".to_vec()));
     }
     {
         use keel::raft::SnapshotSender;

@@ -380,6 +380,25 @@ pub fn peer_stream(data: &[u8]) {
     }
 }
 
+/// Bytes a Redis client sends: parsed request after request, as `keel server` will, with small
+/// limits so they matter. A request never takes more bytes than it was given, and a parser that
+/// neither errs nor waits always moves on.
+pub fn resp_request(data: &[u8]) {
+    use keel_server::resp::{Limits, parse_request};
+    let limits = Limits { args_max: 16, arg_bytes_max: 256, inline_bytes_max: 256 };
+    let mut at = 0;
+    while at < data.len() {
+        match parse_request(&data[at..], &limits) {
+            Ok(Some((args, used))) => {
+                assert!(used > 0 && used <= data.len() - at, "a request of {used} bytes from {}", data.len() - at);
+                assert!(args.len() <= limits.args_max && args.iter().all(|a| a.len() <= limits.arg_bytes_max));
+                at += used;
+            }
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
 /// The model-based target: see [`torture::model_case`].
 pub fn storage_model(data: &[u8]) {
     torture::model_case(data);
