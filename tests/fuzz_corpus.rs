@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 9] = [
+const TARGETS: [(&str, Target); 10] = [
     ("record", keel_harness::fuzz::record),
     ("log_dir", keel_harness::fuzz::log_dir),
     ("hard_state", keel_harness::fuzz::hard_state),
@@ -18,6 +18,7 @@ const TARGETS: [(&str, Target); 9] = [
     ("snapshot_transfer", keel_harness::fuzz::snapshot_transfer),
     ("peer_stream", keel_harness::fuzz::peer_stream),
     ("resp_request", keel_harness::fuzz::resp_request),
+    ("kv_data", keel_harness::fuzz::kv_data),
 ];
 
 fn root() -> PathBuf {
@@ -141,6 +142,14 @@ fn write_seed_corpus() {
             b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec(),
         ));
         seeds.push(("resp_request", "inline".into(), b"PING\r\nset a 1\n".to_vec()));
+        {
+            use keel_server::kv::{Store, Write};
+            let mset = Write::MSet { pairs: vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())] };
+            seeds.push(("kv_data", "mset".into(), mset.encode()));
+            let mut store = Store::default();
+            store.apply(1, &mset);
+            seeds.push(("kv_data", "snapshot".into(), store.snapshot()));
+        }
     }
     {
         use keel::raft::SnapshotSender;

@@ -399,6 +399,20 @@ pub fn resp_request(data: &[u8]) {
     }
 }
 
+/// Entry data and snapshot data of `keel server`'s key-value state machine, as read back from a
+/// log or a peer: decoding never panics, and what decodes re-encodes to the same bytes.
+pub fn kv_data(data: &[u8]) {
+    use keel_server::kv::{Store, Write};
+    if let Ok(w) = Write::decode(data) {
+        assert_eq!(w.encode(), data, "a decoded write re-encodes to its bytes");
+        let mut s = Store::default();
+        let _ = s.apply(1, &w);
+    }
+    if let Ok(s) = Store::restore(data) {
+        assert_eq!(s.snapshot(), data, "a restored store snapshots to the same bytes");
+    }
+}
+
 /// The model-based target: see [`torture::model_case`].
 pub fn storage_model(data: &[u8]) {
     torture::model_case(data);

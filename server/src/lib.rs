@@ -1,4 +1,5 @@
 //! `keel server` (issue 13, in progress): a replicated key-value store over keel's Raft that
-//! Redis clients talk to. So far: the client protocol (`resp`).
+//! Redis clients talk to. So far: the client protocol (`resp`) and the state machine (`kv`).
 
+pub mod kv;
 pub mod resp;
