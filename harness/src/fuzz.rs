@@ -381,11 +381,15 @@ pub fn peer_stream(data: &[u8]) {
 }
 
 /// Bytes a Redis client sends: parsed request after request, as `keel server` will, with small
-/// limits so they matter. A request never takes more bytes than it was given, and a parser that
-/// neither errs nor waits always moves on.
+/// limits so they matter, and each request run as a command against a store (writes applied,
+/// reads answered). A request never takes more bytes than it was given, a parser that neither
+/// errs nor waits always moves on, and no command panics.
 pub fn resp_request(data: &[u8]) {
+    use keel_server::command::Command;
+    use keel_server::kv::Store;
     use keel_server::resp::{Limits, parse_request};
     let limits = Limits { args_max: 16, arg_bytes_max: 256, inline_bytes_max: 256 };
+    let mut store = Store::default();
     let mut at = 0;
     while at < data.len() {
         match parse_request(&data[at..], &limits) {
@@ -393,6 +397,12 @@ pub fn resp_request(data: &[u8]) {
                 assert!(used > 0 && used <= data.len() - at, "a request of {used} bytes from {}", data.len() - at);
                 assert!(args.len() <= limits.args_max && args.iter().all(|a| a.len() <= limits.arg_bytes_max));
                 at += used;
+                let mut reply = Vec::new();
+                match Command::parse(&args) {
+                    Ok(Command::Write(w)) => store.apply(store.applied() + 1, &w).encode(&mut reply),
+                    Ok(read) => read.read(&store).encode(&mut reply),
+                    Err(e) => e.encode(&mut reply),
+                }
             }
             Ok(None) | Err(_) => return,
         }
