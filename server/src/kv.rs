@@ -65,6 +65,16 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader past the version byte, which must be [`VERSION`].
+    fn versioned(b: &'a [u8]) -> Result<Reader<'a>, DataError> {
+        let mut r = Reader { b, at: 0 };
+        let v = r.u8("version")?;
+        if v != VERSION {
+            return Err(DataError { offset: 0, what: format!("version {v}, expected {VERSION}") });
+        }
+        Ok(r)
+    }
+
     fn err(&self, what: impl Into<String>) -> DataError {
         DataError { offset: self.at, what: what.into() }
     }
@@ -138,11 +148,7 @@ impl Write {
 
     /// Decodes [`Write::encode`]'s output; damage is a [`DataError`], never a panic.
     pub fn decode(data: &[u8]) -> Result<Write, DataError> {
-        let mut r = Reader { b: data, at: 0 };
-        let v = r.u8("version")?;
-        if v != VERSION {
-            return Err(DataError { offset: 0, what: format!("version {v}, expected {VERSION}") });
-        }
+        let mut r = Reader::versioned(data)?;
         let w = match r.u8("kind")? {
             1 => Write::Set { key: r.bytes("key")?, value: r.bytes("value")? },
             2 => {
@@ -250,11 +256,7 @@ impl Store {
 
     /// The store a snapshot holds; damage is a [`DataError`], never a panic.
     pub fn restore(data: &[u8]) -> Result<Store, DataError> {
-        let mut r = Reader { b: data, at: 0 };
-        let v = r.u8("version")?;
-        if v != VERSION {
-            return Err(DataError { offset: 0, what: format!("version {v}, expected {VERSION}") });
-        }
+        let mut r = Reader::versioned(data)?;
         let applied = r.u64("applied index")?;
         let n = r.count("entries", 8)?;
         let mut map = BTreeMap::new();

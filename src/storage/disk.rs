@@ -648,9 +648,7 @@ impl StorageMut for DiskStorage {
         // A staging failure is not latched: the file is no state of the storage, and dropping
         // the sink removes it.
         self.check_writable()?;
-        Self::check_conf_state(&metadata.conf_state)?;
-        let w = SnapshotWriter::create(Arc::clone(&self.fs), &self.dir, metadata.clone(), true, None)?;
-        Ok(Box::new(StagingSink(w)))
+        self.snapshot_stager().stage(metadata)
     }
 
     fn snapshot_stager(&self) -> Arc<dyn super::SnapshotStager> {

@@ -221,7 +221,7 @@ impl StorageMut for MemStorage {
     }
 
     fn receive_snapshot(&self, metadata: &SnapshotMetadata) -> Result<Box<dyn SnapshotSink>> {
-        Ok(Box::new(MemSnapshotSink { metadata: metadata.clone(), data: Vec::new() }))
+        super::SnapshotStager::stage(&MemStager, metadata)
     }
 
     fn snapshot_stager(&self) -> std::sync::Arc<dyn super::SnapshotStager> {
