@@ -143,12 +143,16 @@ fn write_seed_corpus() {
         ));
         seeds.push(("resp_request", "inline".into(), b"PING\r\nset a 1\n".to_vec()));
         {
-            use keel_server::kv::{Store, Write};
+            use keel_server::kv::{Member, Request, Store, Tag, Write};
             let mset = Write::MSet { pairs: vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())] };
-            seeds.push(("kv_data", "mset".into(), mset.encode()));
+            let tag = Some(Tag { node: 1, boot: 2, seq: 3 });
+            seeds.push(("kv_data", "mset".into(), Request { tag, write: mset.clone() }.encode()));
             let mut store = Store::default();
             store.apply(1, &mset);
+            let member = Member { peer_addr: "127.0.0.1:7001".into(), client_addr: "127.0.0.1:6381".into() };
+            store.set_member(2, 1, member.clone());
             seeds.push(("kv_data", "snapshot".into(), store.snapshot()));
+            seeds.push(("kv_data", "member".into(), member.encode()));
         }
     }
     {

@@ -318,3 +318,20 @@ fn a_larger_segment_size_applies_to_new_segments_after_an_empty_active_one() {
     }
     assert_eq!(log.verify().unwrap(), 50);
 }
+
+#[test]
+fn stats_count_appends_entries_and_syncs() {
+    // Proves the metrics `keel server` reports: each append request, entry and fdatasync counts,
+    // and a sync with nothing new to cover is not one.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), options(SEGMENT_BYTES)).unwrap();
+    assert_eq!(log.stats().syncs, 0);
+    for i in 1..=3 {
+        append(&mut log, i, 1, 1);
+    }
+    log.sync().unwrap();
+    log.sync().unwrap();
+    let s = log.stats();
+    assert_eq!((s.appends, s.entries, s.syncs), (3, 3, 1));
+    assert!(s.sync_nanos >= s.sync_nanos_max && s.sync_nanos_max > 0, "{s:?}");
+}

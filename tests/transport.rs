@@ -176,3 +176,42 @@ fn a_snapshot_travels_in_chunks_and_its_transfer_is_reported() {
     t1.stop();
     t2.stop();
 }
+
+#[test]
+fn peers_added_and_removed_while_running_are_heard_then_refused() {
+    let (mut ls, addrs) = listeners(2);
+    let l2 = ls.pop().unwrap();
+    let l1 = ls.pop().unwrap();
+    // Both start knowing nobody: a new member learns its peers from membership changes.
+    let (tx1, _inbox1) = sync_channel(64);
+    let t1 = TcpTransport::start(TcpConfig::new(1, CLUSTER, BTreeMap::new()), l1, tx1, MemStorage::new().snapshot_stager())
+        .unwrap();
+    let (tx2, inbox2) = sync_channel(64);
+    let t2 = TcpTransport::start(TcpConfig::new(2, CLUSTER, BTreeMap::new()), l2, tx2, MemStorage::new().snapshot_stager())
+        .unwrap();
+    let heartbeat = Message::new(MessageType::Heartbeat, 1, 2, 3);
+    assert_eq!(t1.send(&heartbeat), Err(SendError::UnknownPeer(2)));
+    t1.add_peer(2, addrs[&2]).unwrap();
+    // Node 2 does not know node 1 yet: its connection is refused.
+    t1.send(&heartbeat).unwrap();
+    assert!(inbox2.recv_timeout(Duration::from_millis(300)).is_err(), "a stranger got through");
+    keel::transport::Transport::add_peer(&t2, 1, &addrs[&1].to_string()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "node 1 was never heard after it was added");
+        t1.send(&heartbeat).unwrap();
+        if inbox2.recv_timeout(Duration::from_millis(100)).is_ok() {
+            break;
+        }
+    }
+    assert_eq!(t2.peers(), BTreeMap::from([(1, addrs[&1])]));
+    t2.remove_peer(1);
+    while inbox2.try_recv().is_ok() {}
+    for _ in 0..5 {
+        let _ = t1.send(&heartbeat);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(inbox2.recv_timeout(Duration::from_millis(300)).is_err(), "a removed peer got through");
+    t1.stop();
+    t2.stop();
+}

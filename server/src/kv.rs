@@ -5,10 +5,21 @@
 //! (the same reply and the same map on every node, errors included, such as INCR on a value
 //! that is not a number). The map's snapshot is its entries in key order ([`Store::snapshot`]).
 //!
-//! Entry data layout (little-endian): a version byte (1), the write's kind byte (1 SET, 2 DEL,
-//! 3 INCRBY, 4 MSET), then its fields: byte strings as a `u32` length and the bytes, counts as
-//! `u32`, the INCRBY amount as `i64`. Snapshot layout: a version byte (1), the applied index
-//! `u64`, the entry count `u64`, each key and value as byte strings.
+//! The store also keeps the cluster's address book ([`Member`]): membership changes carry the
+//! new member's addresses in their context, so every node learns them in log order and a
+//! snapshot brings them along.
+//!
+//! Entry data layout (little-endian): a version byte; for version 2 the [`Tag`] (node, boot,
+//! seq: three `u64`s), for version 1 nothing; the write's kind byte (1 SET, 2 DEL, 3 INCRBY,
+//! 4 MSET), then its fields: byte strings as a `u32` length and the bytes, counts as `u64`, the
+//! INCRBY amount as `i64`. Version 1 (no tag) is still read.
+//!
+//! Snapshot layout: a version byte (2), the applied index `u64`, the entry count `u64`, each key
+//! and value as byte strings, then the member count `u64` and for each its id `u64`, peer address
+//! and client address as byte strings. Version 1 (no members) is still read.
+//!
+//! Member context layout (a membership change's context): a version byte (1), the peer address
+//! and the client address as byte strings.
 
 use crate::resp::Reply;
 use std::collections::BTreeMap;
@@ -52,7 +63,60 @@ pub struct DataError {
     pub what: String,
 }
 
-const VERSION: u8 = 1;
+/// The entry data version written (1 is still read).
+const WRITE_VERSION: u8 = 2;
+/// The snapshot version written (1 is still read).
+const SNAPSHOT_VERSION: u8 = 2;
+const MEMBER_VERSION: u8 = 1;
+
+/// Who proposed a write: the node that took the client's request, that process's incarnation
+/// (`boot`, different at each start) and a sequence number, so that node can answer the client
+/// when the entry is applied, wherever it was appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tag {
+    /// The node id.
+    pub node: u64,
+    /// The process incarnation.
+    pub boot: u64,
+    /// The request's number within it.
+    pub seq: u64,
+}
+
+/// A write as log entry data: the write and who asked for it (no tag in version 1 data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Who proposed it; `None` only for version 1 data.
+    pub tag: Option<Tag>,
+    /// The write.
+    pub write: Write,
+}
+
+/// A member's addresses, as the address book holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Member {
+    /// Where it listens for peers.
+    pub peer_addr: String,
+    /// Where it listens for clients.
+    pub client_addr: String,
+}
+
+impl Member {
+    /// The member context layout of the module docs.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![MEMBER_VERSION];
+        put_bytes(&mut out, self.peer_addr.as_bytes());
+        put_bytes(&mut out, self.client_addr.as_bytes());
+        out
+    }
+
+    /// Decodes [`Member::encode`]'s output; damage is a [`DataError`].
+    pub fn decode(data: &[u8]) -> Result<Member, DataError> {
+        let mut r = Reader::versioned(data, &[MEMBER_VERSION])?.0;
+        let m = Member { peer_addr: r.string("peer address")?, client_addr: r.string("client address")? };
+        r.end()?;
+        Ok(m)
+    }
+}
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_le_bytes());
@@ -65,14 +129,19 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    /// A reader past the version byte, which must be [`VERSION`].
-    fn versioned(b: &'a [u8]) -> Result<Reader<'a>, DataError> {
+    /// A reader past the version byte, which must be one of `known`; returns the version too.
+    fn versioned(b: &'a [u8], known: &[u8]) -> Result<(Reader<'a>, u8), DataError> {
         let mut r = Reader { b, at: 0 };
         let v = r.u8("version")?;
-        if v != VERSION {
-            return Err(DataError { offset: 0, what: format!("version {v}, expected {VERSION}") });
+        if !known.contains(&v) {
+            return Err(DataError { offset: 0, what: format!("version {v}, expected one of {known:?}") });
         }
-        Ok(r)
+        Ok((r, v))
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, DataError> {
+        let at = self.at;
+        String::from_utf8(self.bytes(what)?).map_err(|_| DataError { offset: at, what: format!("{what} is not UTF-8") })
     }
 
     fn err(&self, what: impl Into<String>) -> DataError {
@@ -114,42 +183,69 @@ impl<'a> Reader<'a> {
     }
 }
 
-impl Write {
-    /// The entry data layout of the module docs.
+impl Request {
+    /// The entry data layout of the module docs (version 1 when there is no tag).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
+        let mut out = Vec::new();
+        match self.tag {
+            None => out.push(1),
+            Some(t) => {
+                out.push(WRITE_VERSION);
+                for n in [t.node, t.boot, t.seq] {
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+            }
+        }
+        self.write.encode_into(&mut out);
+        out
+    }
+
+    /// Decodes [`Request::encode`]'s output; damage is a [`DataError`], never a panic.
+    pub fn decode(data: &[u8]) -> Result<Request, DataError> {
+        let (mut r, version) = Reader::versioned(data, &[1, WRITE_VERSION])?;
+        let tag = match version {
+            1 => None,
+            _ => Some(Tag { node: r.u64("tag node")?, boot: r.u64("tag boot")?, seq: r.u64("tag seq")? }),
+        };
+        let write = Write::decode_from(&mut r)?;
+        r.end()?;
+        Ok(Request { tag, write })
+    }
+}
+
+impl Write {
+    /// The bytes of the write after the version and tag (module docs).
+    fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             Write::Set { key, value } => {
                 out.push(1);
-                put_bytes(&mut out, key);
-                put_bytes(&mut out, value);
+                put_bytes(out, key);
+                put_bytes(out, value);
             }
             Write::Del { keys } => {
                 out.push(2);
                 out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
-                keys.iter().for_each(|k| put_bytes(&mut out, k));
+                keys.iter().for_each(|k| put_bytes(out, k));
             }
             Write::IncrBy { key, by } => {
                 out.push(3);
-                put_bytes(&mut out, key);
+                put_bytes(out, key);
                 out.extend_from_slice(&by.to_le_bytes());
             }
             Write::MSet { pairs } => {
                 out.push(4);
                 out.extend_from_slice(&(pairs.len() as u64).to_le_bytes());
                 for (k, v) in pairs {
-                    put_bytes(&mut out, k);
-                    put_bytes(&mut out, v);
+                    put_bytes(out, k);
+                    put_bytes(out, v);
                 }
             }
         }
-        out
     }
 
-    /// Decodes [`Write::encode`]'s output; damage is a [`DataError`], never a panic.
-    pub fn decode(data: &[u8]) -> Result<Write, DataError> {
-        let mut r = Reader::versioned(data)?;
-        let w = match r.u8("kind")? {
+    fn decode_from(r: &mut Reader<'_>) -> Result<Write, DataError> {
+        let kind_at = r.at;
+        Ok(match r.u8("kind")? {
             1 => Write::Set { key: r.bytes("key")?, value: r.bytes("value")? },
             2 => {
                 let n = r.count("keys", 4)?;
@@ -162,17 +258,16 @@ impl Write {
                     (0..n).map(|_| Ok((r.bytes("key")?, r.bytes("value")?))).collect::<Result<_, DataError>>()?;
                 Write::MSet { pairs }
             }
-            k => return Err(DataError { offset: 1, what: format!("unknown write kind {k}") }),
-        };
-        r.end()?;
-        Ok(w)
+            k => return Err(DataError { offset: kind_at, what: format!("unknown write kind {k}") }),
+        })
     }
 }
 
-/// The map, and the last log index applied to it.
+/// The map, the address book, and the last log index applied to them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Store {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
+    members: BTreeMap<u64, Member>,
     applied: u64,
 }
 
@@ -195,6 +290,24 @@ impl Store {
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    /// The address book: members whose addresses a membership change (or the bootstrap
+    /// configuration, [`Store::set_member`] at index 0) gave.
+    pub fn members(&self) -> &BTreeMap<u64, Member> {
+        &self.members
+    }
+
+    /// Records member `id`'s addresses, from the membership change at `index` (0: bootstrap).
+    pub fn set_member(&mut self, index: u64, id: u64, member: Member) {
+        self.skip(index);
+        self.members.insert(id, member);
+    }
+
+    /// Forgets member `id`, removed by the membership change at `index`.
+    pub fn remove_member(&mut self, index: u64, id: u64) {
+        self.skip(index);
+        self.members.remove(&id);
     }
 
     /// Marks `index` applied without a write (an entry that carries none: a leader's empty
@@ -244,19 +357,25 @@ impl Store {
 
     /// The snapshot layout of the module docs.
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
+        let mut out = vec![SNAPSHOT_VERSION];
         out.extend_from_slice(&self.applied.to_le_bytes());
         out.extend_from_slice(&(self.map.len() as u64).to_le_bytes());
         for (k, v) in &self.map {
             put_bytes(&mut out, k);
             put_bytes(&mut out, v);
         }
+        out.extend_from_slice(&(self.members.len() as u64).to_le_bytes());
+        for (id, m) in &self.members {
+            out.extend_from_slice(&id.to_le_bytes());
+            put_bytes(&mut out, m.peer_addr.as_bytes());
+            put_bytes(&mut out, m.client_addr.as_bytes());
+        }
         out
     }
 
     /// The store a snapshot holds; damage is a [`DataError`], never a panic.
     pub fn restore(data: &[u8]) -> Result<Store, DataError> {
-        let mut r = Reader::versioned(data)?;
+        let (mut r, version) = Reader::versioned(data, &[1, SNAPSHOT_VERSION])?;
         let applied = r.u64("applied index")?;
         let n = r.count("entries", 8)?;
         let mut map = BTreeMap::new();
@@ -268,8 +387,21 @@ impl Store {
             }
             map.insert(k, v);
         }
+        let mut members = BTreeMap::new();
+        if version >= 2 {
+            let n = r.count("members", 16)?;
+            for _ in 0..n {
+                let at = r.at;
+                let id = r.u64("member id")?;
+                let m = Member { peer_addr: r.string("peer address")?, client_addr: r.string("client address")? };
+                if members.last_key_value().is_some_and(|(&last, _)| last >= id) {
+                    return Err(DataError { offset: at, what: "members out of order".into() });
+                }
+                members.insert(id, m);
+            }
+        }
         r.end()?;
-        Ok(Store { map, applied })
+        Ok(Store { map, members, applied })
     }
 }
 
@@ -289,19 +421,25 @@ mod tests {
             Write::IncrBy { key: b"n".to_vec(), by: -7 },
             Write::MSet { pairs: vec![(b"x".to_vec(), b"1".to_vec()), (b"y".to_vec(), Vec::new())] },
         ];
-        for w in &writes {
-            let b = w.encode();
-            assert_eq!(&Write::decode(&b).unwrap(), w);
+        let tags = [None, Some(Tag { node: 3, boot: 77, seq: 9 })];
+        for (w, tag) in writes.iter().flat_map(|w| tags.iter().map(move |t| (w, *t))) {
+            let request = Request { tag, write: w.clone() };
+            let b = request.encode();
+            assert_eq!(b[0], if tag.is_some() { 2 } else { 1 });
+            assert_eq!(Request::decode(&b).unwrap(), request);
             for n in 0..b.len() {
-                assert!(Write::decode(&b[..n]).is_err(), "{w:?} cut at {n}");
+                assert!(Request::decode(&b[..n]).is_err(), "{w:?} cut at {n}");
             }
             let mut extra = b.clone();
             extra.push(0);
-            assert!(Write::decode(&extra).is_err());
+            assert!(Request::decode(&extra).is_err());
         }
-        let mut huge = Write::Del { keys: Vec::new() }.encode();
+        let mut huge = Request { tag: None, write: Write::Del { keys: Vec::new() } }.encode();
         huge[2..10].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(Write::decode(&huge).unwrap_err().what.contains("cannot fit"));
+        assert!(Request::decode(&huge).unwrap_err().what.contains("cannot fit"));
+        let m = Member { peer_addr: "127.0.0.1:1".into(), client_addr: "127.0.0.1:2".into() };
+        assert_eq!(Member::decode(&m.encode()).unwrap(), m);
+        assert!(Member::decode(&m.encode()[..5]).is_err());
     }
 
     #[test]
@@ -316,8 +454,17 @@ mod tests {
         assert_eq!(s.apply(7, &Write::Del { keys: vec![b"s".to_vec(), b"none".to_vec()] }), Reply::Integer(1));
         assert!(matches!(s.apply(7, &set("again", "x")), Reply::Error(_)), "a replayed index changes nothing");
         assert_eq!((s.get(b"n"), s.get(b"s"), s.len(), s.applied()), (Some(&b"42"[..]), None, 2, 7));
+        s.set_member(8, 2, Member { peer_addr: "p".into(), client_addr: "c".into() });
+        s.set_member(9, 1, Member::default());
         let restored = Store::restore(&s.snapshot()).unwrap();
         assert_eq!(restored, s);
+        // A version 1 snapshot (no members) still restores.
+        let mut v1 = Store::default();
+        v1.apply(1, &set("a", "b"));
+        let mut old = v1.snapshot();
+        old[0] = 1;
+        old.truncate(old.len() - 8);
+        assert_eq!(Store::restore(&old).unwrap(), v1);
         let snap = s.snapshot();
         for n in 0..snap.len() {
             assert!(Store::restore(&snap[..n]).is_err(), "cut at {n}");

@@ -1,4 +1,4 @@
-//! A TCP transport for Raft messages between processes (issue 13, in progress).
+//! A TCP transport for Raft messages between processes.
 //!
 //! Each node listens for its peers and opens one outbound connection to each peer: messages to a
 //! peer travel on the sender's connection, so a connection carries one direction (two per pair
@@ -21,12 +21,14 @@
 //! checked) and hands the completed message to the inbox; the sender reports how the transfer
 //! ended ([`TcpTransport::take_snapshot_reports`], for `RawNode::report_snapshot`).
 //!
-//! Not yet: logging through a logging crate (refusals are written to standard error).
+//! Peers can be added and removed while it runs ([`Transport::add_peer`], for membership
+//! changes). Refused connections and failed transfers are logged (the `log` crate, at `warn`).
 
 use super::frame::{FrameKind, Hello, PROTOCOL_VERSION, decode_frame, encode_frame};
 use crate::raft::{Decoded, Message, PendingSnapshot, SnapshotChunk, SnapshotReceiver, SnapshotSender, SnapshotStatus};
 use crate::storage::SnapshotStager;
-use parking_lot::{Condvar, Mutex};
+use super::Transport;
+use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -77,15 +79,19 @@ struct Queue {
 }
 
 struct Peer {
+    addr: SocketAddr,
     queue: Mutex<Queue>,
     ready: Condvar,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Raft messages over TCP; see the module docs.
 pub struct TcpTransport {
     local: SocketAddr,
     config: TcpConfig,
-    peers: BTreeMap<u64, Arc<Peer>>,
+    peers: RwLock<BTreeMap<u64, Arc<Peer>>>,
+    /// The peers whose connections the accept side takes (shared with it).
+    known: Arc<RwLock<BTreeSet<u64>>>,
     unreachable: Arc<Mutex<BTreeSet<u64>>>,
     /// How snapshot transfers ended, (peer, status), not yet taken.
     snapshot_reports: Arc<Mutex<Vec<(u64, SnapshotStatus)>>>,
@@ -103,6 +109,9 @@ impl std::fmt::Debug for TcpTransport {
 
 const POLL: Duration = Duration::from_millis(20);
 
+/// Queued frames a writer joins into one `write` (a burst of appends and heartbeats).
+const WRITE_BATCH_BYTES: usize = 1 << 20;
+
 impl TcpTransport {
     /// Starts listening on `listener` (bound by the caller, so tests and servers choose the
     /// port) and a writer thread per peer. Received messages are sent to `inbox`; when it is
@@ -119,9 +128,9 @@ impl TcpTransport {
         let mut threads = Vec::new();
         let ours =
             Hello { protocol_version: PROTOCOL_VERSION, cluster_id: config.cluster_id, from: config.node_id, to: 0 };
-        let known: BTreeSet<u64> = config.peers.keys().copied().collect();
+        let known = Arc::new(RwLock::new(config.peers.keys().copied().collect::<BTreeSet<u64>>()));
         {
-            let stop = stop.clone();
+            let (stop, known) = (stop.clone(), known.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("keel-accept-{}", config.node_id))
@@ -130,20 +139,13 @@ impl TcpTransport {
         }
         let mut peers = BTreeMap::new();
         for (&id, &addr) in &config.peers {
-            let peer = Arc::new(Peer { queue: Mutex::new(Queue::default()), ready: Condvar::new() });
-            let hello = Hello { to: id, ..ours };
-            let (p, stop) = (peer.clone(), stop.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("keel-peer-{}-{id}", config.node_id))
-                    .spawn(move || write_loop(addr, hello, p, stop))?,
-            );
-            peers.insert(id, peer);
+            peers.insert(id, start_peer(&config, id, addr, &stop)?);
         }
         Ok(TcpTransport {
             local,
             config,
-            peers,
+            peers: RwLock::new(peers),
+            known,
             unreachable: Arc::new(Mutex::new(BTreeSet::new())),
             snapshot_reports: Arc::new(Mutex::new(Vec::new())),
             transfers: Mutex::new(Vec::new()),
@@ -160,9 +162,9 @@ impl TcpTransport {
     /// Queues `m` for its peer (`m.to`); never waits. A snapshot message starts a transfer on a
     /// connection of its own (module docs).
     pub fn send(&self, m: &Message) -> Result<(), SendError> {
-        let peer = self.peers.get(&m.to).ok_or(SendError::UnknownPeer(m.to))?;
+        let peer = self.peers.read().get(&m.to).cloned().ok_or(SendError::UnknownPeer(m.to))?;
         if m.snapshot.is_some() {
-            self.send_snapshot(m);
+            self.send_snapshot(m, peer.addr);
             return Ok(());
         }
         let frame = encode_frame(FrameKind::Message, &m.encode());
@@ -179,9 +181,8 @@ impl TcpTransport {
         Ok(())
     }
 
-    fn send_snapshot(&self, m: &Message) {
+    fn send_snapshot(&self, m: &Message, addr: SocketAddr) {
         let (to, m) = (m.to, m.clone());
-        let addr = self.config.peers[&to];
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: self.config.cluster_id,
@@ -194,7 +195,7 @@ impl TcpTransport {
                 let status = match stream_snapshot(addr, &hello, &m, &stop) {
                     Ok(()) => SnapshotStatus::Finish,
                     Err(why) => {
-                        eprintln!("keel transport: node {} could not send a snapshot to {to}: {why}", hello.from);
+                        log::warn!("node {} could not send a snapshot to {to}: {why}", hello.from);
                         SnapshotStatus::Failure
                     }
                 };
@@ -221,6 +222,37 @@ impl TcpTransport {
         std::mem::take(&mut *self.unreachable.lock()).into_iter().collect()
     }
 
+    /// Adds peer `id` listening on `addr` (or moves it there), from now on a sender the accept
+    /// side takes and a receiver `send` queues for.
+    pub fn add_peer(&self, id: u64, addr: SocketAddr) -> io::Result<()> {
+        if id == self.config.node_id || self.peers.read().get(&id).is_some_and(|p| p.addr == addr) {
+            return Ok(());
+        }
+        self.remove_peer(id);
+        let peer = start_peer(&self.config, id, addr, &self.stop)?;
+        self.peers.write().insert(id, peer);
+        self.known.write().insert(id);
+        Ok(())
+    }
+
+    /// Removes peer `id`: its queue is dropped, its writer stopped, and its connections refused
+    /// from now on (one already open is closed at its next message).
+    pub fn remove_peer(&self, id: u64) {
+        self.known.write().remove(&id);
+        let Some(peer) = self.peers.write().remove(&id) else { return };
+        stop_peer(&peer);
+    }
+
+    /// The peers, with their addresses.
+    pub fn peers(&self) -> BTreeMap<u64, SocketAddr> {
+        self.peers.read().iter().map(|(&id, p)| (id, p.addr)).collect()
+    }
+
+    /// Frames queued for each peer (a gauge of who is behind).
+    pub fn queue_depths(&self) -> BTreeMap<u64, usize> {
+        self.peers.read().iter().map(|(&id, p)| (id, p.queue.lock().frames.len())).collect()
+    }
+
     /// Stops every thread and waits for them; queued messages are dropped.
     pub fn stop(mut self) {
         self.shut_down();
@@ -228,15 +260,60 @@ impl TcpTransport {
 
     fn shut_down(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for peer in self.peers.values() {
-            peer.queue.lock().stopped = true;
-            peer.ready.notify_all();
+        let peers: Vec<Arc<Peer>> = std::mem::take(&mut *self.peers.write()).into_values().collect();
+        for peer in &peers {
+            stop_peer(peer);
         }
         // Transfers stop between chunks once `stop` is set.
         let transfers: Vec<JoinHandle<()>> = self.transfers.lock().drain(..).collect();
         for t in self.threads.drain(..).chain(transfers) {
             let _ = t.join();
         }
+    }
+}
+
+impl Transport for TcpTransport {
+    fn send(&self, m: &Message) -> Result<(), SendError> {
+        TcpTransport::send(self, m)
+    }
+    fn take_unreachable(&self) -> Vec<u64> {
+        TcpTransport::take_unreachable(self)
+    }
+    fn take_snapshot_reports(&self) -> Vec<(u64, SnapshotStatus)> {
+        TcpTransport::take_snapshot_reports(self)
+    }
+    fn add_peer(&self, id: u64, address: &str) -> Result<(), String> {
+        use std::net::ToSocketAddrs;
+        let addr = address
+            .to_socket_addrs()
+            .map_err(|e| format!("address {address:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("address {address:?} resolves to nothing"))?;
+        TcpTransport::add_peer(self, id, addr).map_err(|e| format!("starting the writer to node {id}: {e}"))
+    }
+    fn remove_peer(&self, id: u64) {
+        TcpTransport::remove_peer(self, id)
+    }
+}
+
+/// Starts the writer thread of a new peer.
+fn start_peer(config: &TcpConfig, id: u64, addr: SocketAddr, stop: &Arc<AtomicBool>) -> io::Result<Arc<Peer>> {
+    let peer = Arc::new(Peer { addr, queue: Mutex::new(Queue::default()), ready: Condvar::new(), writer: Mutex::new(None) });
+    let hello = Hello { protocol_version: PROTOCOL_VERSION, cluster_id: config.cluster_id, from: config.node_id, to: id };
+    let (p, stop) = (peer.clone(), stop.clone());
+    let t = std::thread::Builder::new()
+        .name(format!("keel-peer-{}-{id}", config.node_id))
+        .spawn(move || write_loop(addr, hello, p, stop))?;
+    *peer.writer.lock() = Some(t);
+    Ok(peer)
+}
+
+/// Stops a peer's writer and waits for it.
+fn stop_peer(peer: &Peer) {
+    peer.queue.lock().stopped = true;
+    peer.ready.notify_all();
+    if let Some(t) = peer.writer.lock().take() {
+        let _ = t.join();
     }
 }
 
@@ -249,7 +326,7 @@ impl Drop for TcpTransport {
 fn accept_loop(
     listener: TcpListener,
     ours: Hello,
-    known: BTreeSet<u64>,
+    known: Arc<RwLock<BTreeSet<u64>>>,
     inbox: SyncSender<Message>,
     stager: Arc<dyn SnapshotStager>,
     stop: Arc<AtomicBool>,
@@ -261,7 +338,7 @@ fn accept_loop(
                 let (known, inbox, stop, stager) = (known.clone(), inbox.clone(), stop.clone(), stager.clone());
                 let spawned = std::thread::Builder::new().name(format!("keel-read-{}", ours.from)).spawn(move || {
                     if let Err(why) = read_loop(stream, ours, &known, &inbox, stager.as_ref(), &stop) {
-                        eprintln!("keel transport: node {} closed a connection from {from}: {why}", ours.from);
+                        log::warn!("node {} closed a connection from {from}: {why}", ours.from);
                     }
                 });
                 if let Ok(t) = spawned {
@@ -335,6 +412,7 @@ impl Inbound {
                     self.peer = Some(hello.from);
                 }
                 (None, _) => return Err("a frame before the handshake".into()),
+                (Some(from), _) if !is_peer(from) => return Err(format!("node {from} is no longer a peer")),
                 (Some(from), FrameKind::Message) => match Message::decode(&frame.payload).map_err(|e| e.to_string())? {
                     Decoded::Message(m) if m.from == from && m.to == self.ours.from => out.push(Delivered::Message(m)),
                     Decoded::Message(m) => {
@@ -375,7 +453,7 @@ impl Inbound {
 fn read_loop(
     mut stream: TcpStream,
     ours: Hello,
-    known: &BTreeSet<u64>,
+    known: &RwLock<BTreeSet<u64>>,
     inbox: &SyncSender<Message>,
     stager: &dyn SnapshotStager,
     stop: &AtomicBool,
@@ -391,7 +469,7 @@ fn read_loop(
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
             Err(e) => return Err(e.to_string()),
         };
-        for d in conn.feed(&chunk[..n], |id| known.contains(&id), stager)? {
+        for d in conn.feed(&chunk[..n], |id| known.read().contains(&id), stager)? {
             let sent = match d {
                 // Dropped when the inbox is full: Raft resends.
                 Delivered::Message(m) => match inbox.try_send(m) {
@@ -414,6 +492,7 @@ fn write_loop(addr: SocketAddr, hello: Hello, peer: Arc<Peer>, stop: Arc<AtomicB
     let mut conn: Option<TcpStream> = None;
     let mut backoff = Duration::from_millis(50);
     loop {
+        // Everything queued goes in one write (up to a bound): one syscall for a burst.
         let frame = {
             let mut q = peer.queue.lock();
             while q.frames.is_empty() && !q.stopped {
@@ -422,9 +501,15 @@ fn write_loop(addr: SocketAddr, hello: Hello, peer: Arc<Peer>, stop: Arc<AtomicB
             if q.stopped {
                 return;
             }
-            let f = q.frames.pop_front().expect("not empty");
-            q.bytes -= f.len();
-            f
+            let mut batch = q.frames.pop_front().expect("not empty");
+            while let Some(next) = q.frames.front()
+                && batch.len() + next.len() <= WRITE_BATCH_BYTES
+            {
+                let next = q.frames.pop_front().expect("not empty");
+                batch.extend_from_slice(&next);
+            }
+            q.bytes -= q.bytes.min(batch.len());
+            batch
         };
         if conn.is_none() {
             match connect(addr, &hello) {

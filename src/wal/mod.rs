@@ -159,6 +159,7 @@ pub struct Log {
     failed: Option<String>,
     unsynced: bool,
     buf: Vec<u8>,
+    stats: LogStats,
 }
 
 impl fmt::Debug for Log {
@@ -181,9 +182,28 @@ pub(crate) struct SyncJob {
 }
 
 impl SyncJob {
-    pub(crate) fn run(&self) -> std::io::Result<()> {
-        self.segment.file.sync_data()
+    /// Runs the `fdatasync`; returns its result and how long it took.
+    pub(crate) fn run(&self) -> (std::io::Result<()>, std::time::Duration) {
+        let started = std::time::Instant::now();
+        let result = self.segment.file.sync_data();
+        (result, started.elapsed())
     }
+}
+
+/// What a [`Log`] has done since it was opened, for metrics ([`Log::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogStats {
+    /// Append requests written (an `append` call, or one request of `append_many`).
+    pub appends: u64,
+    /// Entries written.
+    pub entries: u64,
+    /// Successful `fdatasync`s of the active segment.
+    pub syncs: u64,
+    /// Time spent in those `fdatasync`s, in nanoseconds.
+    pub sync_nanos: u64,
+    /// The longest of them, in nanoseconds.
+    pub sync_nanos_max: u64,
 }
 
 /// A record to write.
@@ -396,6 +416,8 @@ impl Log {
         let mut at = 0;
         for &k in &accepted {
             let entries = requests[k];
+            self.stats.appends += 1;
+            self.stats.entries += entries.len() as u64;
             let first = entries[0].index;
             self.locs.truncate((first - self.first_index) as usize);
             self.locs.extend(
@@ -432,6 +454,11 @@ impl Log {
         self.sync()
     }
 
+    /// Counters since the log was opened: appends, entries, syncs and their latency.
+    pub fn stats(&self) -> LogStats {
+        self.stats
+    }
+
     /// Makes every appended record durable (`fdatasync` of the active segment; earlier
     /// segments were synced when sealed). A failure latches the log; it is never retried.
     pub fn sync(&mut self) -> Result<()> {
@@ -451,10 +478,14 @@ impl Log {
     }
 
     /// Records the outcome of a [`SyncJob`]: the horizon advances, or the log latches.
-    pub(crate) fn finish_sync(&mut self, job: SyncJob, result: std::io::Result<()>) -> Result<()> {
+    pub(crate) fn finish_sync(&mut self, job: SyncJob, (result, took): (std::io::Result<()>, std::time::Duration)) -> Result<()> {
         if let Err(e) = result {
             return Err(self.fail("fdatasync", &job.segment.path, e));
         }
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.stats.syncs += 1;
+        self.stats.sync_nanos = self.stats.sync_nanos.saturating_add(nanos);
+        self.stats.sync_nanos_max = self.stats.sync_nanos_max.max(nanos);
         let active = self.segments.back().expect("an active segment");
         // A rotation in between synced the job's segment itself; only the active one moves.
         if Arc::ptr_eq(active, &job.segment) {

@@ -760,6 +760,7 @@ impl<'a> Recovery<'a> {
             failed: None,
             unsynced: false,
             buf: Vec::new(),
+            stats: super::LogStats::default(),
         };
         log.prepare_when_half_full();
         let mut report = self.report;
