@@ -76,6 +76,9 @@ impl Net {
         while self.nodes[&id].has_ready() {
             let node = self.nodes.get_mut(&id).unwrap();
             let rd = node.ready().unwrap();
+            for m in rd.messages.iter().chain(&rd.persisted_messages) {
+                assert_eq!(m.from, id, "a node sends only as itself (transports check it): {m:?}");
+            }
             self.queue.extend(rd.messages.iter().cloned());
             node.persist(&rd).unwrap();
             self.queue.extend(rd.persisted_messages.iter().cloned());
@@ -870,6 +873,13 @@ fn transfer_from_a_follower_is_forwarded_to_the_leader() {
     n.node(3).transfer_leadership(2).unwrap();
     n.settle();
     assert_eq!(n.role(2), Role::Leader);
+    // Forwarded by a follower that is not the target either (a request that reached node 1
+    // after it lost leadership): the target rides in `index`, `from` stays the sender.
+    let mut ask = Message::new(MessageType::TransferLeader, 3, 1, n.node(1).status().hard_state.term);
+    ask.index = 1;
+    n.node(1).step(ask).unwrap();
+    n.settle();
+    assert_eq!(n.role(1), Role::Leader);
 }
 
 #[test]

@@ -377,8 +377,12 @@ impl Sim {
         }
     }
 
-    fn send_all(&mut self, messages: Vec<Message>) {
+    fn send_all(&mut self, sender: u64, messages: Vec<Message>) {
         for m in messages {
+            // A transport holds `from` to the connection's peer: a node never sends as another.
+            if m.from != sender {
+                self.fail(format!("node {sender} sent a message as node {}: {m:?}", m.from));
+            }
             self.check_send(&m);
             self.net.push_back(m);
         }
@@ -414,7 +418,7 @@ impl Sim {
             );
         }
         // Sent before persisting: check_send holds them to what was persisted before this Ready.
-        self.send_all(rd.messages.clone());
+        self.send_all(id, rd.messages.clone());
         let lose_commit_only = self.setup.lose_commit_only && self.rng.chance(30);
         let node = self.nodes.get_mut(&id).unwrap();
         let raw = node.raw.as_mut().unwrap();
@@ -441,7 +445,7 @@ impl Sim {
         if crash_after.is_some() {
             return self.crash(id);
         }
-        self.send_all(rd.persisted_messages.clone());
+        self.send_all(id, rd.persisted_messages.clone());
         // A snapshot's entries were checked against the global record as they were applied.
         if let Some(s) = &rd.snapshot {
             self.totals.snapshots += 1;

@@ -184,11 +184,13 @@ fn peers_added_and_removed_while_running_are_heard_then_refused() {
     let l1 = ls.pop().unwrap();
     // Both start knowing nobody: a new member learns its peers from membership changes.
     let (tx1, _inbox1) = sync_channel(64);
-    let t1 = TcpTransport::start(TcpConfig::new(1, CLUSTER, BTreeMap::new()), l1, tx1, MemStorage::new().snapshot_stager())
-        .unwrap();
+    let t1 =
+        TcpTransport::start(TcpConfig::new(1, CLUSTER, BTreeMap::new()), l1, tx1, MemStorage::new().snapshot_stager())
+            .unwrap();
     let (tx2, inbox2) = sync_channel(64);
-    let t2 = TcpTransport::start(TcpConfig::new(2, CLUSTER, BTreeMap::new()), l2, tx2, MemStorage::new().snapshot_stager())
-        .unwrap();
+    let t2 =
+        TcpTransport::start(TcpConfig::new(2, CLUSTER, BTreeMap::new()), l2, tx2, MemStorage::new().snapshot_stager())
+            .unwrap();
     let heartbeat = Message::new(MessageType::Heartbeat, 1, 2, 3);
     assert_eq!(t1.send(&heartbeat), Err(SendError::UnknownPeer(2)));
     t1.add_peer(2, addrs[&2]).unwrap();

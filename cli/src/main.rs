@@ -1,4 +1,7 @@
-//! The `keel` command: benchmarks now; inspection tools later.
+//! The `keel` command: `keel server` and `keel cluster` (a replicated key-value store), and
+//! benchmarks.
+
+mod cluster;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,6 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs one node of a replicated key-value store that speaks the Redis protocol.
+    Server(cluster::ServerArgs),
+    /// Starts a local cluster of `keel server` processes and waits for Ctrl-C.
+    Cluster(cluster::ClusterArgs),
     /// Runs the benchmark workloads (W1-W4 appends, R1 open, R2 reads, C1 compaction), each in
     /// alternating rounds beside raw pwrite+fdatasync loops of the same write shape, and prints
     /// rates, latencies and ratios.
@@ -71,6 +78,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
+        Command::Server(args) => cluster::server(args),
+        Command::Cluster(args) => cluster::cluster(args),
         Command::Bench { dir, workload, rounds, appends, dataset_mib, reads, prepare } => {
             let workloads: Vec<Workload> = if workload.eq_ignore_ascii_case("all") {
                 Workload::ALL.to_vec()

@@ -23,6 +23,35 @@ pub enum Command {
     DbSize,
     /// SET, DEL, INCR, INCRBY, DECR, DECRBY, MSET: replicated.
     Write(Write),
+    /// INFO [section]: the server's state as `field:value` lines.
+    Info(Option<String>),
+    /// READONLY: this connection's reads are served from the local store without asking the
+    /// leader (possibly stale). READWRITE turns it off.
+    ReadOnly(bool),
+    /// SELECT db: only database 0 exists.
+    Select(i64),
+    /// QUIT: reply OK and close.
+    Quit,
+    /// CONFIG GET pattern: answered with an empty list (nothing is configurable at run time);
+    /// redis-benchmark asks at start.
+    ConfigGet,
+    /// KEEL.MEMBERS: each member's id, role and addresses.
+    Members,
+    /// KEEL.ADD id peer-addr client-addr [VOTER|LEARNER]: adds a member (or promotes a learner).
+    AddMember {
+        /// The node id.
+        id: u64,
+        /// Its peer address.
+        peer_addr: String,
+        /// Its client address.
+        client_addr: String,
+        /// Whether it joins as a learner.
+        learner: bool,
+    },
+    /// KEEL.REMOVE id
+    RemoveMember(u64),
+    /// KEEL.TRANSFER id: hands leadership to that voter.
+    Transfer(u64),
 }
 
 fn arity(name: &str) -> Reply {
@@ -44,7 +73,38 @@ impl Command {
         };
         let name = String::from_utf8_lossy(name).to_ascii_lowercase();
         let key = |i: usize| rest[i].clone();
+        let id = |arg: &[u8]| match integer(arg) {
+            Ok(n) if n > 0 => Ok(n as u64),
+            _ => Err(Reply::Error("ERR node ids are positive integers".into())),
+        };
+        let text = |arg: &[u8]| {
+            String::from_utf8(arg.to_vec()).map_err(|_| Reply::Error("ERR addresses are UTF-8 text".into()))
+        };
         Ok(match (name.as_str(), rest.len()) {
+            ("info", 0) => Command::Info(None),
+            ("info", 1) => Command::Info(Some(String::from_utf8_lossy(&rest[0]).to_ascii_lowercase())),
+            ("readonly", 0) => Command::ReadOnly(true),
+            ("readwrite", 0) => Command::ReadOnly(false),
+            ("select", 1) => Command::Select(integer(&rest[0])?),
+            ("quit", 0) => Command::Quit,
+            ("config", n) if n >= 2 && rest[0].eq_ignore_ascii_case(b"get") => Command::ConfigGet,
+            ("keel.members", 0) => Command::Members,
+            ("keel.add", 3 | 4) => {
+                let learner = match rest.get(3).map(|r| r.to_ascii_lowercase()) {
+                    None => false,
+                    Some(r) if r == b"voter" => false,
+                    Some(r) if r == b"learner" => true,
+                    Some(_) => return Err(Reply::Error("ERR the role is VOTER or LEARNER".into())),
+                };
+                Command::AddMember {
+                    id: id(&rest[0])?,
+                    peer_addr: text(&rest[1])?,
+                    client_addr: text(&rest[2])?,
+                    learner,
+                }
+            }
+            ("keel.remove", 1) => Command::RemoveMember(id(&rest[0])?),
+            ("keel.transfer", 1) => Command::Transfer(id(&rest[0])?),
             ("ping", 0) => Command::Ping(None),
             ("ping", 1) => Command::Ping(Some(key(0))),
             ("echo", 1) => Command::Echo(key(0)),
@@ -69,7 +129,8 @@ impl Command {
             }
             (
                 "ping" | "echo" | "get" | "mget" | "exists" | "dbsize" | "set" | "del" | "incr" | "decr" | "incrby"
-                | "decrby" | "mset",
+                | "decrby" | "mset" | "info" | "readonly" | "readwrite" | "select" | "quit" | "config" | "keel.members"
+                | "keel.add" | "keel.remove" | "keel.transfer",
                 _,
             ) => return Err(arity(&name)),
             _ => {
@@ -77,6 +138,11 @@ impl Command {
                 return Err(Reply::Error(format!("ERR unknown command '{shown}'")));
             }
         })
+    }
+
+    /// Whether the command reads the store (and so, by default, waits for a ReadIndex).
+    pub fn reads_store(&self) -> bool {
+        matches!(self, Command::Get(_) | Command::MGet(_) | Command::Exists(_) | Command::DbSize)
     }
 
     /// The reply to a command that is not a write, from `store`.
@@ -91,6 +157,15 @@ impl Command {
             Command::Exists(keys) => Reply::Integer(keys.iter().filter(|k| store.get(k).is_some()).count() as i64),
             Command::DbSize => Reply::Integer(store.len() as i64),
             Command::Write(_) => Reply::Error("ERR a write is answered once it is applied".into()),
+            Command::Select(0) => Reply::Simple("OK".into()),
+            Command::Select(_) => Reply::Error("ERR DB index is out of range".into()),
+            Command::Quit | Command::ReadOnly(_) => Reply::Simple("OK".into()),
+            Command::ConfigGet => Reply::Array(Some(Vec::new())),
+            Command::Info(_)
+            | Command::Members
+            | Command::AddMember { .. }
+            | Command::RemoveMember(_)
+            | Command::Transfer(_) => Reply::Error("ERR this command needs a server".into()),
         }
     }
 }
@@ -125,6 +200,19 @@ mod tests {
         assert_eq!(err(&["flushall"]), "ERR unknown command 'flushall'");
         assert_eq!(err(&["set", "k", "v", "NX"]), "ERR syntax error");
         assert!(matches!(Command::parse(&[]), Err(Reply::Error(_))));
+        assert_eq!(
+            Command::parse(&args(&["keel.add", "4", "127.0.0.1:1", "127.0.0.1:2", "learner"])),
+            Ok(Command::AddMember {
+                id: 4,
+                peer_addr: "127.0.0.1:1".into(),
+                client_addr: "127.0.0.1:2".into(),
+                learner: true
+            })
+        );
+        assert_eq!(err(&["keel.add", "0", "a", "b"]), "ERR node ids are positive integers");
+        assert_eq!(err(&["keel.add", "4", "a", "b", "boss"]), "ERR the role is VOTER or LEARNER");
+        assert_eq!(err(&["keel.transfer"]), "ERR wrong number of arguments for 'keel.transfer' command");
+        assert_eq!(Command::parse(&args(&["INFO", "Replication"])), Ok(Command::Info(Some("replication".into()))));
     }
 
     #[test]

@@ -5,3 +5,4 @@
 pub mod command;
 pub mod kv;
 pub mod resp;
+pub mod server;

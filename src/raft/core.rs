@@ -728,8 +728,11 @@ impl<S: Storage> Raft<S> {
         match self.role {
             Role::Leader => self.handle_transfer_leader(to),
             _ if self.leader_id != 0 => {
-                // Sent on the target's behalf: the leader reads the target from `from`.
-                self.msgs.push(Message::new(MessageType::TransferLeader, to, self.leader_id, self.term));
+                // The target travels in `index` (see `MessageType::TransferLeader`), so `from`
+                // stays the sender: a transport checks it against the connection's peer.
+                let mut m = Message::new(MessageType::TransferLeader, self.id, self.leader_id, self.term);
+                m.index = to;
+                self.msgs.push(m);
             }
             _ => {}
         }
@@ -862,7 +865,7 @@ impl<S: Storage> Raft<S> {
     fn step_leader(&mut self, m: Message) -> crate::Result<()> {
         let from = m.from;
         if m.kind == MessageType::TransferLeader {
-            self.handle_transfer_leader(from);
+            self.handle_transfer_leader(transfer_target(&m));
             return Ok(());
         }
         let Some(p) = self.progress.get_mut(&from) else { return Ok(()) };
@@ -1013,6 +1016,8 @@ impl<S: Storage> Raft<S> {
             MessageType::TimeoutNow => self.hup(true)?,
             MessageType::TransferLeader if self.leader_id != 0 => {
                 let mut fwd = m;
+                fwd.index = transfer_target(&fwd);
+                fwd.from = self.id;
                 fwd.to = self.leader_id;
                 self.msgs.push(fwd);
             }
@@ -1143,4 +1148,10 @@ fn membership_at_applied<S: Storage>(
         }
     }
     Ok((m, was_voter))
+}
+
+/// The node a TransferLeader message asks leadership for: `index` when set (a node asking on
+/// another's behalf), else the sender (etcd's convention: a node asking for itself).
+fn transfer_target(m: &Message) -> u64 {
+    if m.index != 0 { m.index } else { m.from }
 }

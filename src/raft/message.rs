@@ -45,7 +45,9 @@ pub enum MessageType {
     ReadIndex = 11,
     /// Leader → follower: the read request `context` may be served once `index` is applied.
     ReadIndexResponse = 12,
-    /// Follower → leader: the application asked to hand leadership to `from`.
+    /// Follower → leader: the application asked to hand leadership to `index`, or to `from`
+    /// when `index` is 0 (etcd's form, a node asking for itself). `from` is always the sender,
+    /// so a transport can hold it to the connection's peer.
     TransferLeader = 13,
     /// Leader → transfer target: campaign now, skipping PreVote and the leader lease.
     TimeoutNow = 14,

@@ -24,10 +24,10 @@
 //! Peers can be added and removed while it runs ([`Transport::add_peer`], for membership
 //! changes). Refused connections and failed transfers are logged (the `log` crate, at `warn`).
 
+use super::Transport;
 use super::frame::{FrameKind, Hello, PROTOCOL_VERSION, decode_frame, encode_frame};
 use crate::raft::{Decoded, Message, PendingSnapshot, SnapshotChunk, SnapshotReceiver, SnapshotSender, SnapshotStatus};
 use crate::storage::SnapshotStager;
-use super::Transport;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
@@ -298,8 +298,10 @@ impl Transport for TcpTransport {
 
 /// Starts the writer thread of a new peer.
 fn start_peer(config: &TcpConfig, id: u64, addr: SocketAddr, stop: &Arc<AtomicBool>) -> io::Result<Arc<Peer>> {
-    let peer = Arc::new(Peer { addr, queue: Mutex::new(Queue::default()), ready: Condvar::new(), writer: Mutex::new(None) });
-    let hello = Hello { protocol_version: PROTOCOL_VERSION, cluster_id: config.cluster_id, from: config.node_id, to: id };
+    let peer =
+        Arc::new(Peer { addr, queue: Mutex::new(Queue::default()), ready: Condvar::new(), writer: Mutex::new(None) });
+    let hello =
+        Hello { protocol_version: PROTOCOL_VERSION, cluster_id: config.cluster_id, from: config.node_id, to: id };
     let (p, stop) = (peer.clone(), stop.clone());
     let t = std::thread::Builder::new()
         .name(format!("keel-peer-{}-{id}", config.node_id))

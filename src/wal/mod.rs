@@ -478,7 +478,11 @@ impl Log {
     }
 
     /// Records the outcome of a [`SyncJob`]: the horizon advances, or the log latches.
-    pub(crate) fn finish_sync(&mut self, job: SyncJob, (result, took): (std::io::Result<()>, std::time::Duration)) -> Result<()> {
+    pub(crate) fn finish_sync(
+        &mut self,
+        job: SyncJob,
+        (result, took): (std::io::Result<()>, std::time::Duration),
+    ) -> Result<()> {
         if let Err(e) = result {
             return Err(self.fail("fdatasync", &job.segment.path, e));
         }
