@@ -142,8 +142,9 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Starts `args.nodes` `keel server` processes of this executable.
-    pub fn start(args: &ClusterArgs) -> Result<LocalCluster, BoxError> {
+    /// Starts `args.nodes` `keel server` processes of this executable, logging at `log_level`
+    /// unless `RUST_LOG` says otherwise.
+    pub fn start(args: &ClusterArgs, log_level: &str) -> Result<LocalCluster, BoxError> {
         let exe = std::env::current_exe()?;
         let member = |n: u64| {
             format!("{n}=127.0.0.1:{}/127.0.0.1:{}", args.peer_port as u64 + n - 1, args.client_port as u64 + n - 1)
@@ -151,6 +152,9 @@ impl LocalCluster {
         let mut cluster = LocalCluster { children: Vec::new(), client_addrs: Vec::new() };
         for n in 1..=args.nodes {
             let mut cmd = Command::new(&exe);
+            if std::env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", log_level);
+            }
             cmd.arg("server")
                 .arg("--id")
                 .arg(n.to_string())
@@ -217,7 +221,7 @@ pub fn cluster(args: ClusterArgs) -> Result<(), BoxError> {
     }
     let stop = stop_flag()?;
     std::fs::create_dir_all(&args.dir)?;
-    let mut cluster = LocalCluster::start(&args)?;
+    let mut cluster = LocalCluster::start(&args, "info")?;
     println!("keel cluster: {} nodes, data in {}", args.nodes, args.dir.display());
     for (n, addr) in cluster.client_addrs.iter().enumerate() {
         println!("  node {}: redis-cli -p {}", n + 1, addr.port());

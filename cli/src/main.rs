@@ -1,6 +1,7 @@
 //! The `keel` command: `keel server` and `keel cluster` (a replicated key-value store), and
 //! benchmarks.
 
+mod bench_cluster;
 mod cluster;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,14 @@ enum Command {
         /// time, or only fallocated.
         #[arg(long, value_enum, default_value_t = Preparation::Auto)]
         prepare: Preparation,
+        /// Benchmarks a local 3-node `keel server` cluster instead: 256 B SETs from 1, 16 and 64
+        /// clients, linearizable GETs, against W1 and the raw loop in the same run (and
+        /// redis-benchmark where installed). Uses --dir, --rounds, --appends and --seconds.
+        #[arg(long)]
+        cluster: bool,
+        /// Seconds per client count and round of --cluster.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
     },
 }
 
@@ -80,7 +89,7 @@ fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::Server(args) => cluster::server(args),
         Command::Cluster(args) => cluster::cluster(args),
-        Command::Bench { dir, workload, rounds, appends, dataset_mib, reads, prepare } => {
+        Command::Bench { dir, workload, rounds, appends, dataset_mib, reads, prepare, cluster, seconds } => {
             let workloads: Vec<Workload> = if workload.eq_ignore_ascii_case("all") {
                 Workload::ALL.to_vec()
             } else {
@@ -100,6 +109,9 @@ fn run(cli: Cli) -> Result<(), BoxError> {
                     tmp.path().to_path_buf()
                 }
             };
+            if cluster {
+                return bench_cluster::bench_cluster(&dir, rounds.max(1), seconds.max(0.05), appends.max(1));
+            }
             let scale = Scale { appends: appends.max(1), dataset_bytes: dataset_mib.max(1) << 20, reads: reads.max(1) };
             match prepare {
                 Preparation::Auto => bench_all::<Keel>(&dir, &workloads, rounds.max(1), scale),

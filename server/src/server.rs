@@ -420,6 +420,13 @@ impl Server {
     fn shut_down(&mut self) -> Result<(), String> {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.applied.notify_all();
+        // Requests waiting on the apply loop are answered now rather than at their timeout.
+        self.shared.waiters.lock().clear();
+        {
+            let mut reads = self.shared.reads.lock();
+            reads.inflight = None;
+            reads.queued.clear();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -853,10 +860,13 @@ fn finish_write(s: &Shared, mut p: PendingWrite, deadline: Instant) -> Reply {
         let left = deadline.saturating_duration_since(Instant::now());
         match p.reply.recv_timeout(left) {
             Ok(r) => r,
-            Err(_) => Reply::Error(format!(
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Reply::Error(format!(
                 "ERR timed out after {:?}: the write may or may not be applied",
                 s.config.limits.request_timeout
             )),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Reply::Error("ERR the server is stopping: the write may or may not be applied".into())
+            }
         }
     })();
     s.waiters.lock().remove(&p.seq);
@@ -873,7 +883,12 @@ fn await_read(s: &Shared, deadline: Instant) -> Result<(), Reply> {
     let left = deadline.saturating_duration_since(Instant::now());
     let index = match rx.recv_timeout(left) {
         Ok(r) => r?,
-        Err(_) => return Err(Reply::Error("TRYAGAIN the read could not be confirmed by a leader in time".into())),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            return Err(Reply::Error("TRYAGAIN the read could not be confirmed by a leader in time".into()));
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            return Err(Reply::Error("ERR the server is stopping".into()));
+        }
     };
     let mut store = s.store.lock();
     while store.applied() < index {
