@@ -246,7 +246,9 @@ fn redis_benchmark(addr: SocketAddr, seconds: f64) {
         println!("redis-benchmark: not installed (Debian: apt-get install redis-tools); skipped");
         return;
     }
-    for (test, clients, per_s) in [("set", 1, 1_000.0), ("set", 16, 5_000.0), ("set", 64, 10_000.0), ("get", 64, 20_000.0)] {
+    for (test, clients, per_s) in
+        [("set", 1, 1_000.0), ("set", 16, 5_000.0), ("set", 64, 10_000.0), ("get", 64, 20_000.0)]
+    {
         let n = ((per_s * seconds) as u64).max(100);
         let out = std::process::Command::new("redis-benchmark")
             .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string(), "-t", test, "-d", "256"])

@@ -36,7 +36,8 @@ fn keel_cluster_serves_and_stops_every_node_on_sigterm() {
     let addr = format!("redis://127.0.0.1:{}/", client + 1);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut con = loop {
-        if let Ok(mut c) = redis::Client::open(addr.as_str()).unwrap().get_connection_with_timeout(Duration::from_secs(1))
+        if let Ok(mut c) =
+            redis::Client::open(addr.as_str()).unwrap().get_connection_with_timeout(Duration::from_secs(1))
             && redis::cmd("SET").arg("k").arg("v").query::<String>(&mut c).is_ok()
         {
             break c;

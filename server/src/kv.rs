@@ -443,6 +443,33 @@ mod tests {
     }
 
     #[test]
+    fn the_layouts_are_the_ones_format_md_gives() {
+        let tag = Tag { node: 1, boot: 2, seq: 3 };
+        let b = Request { tag: Some(tag), write: set("k", "vv") }.encode();
+        let mut want = vec![2u8];
+        for n in [1u64, 2, 3] {
+            want.extend_from_slice(&n.to_le_bytes());
+        }
+        want.push(1);
+        want.extend_from_slice(&1u32.to_le_bytes());
+        want.push(b'k');
+        want.extend_from_slice(&2u32.to_le_bytes());
+        want.extend_from_slice(b"vv");
+        assert_eq!(b, want);
+        let mut s = Store::default();
+        s.apply(5, &set("k", "v"));
+        s.set_member(6, 9, Member { peer_addr: "p".into(), client_addr: "c".into() });
+        let mut want = vec![2u8];
+        want.extend_from_slice(&6u64.to_le_bytes());
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.extend_from_slice(&[1, 0, 0, 0, b'k', 1, 0, 0, 0, b'v']);
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.extend_from_slice(&9u64.to_le_bytes());
+        want.extend_from_slice(&[1, 0, 0, 0, b'p', 1, 0, 0, 0, b'c']);
+        assert_eq!(s.snapshot(), want);
+    }
+
+    #[test]
     fn applying_is_deterministic_errors_included_and_replays_are_skipped() {
         let mut s = Store::default();
         assert_eq!(s.apply(1, &set("n", "41")), Reply::Simple("OK".into()));
