@@ -51,6 +51,16 @@ fn writes_and_reads_go_through_every_node() {
     let members: Vec<(u64, String, String, String)> = redis::cmd("KEEL.MEMBERS").query(&mut c.conn(2)).unwrap();
     assert_eq!(members.len(), 3);
     assert_eq!(members[0], (1, "voter".into(), c.spec(1).peer.to_string(), c.spec(1).client.to_string()));
+    // SET's conditions, decided where the entry is applied and answered through a follower.
+    let follower = (1..=3u64).find(|&id| c.info(id)["role"] != "leader").unwrap();
+    let mut con = c.conn(follower);
+    let nx: Option<String> = redis::cmd("SET").arg("key-1").arg("x").arg("NX").query(&mut con).unwrap();
+    assert_eq!(nx, None, "NX on a key that exists");
+    let old: Option<String> = redis::cmd("SET").arg("key-1").arg("y").arg("XX").arg("GET").query(&mut con).unwrap();
+    assert_eq!(old.as_deref(), Some("value-1"));
+    assert_eq!(redis::cmd("SETNX").arg("fresh").arg("1").query::<i64>(&mut con).unwrap(), 1);
+    assert_eq!(redis::cmd("SETNX").arg("fresh").arg("2").query::<i64>(&mut con).unwrap(), 0);
+    let _: i64 = redis::cmd("DEL").arg("fresh").query(&mut con).unwrap();
     // A pipeline of writes and reads answers in order.
     let mut p = redis::pipe();
     p.cmd("SET").arg("p").arg("1").cmd("INCR").arg("p").cmd("GET").arg("p").cmd("INCR").arg("p");

@@ -3,7 +3,7 @@
 //! served from the store ([`Command::read`]). Every malformed command is an error reply in
 //! Redis's wording, never a closed connection.
 
-use crate::kv::{Store, Write};
+use crate::kv::{Presence, Store, Write};
 use crate::resp::Reply;
 
 /// A client command.
@@ -56,6 +56,26 @@ pub enum Command {
 
 fn arity(name: &str) -> Reply {
     Reply::Error(format!("ERR wrong number of arguments for '{name}' command"))
+}
+
+/// SET's options after the key and value: NX, XX and GET; expiry (EX, PX, EXAT, PXAT, KEEPTTL)
+/// is refused, as keys do not expire here.
+fn set_with_options(key: Vec<u8>, value: Vec<u8>, options: &[Vec<u8>]) -> Result<Write, Reply> {
+    let (mut only_if, mut get) = (None, false);
+    for o in options {
+        match o.to_ascii_lowercase().as_slice() {
+            b"nx" if only_if.is_none() => only_if = Some(Presence::Absent),
+            b"xx" if only_if.is_none() => only_if = Some(Presence::Present),
+            b"get" => get = true,
+            b"ex" | b"px" | b"exat" | b"pxat" | b"keepttl" => {
+                return Err(Reply::Error(
+                    "ERR keel does not expire keys: SET's EX, PX, EXAT, PXAT and KEEPTTL are not supported".into(),
+                ));
+            }
+            _ => return Err(Reply::Error("ERR syntax error".into())),
+        }
+    }
+    Ok(Write::SetWith { key, value, only_if, get, integer_reply: false })
 }
 
 fn integer(arg: &[u8]) -> Result<i64, Reply> {
@@ -113,7 +133,14 @@ impl Command {
             ("exists", n) if n >= 1 => Command::Exists(rest.to_vec()),
             ("dbsize", 0) => Command::DbSize,
             ("set", 2) => Command::Write(Write::Set { key: key(0), value: key(1) }),
-            ("set", n) if n > 2 => return Err(Reply::Error("ERR syntax error".into())),
+            ("set", n) if n > 2 => Command::Write(set_with_options(key(0), key(1), &rest[2..])?),
+            ("setnx", 2) => Command::Write(Write::SetWith {
+                key: key(0),
+                value: key(1),
+                only_if: Some(Presence::Absent),
+                get: false,
+                integer_reply: true,
+            }),
             ("del", n) if n >= 1 => Command::Write(Write::Del { keys: rest.to_vec() }),
             ("incr", 1) => Command::Write(Write::IncrBy { key: key(0), by: 1 }),
             ("decr", 1) => Command::Write(Write::IncrBy { key: key(0), by: -1 }),
@@ -128,9 +155,9 @@ impl Command {
                 Command::Write(Write::MSet { pairs: rest.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect() })
             }
             (
-                "ping" | "echo" | "get" | "mget" | "exists" | "dbsize" | "set" | "del" | "incr" | "decr" | "incrby"
-                | "decrby" | "mset" | "info" | "readonly" | "readwrite" | "select" | "quit" | "config" | "keel.members"
-                | "keel.add" | "keel.remove" | "keel.transfer",
+                "ping" | "echo" | "get" | "mget" | "exists" | "dbsize" | "set" | "setnx" | "del" | "incr" | "decr"
+                | "incrby" | "decrby" | "mset" | "info" | "readonly" | "readwrite" | "select" | "quit" | "config"
+                | "keel.members" | "keel.add" | "keel.remove" | "keel.transfer",
                 _,
             ) => return Err(arity(&name)),
             _ => {
@@ -198,7 +225,19 @@ mod tests {
         assert_eq!(err(&["incrby", "n", "x"]), "ERR value is not an integer or out of range");
         assert_eq!(err(&["decrby", "n", &i64::MIN.to_string()]), "ERR decrement would overflow");
         assert_eq!(err(&["flushall"]), "ERR unknown command 'flushall'");
-        assert_eq!(err(&["set", "k", "v", "NX"]), "ERR syntax error");
+        assert_eq!(err(&["set", "k", "v", "NX", "XX"]), "ERR syntax error");
+        assert_eq!(err(&["set", "k", "v", "bogus"]), "ERR syntax error");
+        assert!(err(&["set", "k", "v", "EX", "10"]).contains("does not expire keys"));
+        assert_eq!(
+            Command::parse(&args(&["set", "k", "v", "xx", "GET"])),
+            Ok(Command::Write(Write::SetWith {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                only_if: Some(Presence::Present),
+                get: true,
+                integer_reply: false
+            }))
+        );
         assert!(matches!(Command::parse(&[]), Err(Reply::Error(_))));
         assert_eq!(
             Command::parse(&args(&["keel.add", "4", "127.0.0.1:1", "127.0.0.1:2", "learner"])),

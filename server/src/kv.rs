@@ -51,6 +51,28 @@ pub enum Write {
         /// The pairs, applied in order.
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
     },
+    /// SET key value with NX, XX or GET (SETNX too).
+    SetWith {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// Only if the key is absent (NX) or present (XX).
+        only_if: Option<Presence>,
+        /// Reply with the old value (GET) instead of OK.
+        get: bool,
+        /// Reply 1 or 0 (SETNX) instead of OK or nil.
+        integer_reply: bool,
+    },
+}
+
+/// SET's NX and XX conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// NX: only if the key does not exist.
+    Absent,
+    /// XX: only if the key exists.
+    Present,
 }
 
 /// Why entry or snapshot data is not what [`Write::encode`] or [`Store::snapshot`] writes.
@@ -232,6 +254,18 @@ impl Write {
                 put_bytes(out, key);
                 out.extend_from_slice(&by.to_le_bytes());
             }
+            Write::SetWith { key, value, only_if, get, integer_reply } => {
+                out.push(5);
+                put_bytes(out, key);
+                put_bytes(out, value);
+                let flags = match only_if {
+                    None => 0,
+                    Some(Presence::Absent) => 1,
+                    Some(Presence::Present) => 2,
+                } | if *get { 4 } else { 0 }
+                    | if *integer_reply { 8 } else { 0 };
+                out.push(flags);
+            }
             Write::MSet { pairs } => {
                 out.push(4);
                 out.extend_from_slice(&(pairs.len() as u64).to_le_bytes());
@@ -257,6 +291,21 @@ impl Write {
                 let pairs =
                     (0..n).map(|_| Ok((r.bytes("key")?, r.bytes("value")?))).collect::<Result<_, DataError>>()?;
                 Write::MSet { pairs }
+            }
+            5 => {
+                let (key, value) = (r.bytes("key")?, r.bytes("value")?);
+                let at = r.at;
+                let flags = r.u8("flags")?;
+                let only_if = match flags & 3 {
+                    0 => None,
+                    1 => Some(Presence::Absent),
+                    2 => Some(Presence::Present),
+                    _ => return Err(DataError { offset: at, what: "NX and XX together".into() }),
+                };
+                if flags & !15 != 0 || flags & 12 == 12 {
+                    return Err(DataError { offset: at, what: format!("unknown SET flags {flags:#x}") });
+                }
+                Write::SetWith { key, value, only_if, get: flags & 4 != 0, integer_reply: flags & 8 != 0 }
             }
             k => return Err(DataError { offset: kind_at, what: format!("unknown write kind {k}") }),
         })
@@ -352,6 +401,23 @@ impl Store {
                 }
                 Reply::Simple("OK".into())
             }
+            Write::SetWith { key, value, only_if, get, integer_reply } => {
+                let old = self.map.get(key).cloned();
+                let allowed = match only_if {
+                    None => true,
+                    Some(Presence::Absent) => old.is_none(),
+                    Some(Presence::Present) => old.is_some(),
+                };
+                if allowed {
+                    self.map.insert(key.clone(), value.clone());
+                }
+                match (get, allowed) {
+                    _ if *integer_reply => Reply::Integer(i64::from(allowed)),
+                    (true, _) => Reply::Bulk(old),
+                    (false, true) => Reply::Simple("OK".into()),
+                    (false, false) => Reply::Bulk(None),
+                }
+            }
         }
     }
 
@@ -420,6 +486,14 @@ mod tests {
             Write::Del { keys: vec![b"a".to_vec(), b"b".to_vec()] },
             Write::IncrBy { key: b"n".to_vec(), by: -7 },
             Write::MSet { pairs: vec![(b"x".to_vec(), b"1".to_vec()), (b"y".to_vec(), Vec::new())] },
+            Write::SetWith {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                only_if: Some(Presence::Present),
+                get: true,
+                integer_reply: false,
+            },
+            Write::SetWith { key: b"k".to_vec(), value: b"v".to_vec(), only_if: None, get: false, integer_reply: true },
         ];
         let tags = [None, Some(Tag { node: 3, boot: 77, seq: 9 })];
         for (w, tag) in writes.iter().flat_map(|w| tags.iter().map(move |t| (w, *t))) {
@@ -481,6 +555,28 @@ mod tests {
         assert_eq!(s.apply(7, &Write::Del { keys: vec![b"s".to_vec(), b"none".to_vec()] }), Reply::Integer(1));
         assert!(matches!(s.apply(7, &set("again", "x")), Reply::Error(_)), "a replayed index changes nothing");
         assert_eq!((s.get(b"n"), s.get(b"s"), s.len(), s.applied()), (Some(&b"42"[..]), None, 2, 7));
+        let mut t = Store::default();
+        t.apply(1, &set("n", "42"));
+        let with = |k: &str, only_if, get| Write::SetWith {
+            key: k.into(),
+            value: b"w".to_vec(),
+            only_if,
+            get,
+            integer_reply: false,
+        };
+        assert_eq!(t.apply(2, &with("n", Some(Presence::Absent), false)), Reply::Bulk(None), "NX on a key held");
+        assert_eq!(t.apply(3, &with("new", Some(Presence::Present), true)), Reply::Bulk(None), "XX GET on none");
+        assert_eq!(t.apply(4, &with("n", Some(Presence::Present), true)), Reply::Bulk(Some(b"42".to_vec())));
+        assert_eq!(t.apply(5, &with("new", Some(Presence::Absent), false)), Reply::Simple("OK".into()));
+        assert_eq!((t.get(b"n"), t.get(b"new"), t.len()), (Some(&b"w"[..]), Some(&b"w"[..]), 2));
+        let setnx = |k: &str| Write::SetWith {
+            key: k.into(),
+            value: b"z".to_vec(),
+            only_if: Some(Presence::Absent),
+            get: false,
+            integer_reply: true,
+        };
+        assert_eq!((t.apply(6, &setnx("n")), t.apply(7, &setnx("z"))), (Reply::Integer(0), Reply::Integer(1)));
         s.set_member(8, 2, Member { peer_addr: "p".into(), client_addr: "c".into() });
         s.set_member(9, 1, Member::default());
         let restored = Store::restore(&s.snapshot()).unwrap();
