@@ -217,3 +217,23 @@ fn peers_added_and_removed_while_running_are_heard_then_refused() {
     t1.stop();
     t2.stop();
 }
+
+#[test]
+fn before_the_handshake_a_stranger_cannot_make_a_node_buffer_more_than_a_hello() {
+    use keel::transport::Inbound;
+    let ours = Hello { protocol_version: PROTOCOL_VERSION, cluster_id: CLUSTER, from: 2, to: 0 };
+    let stager = MemStorage::new().snapshot_stager();
+    // A frame header announcing 60 MiB: refused as soon as more than a Hello's bytes are in,
+    // not after 60 MiB were buffered.
+    let mut header = encode_frame(FrameKind::Message, &[0u8; 8]);
+    header[..4].copy_from_slice(&(60u32 << 20).to_le_bytes());
+    let mut conn = Inbound::new(ours);
+    assert!(conn.feed(&header, |_| true, stager.as_ref()).is_ok(), "a header alone may still become a Hello");
+    assert!(conn.feed(&[0u8; 64], |_| true, stager.as_ref()).is_err());
+    // A real Hello followed by a message is taken.
+    let hello = Hello { protocol_version: PROTOCOL_VERSION, cluster_id: CLUSTER, from: 1, to: 2 };
+    let mut bytes = encode_frame(FrameKind::Hello, &hello.encode());
+    bytes.extend(encode_frame(FrameKind::Message, &Message::new(MessageType::Heartbeat, 1, 2, 3).encode()));
+    let mut conn = Inbound::new(ours);
+    assert_eq!(conn.feed(&bytes, |_| true, stager.as_ref()).unwrap().len(), 1);
+}

@@ -32,9 +32,14 @@ pub struct ServerArgs {
     /// An initial member, as ID=PEER_ADDR/CLIENT_ADDR; repeat for each (this node included).
     #[arg(long = "member", value_parser = parse_member)]
     pub members: Vec<(u64, Member)>,
-    /// Join a running cluster as a new member (added with KEEL.ADD) instead of bootstrapping.
+    /// Join a running cluster as a new member (added with KEEL.ADD) instead of bootstrapping;
+    /// --member then lists the cluster's initial members, and --peer the members added since.
     #[arg(long)]
     pub join: bool,
+    /// A peer that is not an initial member, as ID=PEER_ADDR/CLIENT_ADDR (KEEL.MEMBERS lists
+    /// them); repeat for each.
+    #[arg(long = "peer", value_parser = parse_member)]
+    pub peers: Vec<(u64, Member)>,
     /// Entries applied between snapshots of the store (the log is compacted below each).
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_entries: u64,
@@ -93,6 +98,7 @@ pub fn server(args: ServerArgs) -> Result<(), BoxError> {
     let client_listen = addr(args.client_addr, own.map(|m| &m.client_addr), "client-addr")?;
     let mut config = ServerConfig::new(args.id, args.cluster_id, args.data, peer_listen, client_listen, members);
     config.join = args.join;
+    config.extra_peers = args.peers.into_iter().collect();
     config.snapshot_entries = args.snapshot_entries;
     config.catch_up_entries = args.catch_up_entries;
     config.tick = Duration::from_millis(args.tick_ms.max(1));

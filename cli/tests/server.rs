@@ -188,6 +188,37 @@ fn membership_changes_from_a_client_add_a_node_hand_it_leadership_and_remove_the
     let rest: Vec<u64> = ids.clone();
     let _: String = c.retry("SET after the change", || c.conn(rest[0]).set("after", "yes"));
     assert_eq!(c.conn(4).get::<_, Option<String>>("after").unwrap().as_deref(), Some("yes"));
+    // The removed node says so instead of timing out.
+    let err = c.conn(leader).get::<_, Option<String>>("after").unwrap_err();
+    assert!(err.to_string().contains("removed from the cluster"), "{err}");
+    assert_eq!(c.info(leader)["role"], "removed");
+    // Node 5 joins while node 4, not an initial member, leads: it is told node 4's address.
+    let five = NodeSpec::new(5);
+    let mut cmd = c.command(5);
+    cmd.arg("--join")
+        .arg("--peer")
+        .arg(four.member())
+        .arg("--peer-addr")
+        .arg(five.peer.to_string())
+        .arg("--client-addr")
+        .arg(five.client.to_string());
+    c.specs.push(five.clone());
+    c.spawn(5, &mut cmd);
+    let ok: String = redis::cmd("KEEL.ADD")
+        .arg(5)
+        .arg(five.peer.to_string())
+        .arg(five.client.to_string())
+        .arg("LEARNER")
+        .query(&mut c.conn(4))
+        .unwrap();
+    assert_eq!(ok, "OK");
+    let mut con5 = c.conn(5);
+    let _: () = redis::cmd("READONLY").query(&mut con5).unwrap();
+    let v: String = c.retry("node 5 catching up", || {
+        let v: Option<String> = con5.get("after")?;
+        v.ok_or_else(|| redis::RedisError::from((redis::ErrorKind::TypeError, "not yet")))
+    });
+    assert_eq!(v, "yes");
 }
 
 #[test]

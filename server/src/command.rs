@@ -97,8 +97,11 @@ impl Command {
             Ok(n) if n > 0 => Ok(n as u64),
             _ => Err(Reply::Error("ERR node ids are positive integers".into())),
         };
-        let text = |arg: &[u8]| {
-            String::from_utf8(arg.to_vec()).map_err(|_| Reply::Error("ERR addresses are UTF-8 text".into()))
+        // An IP address and port: a host name would be resolved on every node's apply path.
+        let text = |arg: &[u8]| match std::str::from_utf8(arg).ok().and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        {
+            Some(a) => Ok(a.to_string()),
+            None => Err(Reply::Error("ERR addresses are IP:port".into())),
         };
         Ok(match (name.as_str(), rest.len()) {
             ("info", 0) => Command::Info(None),
@@ -249,7 +252,8 @@ mod tests {
             })
         );
         assert_eq!(err(&["keel.add", "0", "a", "b"]), "ERR node ids are positive integers");
-        assert_eq!(err(&["keel.add", "4", "a", "b", "boss"]), "ERR the role is VOTER or LEARNER");
+        assert_eq!(err(&["keel.add", "4", "127.0.0.1:1", "127.0.0.1:2", "boss"]), "ERR the role is VOTER or LEARNER");
+        assert_eq!(err(&["keel.add", "4", "slow.example:1", "127.0.0.1:2"]), "ERR addresses are IP:port");
         assert_eq!(err(&["keel.transfer"]), "ERR wrong number of arguments for 'keel.transfer' command");
         assert_eq!(Command::parse(&args(&["INFO", "Replication"])), Ok(Command::Info(Some("replication".into()))));
     }

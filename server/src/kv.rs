@@ -18,8 +18,9 @@
 //! and value as byte strings, then the member count `u64` and for each its id `u64`, peer address
 //! and client address as byte strings. Version 1 (no members) is still read.
 //!
-//! Member context layout (a membership change's context): a version byte (1), the peer address
-//! and the client address as byte strings.
+//! Membership change context layout ([`ChangeContext`]): a version byte (2), the [`Tag`], a byte
+//! saying whether a member's addresses follow (1) or not (0), then the peer address and the
+//! client address as byte strings. Version 1 is the addresses alone (a [`Member`]), still read.
 
 use crate::resp::Reply;
 use std::collections::BTreeMap;
@@ -90,6 +91,64 @@ const WRITE_VERSION: u8 = 2;
 /// The snapshot version written (1 is still read).
 const SNAPSHOT_VERSION: u8 = 2;
 const MEMBER_VERSION: u8 = 1;
+const CHANGE_CONTEXT_VERSION: u8 = 2;
+
+/// The context `keel server` puts in a membership change: who proposed it (so that node answers
+/// its client when the change is applied) and, for an added member, its addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChangeContext {
+    /// Who proposed it; `None` for version 1 contexts.
+    pub tag: Option<Tag>,
+    /// The added member's addresses.
+    pub member: Option<Member>,
+}
+
+impl ChangeContext {
+    /// The layout of the module docs (version 2; version 1 when there is no tag).
+    pub fn encode(&self) -> Vec<u8> {
+        match (self.tag, &self.member) {
+            (None, None) => Vec::new(),
+            (None, Some(m)) => m.encode(),
+            (tag, member) => {
+                let t = tag.unwrap_or(Tag { node: 0, boot: 0, seq: 0 });
+                let mut out = vec![CHANGE_CONTEXT_VERSION];
+                for n in [t.node, t.boot, t.seq] {
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+                match member {
+                    None => out.push(0),
+                    Some(m) => {
+                        out.push(1);
+                        put_bytes(&mut out, m.peer_addr.as_bytes());
+                        put_bytes(&mut out, m.client_addr.as_bytes());
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Decodes [`ChangeContext::encode`]'s output (and version 1); an empty context is no tag and
+    /// no member. Damage is a [`DataError`].
+    pub fn decode(data: &[u8]) -> Result<ChangeContext, DataError> {
+        if data.is_empty() {
+            return Ok(ChangeContext::default());
+        }
+        let (mut r, version) = Reader::versioned(data, &[MEMBER_VERSION, CHANGE_CONTEXT_VERSION])?;
+        if version == MEMBER_VERSION {
+            return Ok(ChangeContext { tag: None, member: Some(Member::decode(data)?) });
+        }
+        let tag = Tag { node: r.u64("tag node")?, boot: r.u64("tag boot")?, seq: r.u64("tag seq")? };
+        let at = r.at;
+        let member = match r.u8("member flag")? {
+            0 => None,
+            1 => Some(Member { peer_addr: r.string("peer address")?, client_addr: r.string("client address")? }),
+            f => return Err(DataError { offset: at, what: format!("member flag {f}") }),
+        };
+        r.end()?;
+        Ok(ChangeContext { tag: Some(tag), member })
+    }
+}
 
 /// Who proposed a write: the node that took the client's request, that process's incarnation
 /// (`boot`, different at each start) and a sequence number, so that node can answer the client
@@ -514,6 +573,22 @@ mod tests {
         let m = Member { peer_addr: "127.0.0.1:1".into(), client_addr: "127.0.0.1:2".into() };
         assert_eq!(Member::decode(&m.encode()).unwrap(), m);
         assert!(Member::decode(&m.encode()[..5]).is_err());
+        let tag = Some(Tag { node: 1, boot: 2, seq: 3 });
+        for cx in [
+            ChangeContext { tag, member: Some(m.clone()) },
+            ChangeContext { tag, member: None },
+            ChangeContext { tag: None, member: Some(m.clone()) },
+            ChangeContext::default(),
+        ] {
+            let b = cx.encode();
+            assert_eq!(ChangeContext::decode(&b).unwrap(), cx);
+            if cx != ChangeContext::default() {
+                for n in 1..b.len() {
+                    assert!(ChangeContext::decode(&b[..n]).is_err(), "{cx:?} cut at {n}");
+                }
+            }
+        }
+        assert_eq!(ChangeContext::decode(&[]).unwrap(), ChangeContext::default());
     }
 
     #[test]

@@ -8,18 +8,23 @@
 //! Any node takes any request. A write is proposed where it arrives, tagged with the node, the
 //! process incarnation and a number ([`Tag`]); a follower's proposal is forwarded to the leader
 //! inside Raft. The node that took the request answers it when it applies the entry carrying its
-//! tag: the reply is the state machine's own (the same on every node). A read (GET, MGET, EXISTS,
-//! DBSIZE) asks for a ReadIndex, which a follower forwards to the leader; reads that arrive
-//! while one is in flight share the next one; the read is served once the local store has
-//! applied that index. `READONLY` on a connection serves its reads from the local store at once
-//! (possibly stale).
+//! tag: the reply is the state machine's own (the same on every node). Membership changes are
+//! tagged and answered the same way. A read (GET, MGET, EXISTS, DBSIZE) waits for a ReadIndex
+//! (a follower's is forwarded to the leader) issued after the read arrived: reads that arrive
+//! while one is in flight share the next one, and an answer serves every batch issued before
+//! it; the read is served once the local store has applied that index. `READONLY` on a
+//! connection serves its reads from the local store at once (possibly stale).
+//!
+//! Stopping: the threads that drive the node end first, then the transport, then the node
+//! (proposals still open resolve as stopped), then client connections are shut, and last the
+//! storage is closed.
 
 use crate::command::Command;
-use crate::kv::{Member, Request, Store, Tag};
+use crate::kv::{ChangeContext, Member, Request, Store, Tag};
 use crate::resp::{Limits, Reply, parse_request};
 use keel::raft::{
     ConfChange, ConfChangeType, Config, DropReason, Node, NodeError, Outcome, ProposeError, RaftError, ReadOnlyOption,
-    Ready, Role,
+    Ready, Role, UnknownReason,
 };
 use keel::storage::{ConfState, DiskStorage, EntryType, StorageMut, StorageOptions};
 use keel::transport::{TcpConfig, TcpTransport, Transport};
@@ -27,13 +32,23 @@ use keel::wal::LogStats;
 use parking_lot::{Condvar, Mutex};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// The largest `max_request_bytes` allowed: a request becomes one log entry and travels in one
+/// peer frame (at most 64 MiB) beside other entries.
+pub const REQUEST_BYTES_LIMIT: usize = 32 << 20;
+
+/// Bytes one command's reply may hold (an MGET of large values); beyond it, an error reply.
+pub const REPLY_BYTES_MAX: usize = 64 << 20;
+
+/// Replies buffered for a client before they are written out (pipelined requests).
+const CLIENT_OUTPUT_FLUSH_BYTES: usize = 1 << 20;
 
 /// How a server runs.
 #[derive(Debug, Clone)]
@@ -56,13 +71,17 @@ pub struct ServerConfig {
     /// cluster's initial members (its bootstrap configuration), which this node starts from and
     /// updates from the leader's log or snapshot like every other node.
     pub join: bool,
+    /// Addresses of peers that are not initial members (for a joining node: the members added
+    /// since the cluster started, `KEEL.MEMBERS` lists them). The transport knows them; the
+    /// replicated address book does not.
+    pub extra_peers: BTreeMap<u64, Member>,
     /// Raft's logical clock.
     pub tick: Duration,
     /// Ticks without a leader before a follower campaigns.
     pub election_tick: usize,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_tick: usize,
-    /// Entries applied after the last snapshot before a new one is made.
+    /// Entries applied after the last snapshot before a new one is made (0: never).
     pub snapshot_entries: u64,
     /// Entries kept below a snapshot for followers slightly behind (the rest is compacted).
     pub catch_up_entries: u64,
@@ -113,6 +132,7 @@ impl ServerConfig {
             client_listen,
             members,
             join: false,
+            extra_peers: BTreeMap::new(),
             tick: Duration::from_millis(100),
             election_tick: 10,
             heartbeat_tick: 1,
@@ -177,17 +197,26 @@ struct RaftView {
     commit: u64,
     conf_state: ConfState,
     last_snapshot: u64,
+    /// A membership change removed this node.
+    removed: bool,
 }
 
 /// Where a read learns the index it may be served at (or the error reply).
 type ReadWaiter = SyncSender<Result<u64, Reply>>;
 
-/// Reads waiting for a ReadIndex: the batch whose request is out, and those that arrived
-/// after it was sent (they need the next one).
+/// Reads whose ReadIndex request is out, by request number.
+struct ReadBatch {
+    seq: u64,
+    sent: Instant,
+    waiters: Vec<ReadWaiter>,
+}
+
+/// Reads waiting for a ReadIndex: batches whose request is out (oldest first), and reads that
+/// arrived after the newest was sent (they need a later one).
 #[derive(Default)]
 struct ReadQueue {
-    next_ctx: u64,
-    inflight: Option<(u64, Instant, Vec<ReadWaiter>)>,
+    next_seq: u64,
+    inflight: Vec<ReadBatch>,
     queued: Vec<ReadWaiter>,
 }
 
@@ -214,11 +243,20 @@ struct Shared {
     store: Mutex<Store>,
     applied: Condvar,
     view: Mutex<RaftView>,
+    /// Requests (writes and membership changes) proposed here, by tag sequence number.
     waiters: Mutex<HashMap<u64, SyncSender<Reply>>>,
     next_seq: AtomicU64,
     reads: Mutex<ReadQueue>,
     uncommitted_bytes: AtomicU64,
     clients: AtomicUsize,
+    /// A clone of each client connection, to shut at stop.
+    client_streams: Mutex<HashMap<u64, TcpStream>>,
+    next_client: AtomicU64,
+    /// The peer addresses the transport was given.
+    peer_book: Mutex<BTreeMap<u64, String>>,
+    /// Peers removed from the configuration, dropped from the transport a while later (so a
+    /// removed leader's hand-over still reaches its successor).
+    pending_removals: Mutex<Vec<(u64, Instant)>>,
     metrics: Metrics,
     /// Set when the server must stop (asked to, or the apply loop failed).
     stop: AtomicBool,
@@ -232,7 +270,11 @@ pub struct Server {
     shared: Arc<Shared>,
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
-    threads: Vec<JoinHandle<()>>,
+    /// Tick, inbox and apply threads.
+    node_threads: Vec<JoinHandle<()>>,
+    /// The client acceptor (it joins the client threads).
+    accept_thread: Option<JoinHandle<()>>,
+    stopped: bool,
 }
 
 impl std::fmt::Debug for Server {
@@ -243,8 +285,13 @@ impl std::fmt::Debug for Server {
 
 const CLUSTER_ID_FILE: &str = "cluster-id";
 
-/// Checks the data directory's cluster id, or writes it (durably) at the first start.
-fn check_cluster_id(config: &ServerConfig) -> Result<(), ServerError> {
+fn sync_dir(dir: &Path) -> Result<(), ServerError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(format!("syncing {}", dir.display())))
+}
+
+/// Checks the data directory's cluster id, or writes it (durably) at the first start. A data
+/// directory holding Raft data but no cluster id is refused rather than adopted.
+fn check_cluster_id(config: &ServerConfig, had_raft_data: bool) -> Result<(), ServerError> {
     let path = config.data_dir.join(CLUSTER_ID_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -256,6 +303,10 @@ fn check_cluster_id(config: &ServerConfig) -> Result<(), ServerError> {
             }
             Ok(())
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && had_raft_data => Err(ServerError::Config(format!(
+            "{} holds Raft data but no {CLUSTER_ID_FILE} file: not a keel server data directory, or damaged",
+            config.data_dir.display()
+        ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let tmp = config.data_dir.join(format!("{CLUSTER_ID_FILE}.tmp"));
             let mut f = std::fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
@@ -263,13 +314,19 @@ fn check_cluster_id(config: &ServerConfig) -> Result<(), ServerError> {
                 .and_then(|()| f.sync_all())
                 .map_err(io_err(format!("writing {}", tmp.display())))?;
             std::fs::rename(&tmp, &path).map_err(io_err(format!("renaming {}", tmp.display())))?;
-            std::fs::File::open(&config.data_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(format!("syncing {}", config.data_dir.display())))?;
-            Ok(())
+            sync_dir(&config.data_dir)
         }
         Err(e) => Err(io_err(format!("reading {}", path.display()))(e)),
     }
+}
+
+/// The store a snapshot holds, checked against the snapshot's index.
+fn restore_store(data: &[u8], index: u64) -> Result<Store, String> {
+    let store = Store::restore(data).map_err(|e| e.to_string())?;
+    if store.applied() != index {
+        return Err(format!("its data says applied index {}, its metadata {index}", store.applied()));
+    }
+    Ok(store)
 }
 
 impl Server {
@@ -291,9 +348,23 @@ impl Server {
                 config.members.keys().collect::<Vec<_>>()
             )));
         }
+        if config.limits.max_request_bytes > REQUEST_BYTES_LIMIT {
+            return Err(ServerError::Config(format!(
+                "max_request_bytes {} is above {REQUEST_BYTES_LIMIT} (a request travels as one entry in one peer frame)",
+                config.limits.max_request_bytes
+            )));
+        }
+        let fresh_dir = !config.data_dir.exists();
         std::fs::create_dir_all(&config.data_dir).map_err(io_err(format!("creating {}", config.data_dir.display())))?;
-        check_cluster_id(&config)?;
-        let (mut storage, report) = DiskStorage::open(config.data_dir.join("raft"), StorageOptions::default())?;
+        if fresh_dir && let Some(parent) = config.data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+        let raft_dir = config.data_dir.join("raft");
+        let had_raft_data = raft_dir.exists();
+        // Opening takes the directory lock: from here on no other process works in it.
+        let (mut storage, report) = DiskStorage::open(&raft_dir, StorageOptions::default())?;
+        sync_dir(&config.data_dir)?;
+        check_cluster_id(&config, had_raft_data)?;
         log::info!("node {}: opened {} ({})", config.id, config.data_dir.display(), report.log.to_string().trim_end());
         let state = keel::storage::Storage::initial_state(&storage)?;
         let last_index = keel::storage::Storage::last_index(&storage)?;
@@ -302,8 +373,8 @@ impl Server {
         let mut store = match keel::storage::Storage::snapshot(&storage, 0) {
             Ok(snap) => {
                 let data = snap.read_to_vec()?;
-                Store::restore(&data)
-                    .map_err(|e| ServerError::BadSnapshot { dir: config.data_dir.clone(), why: e.to_string() })?
+                restore_store(&data, snap.metadata.index)
+                    .map_err(|why| ServerError::BadSnapshot { dir: config.data_dir.clone(), why })?
             }
             Err(keel::Error::SnapshotTemporarilyUnavailable) => Store::default(),
             Err(e) => return Err(e.into()),
@@ -337,20 +408,18 @@ impl Server {
             .map_err(io_err(format!("listening for clients on {}", config.client_listen)))?;
         let peer_addr = peer_listener.local_addr().map_err(io_err("peer address"))?;
         let client_addr = client_listener.local_addr().map_err(io_err("client address"))?;
-        let mut peers = BTreeMap::new();
-        for (&id, m) in store.members() {
-            if id != config.id
-                && let Some(addr) = resolve(&m.peer_addr)
-            {
-                peers.insert(id, addr);
-            }
-        }
+        client_listener.set_nonblocking(true).map_err(io_err("client listener"))?;
         let (inbox_tx, inbox) = sync_channel(4096);
-        let transport =
-            TcpTransport::start(TcpConfig::new(config.id, config.cluster_id, peers), peer_listener, inbox_tx, stager)
-                .map_err(io_err("starting the transport"))?;
+        let transport = TcpTransport::start(
+            TcpConfig::new(config.id, config.cluster_id, BTreeMap::new()),
+            peer_listener,
+            inbox_tx,
+            stager,
+        )
+        .map_err(io_err("starting the transport"))?;
         let node = Node::start(&raft, storage)?;
         let conf_state = node.status().map(|st| st.conf_state).unwrap_or(state.conf_state);
+        let book = store.members().clone();
         let shared = Arc::new(Shared {
             boot: boot_id(),
             node,
@@ -368,28 +437,42 @@ impl Server {
             reads: Mutex::new(ReadQueue::default()),
             uncommitted_bytes: AtomicU64::new(0),
             clients: AtomicUsize::new(0),
+            client_streams: Mutex::new(HashMap::new()),
+            next_client: AtomicU64::new(0),
+            peer_book: Mutex::new(BTreeMap::new()),
+            pending_removals: Mutex::new(Vec::new()),
             metrics: Metrics::default(),
             stop: AtomicBool::new(false),
             failed: Mutex::new(None),
             started: Instant::now(),
             config,
         });
-        let mut threads = Vec::new();
+        sync_peers(&shared, &book);
         let id = shared.config.id;
+        let mut server =
+            Server { shared, client_addr, peer_addr, node_threads: Vec::new(), accept_thread: None, stopped: false };
+        // From here a failure drops `server`, which stops what was started.
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new().name(format!("keel-{name}-{id}")).spawn(f).map_err(io_err("spawning a thread"))
         };
-        let s = shared.clone();
-        threads.push(spawn("tick", Box::new(move || tick_loop(&s)))?);
-        let s = shared.clone();
-        threads.push(spawn("inbox", Box::new(move || inbox_loop(&s, inbox)))?);
-        let s = shared.clone();
-        threads.push(spawn("apply", Box::new(move || apply_loop(&s)))?);
-        let s = shared.clone();
-        client_listener.set_nonblocking(true).map_err(io_err("client listener"))?;
-        threads.push(spawn("clients", Box::new(move || accept_loop(&s, client_listener)))?);
+        let s = server.shared.clone();
+        server.node_threads.push(spawn("tick", Box::new(move || tick_loop(&s)))?);
+        let s = server.shared.clone();
+        server.node_threads.push(spawn("inbox", Box::new(move || inbox_loop(&s, inbox)))?);
+        let s = server.shared.clone();
+        server.node_threads.push(spawn(
+            "apply",
+            Box::new(move || {
+                // A panic must not leave a server that accepts clients and never answers.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply_loop(&s))).is_err() {
+                    fail(&s, "the apply loop panicked".into());
+                }
+            }),
+        )?);
+        let s = server.shared.clone();
+        server.accept_thread = Some(spawn("clients", Box::new(move || accept_loop(&s, client_listener)))?);
         log::info!("node {id}: serving clients on {client_addr}, peers on {peer_addr}");
-        Ok(Server { shared, client_addr, peer_addr, threads })
+        Ok(server)
     }
 
     /// Where clients connect.
@@ -418,39 +501,55 @@ impl Server {
     }
 
     fn shut_down(&mut self) -> Result<(), String> {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.applied.notify_all();
-        // Requests waiting on the apply loop are answered now rather than at their timeout.
-        self.shared.waiters.lock().clear();
-        {
-            let mut reads = self.shared.reads.lock();
-            reads.inflight = None;
-            reads.queued.clear();
+        if self.stopped {
+            return Ok(());
         }
-        for t in self.threads.drain(..) {
+        self.stopped = true;
+        let s = &self.shared;
+        s.stop.store(true, Ordering::SeqCst);
+        wake_readers(s);
+        for t in self.node_threads.drain(..) {
             let _ = t.join();
         }
-        let result = match self.shared.node.stop() {
+        // No more messages in or out; a snapshot being received is dropped.
+        s.transport.shut_down();
+        // Open proposals resolve as stopped; later calls fail at once.
+        let storage = s.node.stop();
+        // What still waits is answered now, not at its timeout.
+        s.waiters.lock().clear();
+        {
+            let mut reads = s.reads.lock();
+            reads.inflight.clear();
+            reads.queued.clear();
+        }
+        wake_readers(s);
+        for stream in s.client_streams.lock().values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        if let Some(t) = self.accept_thread.take() {
+            let _ = t.join();
+        }
+        let result = match storage {
             Ok(storage) => storage.close().map_err(|e| format!("closing the storage: {e}")),
             Err(NodeError::Stopped) => Ok(()),
             Err(e) => Err(e.to_string()),
         };
-        log::info!("node {}: stopped", self.shared.config.id);
+        log::info!("node {}: stopped", s.config.id);
         result
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
-            let _ = self.shut_down();
-        }
+        let _ = self.shut_down();
     }
 }
 
-fn resolve(addr: &str) -> Option<SocketAddr> {
-    use std::net::ToSocketAddrs;
-    addr.to_socket_addrs().ok()?.next()
+/// Wakes every read waiting for the store to apply an index (with the lock held, so none
+/// misses it between its check and its wait).
+fn wake_readers(s: &Shared) {
+    let _store = s.store.lock();
+    s.applied.notify_all();
 }
 
 /// Different at each start of a process (time and process id), so tags of an earlier
@@ -462,26 +561,37 @@ fn boot_id() -> u64 {
 
 fn tick_loop(s: &Shared) {
     let mut next = Instant::now();
+    let election = s.config.tick * s.config.election_tick as u32;
     while !s.stop.load(Ordering::SeqCst) {
         next += s.config.tick;
         if s.node.tick().is_err() {
             return;
         }
-        // A read whose ReadIndex got no answer (a message lost, a leader gone) is asked again.
-        let retry_after = s.config.tick * s.config.election_tick as u32;
-        let stale = {
-            let reads = s.reads.lock();
-            reads.inflight.as_ref().is_some_and(|(_, sent, _)| sent.elapsed() > retry_after)
-        };
-        if stale {
+        // Reads whose ReadIndex got no answer (a message lost, a leader gone) are asked again;
+        // batches older than a request's timeout have no one waiting any more.
+        let retry = {
             let mut reads = s.reads.lock();
-            if let Some((_, _, waiting)) = reads.inflight.take() {
-                let queued = std::mem::take(&mut reads.queued);
-                reads.queued = waiting;
-                reads.queued.extend(queued);
+            let timeout = s.config.limits.request_timeout;
+            reads.inflight.retain(|b| b.sent.elapsed() <= timeout);
+            match reads.inflight.last() {
+                Some(newest) => newest.sent.elapsed() > election,
+                None => !reads.queued.is_empty(),
             }
-            drop(reads);
-            start_read_batch(s);
+        };
+        if retry {
+            start_read_batch(s, true);
+        }
+        // Removed peers leave the transport two election timeouts after their removal.
+        let due: Vec<u64> = {
+            let mut pending = s.pending_removals.lock();
+            let due = pending.iter().filter(|(_, at)| at.elapsed() > 2 * election).map(|(id, _)| *id).collect();
+            pending.retain(|(_, at)| at.elapsed() <= 2 * election);
+            due
+        };
+        for id in due {
+            if !s.peer_book.lock().contains_key(&id) {
+                s.transport.remove_peer(id);
+            }
         }
         let now = Instant::now();
         if next > now {
@@ -501,8 +611,8 @@ fn inbox_loop(s: &Shared, inbox: Receiver<keel::raft::Message>) {
                     return;
                 }
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
@@ -511,7 +621,7 @@ fn fail(s: &Shared, why: String) {
     log::error!("node {}: {why}; stopping", s.config.id);
     *s.failed.lock() = Some(why);
     s.stop.store(true, Ordering::SeqCst);
-    s.applied.notify_all();
+    wake_readers(s);
 }
 
 fn apply_loop(s: &Shared) {
@@ -543,6 +653,17 @@ fn report_transport(s: &Shared) {
     }
 }
 
+/// Answers the request proposed here under `tag`, if it was.
+fn answer(s: &Shared, tag: Option<Tag>, reply: Reply) {
+    if let Some(tag) = tag
+        && tag.node == s.config.id
+        && tag.boot == s.boot
+        && let Some(waiter) = s.waiters.lock().remove(&tag.seq)
+    {
+        let _ = waiter.send(reply);
+    }
+}
+
 fn handle_ready(s: &Shared, rd: Ready) -> Result<(), String> {
     let m = &s.metrics;
     m.readies.fetch_add(1, Ordering::Relaxed);
@@ -564,37 +685,32 @@ fn handle_ready(s: &Shared, rd: Ready) -> Result<(), String> {
         }
     }
     if let Some(snap) = &rd.snapshot {
-        let data = snap.read_to_vec().map_err(|e| format!("reading the snapshot at {}: {e}", snap.metadata.index))?;
-        let restored = Store::restore(&data)
-            .map_err(|e| format!("the snapshot at {} holds no store: {e}", snap.metadata.index))?;
+        let index = snap.metadata.index;
+        let data = snap.read_to_vec().map_err(|e| format!("reading the snapshot at {index}: {e}"))?;
+        let restored =
+            restore_store(&data, index).map_err(|e| format!("the snapshot at {index} holds no store: {e}"))?;
         sync_peers(s, restored.members());
         *s.store.lock() = restored;
-        let mut view = s.view.lock();
-        view.conf_state = snap.metadata.conf_state.clone();
-        view.last_snapshot = snap.metadata.index;
+        {
+            let mut view = s.view.lock();
+            view.conf_state = snap.metadata.conf_state.clone();
+            view.last_snapshot = index;
+        }
+        wake_readers(s);
         m.snapshots_installed.fetch_add(1, Ordering::Relaxed);
-        log::info!("node {}: installed the snapshot at {}", s.config.id, snap.metadata.index);
+        log::info!("node {}: installed the snapshot at {index}", s.config.id);
     }
     for e in &rd.committed_entries {
+        if e.index <= s.store.lock().applied() {
+            continue; // applied already (a snapshot covered it)
+        }
         match e.entry_type {
             EntryType::Normal if e.data.is_empty() => s.store.lock().skip(e.index),
             EntryType::Normal => match Request::decode(&e.data) {
                 Ok(req) => {
-                    let reply = {
-                        let mut store = s.store.lock();
-                        if e.index <= store.applied() {
-                            continue;
-                        }
-                        store.apply(e.index, &req.write)
-                    };
+                    let reply = s.store.lock().apply(e.index, &req.write);
                     m.entries_applied.fetch_add(1, Ordering::Relaxed);
-                    if let Some(tag) = req.tag
-                        && tag.node == s.config.id
-                        && tag.boot == s.boot
-                        && let Some(waiter) = s.waiters.lock().remove(&tag.seq)
-                    {
-                        let _ = waiter.send(reply);
-                    }
+                    answer(s, req.tag, reply);
                 }
                 Err(err) => {
                     // Every node skips the same entry the same way.
@@ -611,29 +727,11 @@ fn handle_ready(s: &Shared, rd: Ready) -> Result<(), String> {
         }
     }
     if !rd.committed_entries.is_empty() {
-        s.applied.notify_all();
+        wake_readers(s);
     }
-    let applied = s.store.lock().applied();
     for rs in &rd.read_states {
-        let ctx = rs.request_ctx.as_slice().try_into().map(u64::from_le_bytes).unwrap_or(0);
-        let done = {
-            let mut reads = s.reads.lock();
-            match reads.inflight.take() {
-                Some((c, _, waiting)) if c == ctx => Some(waiting),
-                other => {
-                    reads.inflight = other;
-                    None
-                }
-            }
-        };
-        if let Some(waiting) = done {
-            for w in waiting {
-                let _ = w.send(Ok(rs.index));
-            }
-            start_read_batch(s);
-        }
+        read_answered(s, &rs.request_ctx, rs.index);
     }
-    let _ = applied;
     s.node.advance(rd).map_err(|e| format!("advance: {e}"))
 }
 
@@ -646,21 +744,26 @@ fn apply_conf_change(s: &Shared, index: u64, data: &[u8]) -> Result<(), String> 
             return Ok(());
         }
     };
+    // A context this node cannot read still leaves the change itself applied.
+    let context = ChangeContext::decode(&cc.context).unwrap_or_else(|e| {
+        log::warn!("node {}: membership change at {index}: context unreadable ({e})", s.config.id);
+        ChangeContext::default()
+    });
     let cs = match s.node.apply_conf_change(&cc) {
         Ok(cs) => cs,
         Err(NodeError::Raft(e)) => {
             log::error!("node {}: membership change at {index} not applied: {e}", s.config.id);
             s.store.lock().skip(index);
+            answer(s, context.tag, Reply::Error(format!("ERR the change was committed but not applied: {e}")));
             return Ok(());
         }
         Err(e) => return Err(format!("applying the membership change at {index}: {e}")),
     };
-    let member = Member::decode(&cc.context).ok();
     let mut store = s.store.lock();
     for change in &cc.changes {
         match change.change_type {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                if let Some(m) = &member {
+                if let Some(m) = &context.member {
                     store.set_member(index, change.node_id, m.clone());
                 }
             }
@@ -671,38 +774,58 @@ fn apply_conf_change(s: &Shared, index: u64, data: &[u8]) -> Result<(), String> 
     let members = store.members().clone();
     drop(store);
     sync_peers(s, &members);
-    s.view.lock().conf_state = cs;
+    let removed = !cs.voters.contains(&s.config.id)
+        && !cs.learners.contains(&s.config.id)
+        && !cs.voters_outgoing.contains(&s.config.id)
+        && cc.changes.iter().any(|c| c.node_id == s.config.id && c.change_type == ConfChangeType::RemoveNode);
+    {
+        let mut view = s.view.lock();
+        view.conf_state = cs;
+        view.removed |= removed;
+    }
+    answer(s, context.tag, Reply::Simple("OK".into()));
     log::info!("node {}: membership change at {index} applied: {:?}", s.config.id, cc.changes);
     Ok(())
 }
 
-/// Makes the transport's peers the address book's members (other than this node).
+/// Makes the transport's peers the address book's members (other than this node) and the
+/// extra addresses configured, touching only what changed: a member removed leaves the
+/// transport later (`pending_removals`), so its last messages (a hand-over) still arrive.
 fn sync_peers(s: &Shared, members: &BTreeMap<u64, Member>) {
-    let current = s.transport.peers();
-    for (&id, m) in members {
-        if id != s.config.id
-            && let Err(e) = Transport::add_peer(&s.transport, id, &m.peer_addr)
-        {
-            log::warn!("node {}: member {id}'s peer address: {e}", s.config.id);
+    let mut target: BTreeMap<u64, &str> = members.iter().map(|(&id, m)| (id, m.peer_addr.as_str())).collect();
+    for (&id, m) in &s.config.extra_peers {
+        target.entry(id).or_insert(m.peer_addr.as_str());
+    }
+    target.remove(&s.config.id);
+    let mut given = s.peer_book.lock();
+    for (&id, &addr) in &target {
+        if given.get(&id).map(String::as_str) != Some(addr) {
+            if let Err(e) = Transport::add_peer(&s.transport, id, addr) {
+                log::warn!("node {}: member {id}'s peer address: {e}", s.config.id);
+            }
+            given.insert(id, addr.to_string());
         }
     }
-    for id in current.keys() {
-        if !members.contains_key(id) {
-            s.transport.remove_peer(*id);
-        }
+    let gone: Vec<u64> = given.keys().filter(|id| !target.contains_key(id)).copied().collect();
+    for id in gone {
+        given.remove(&id);
+        s.pending_removals.lock().push((id, Instant::now()));
     }
 }
 
-/// Snapshots the store once enough entries were applied since the last snapshot, and compacts
-/// the log below it (keeping `catch_up_entries`).
+/// Snapshots the store once enough entries were applied since the last snapshot (never when
+/// `snapshot_entries` is 0), and compacts the log below it (keeping `catch_up_entries`).
 fn maybe_snapshot(s: &Shared) -> Result<(), String> {
+    if s.config.snapshot_entries == 0 {
+        return Ok(());
+    }
     let (last, conf_state) = {
         let v = s.view.lock();
         (v.last_snapshot, v.conf_state.clone())
     };
     let (index, data) = {
         let store = s.store.lock();
-        if store.applied() < last + s.config.snapshot_entries {
+        if store.applied() < last.saturating_add(s.config.snapshot_entries) {
             return Ok(());
         }
         (store.applied(), store.snapshot())
@@ -722,31 +845,68 @@ fn maybe_snapshot(s: &Shared) -> Result<(), String> {
     Ok(())
 }
 
-/// Sends a ReadIndex for the queued reads, unless one is in flight.
-fn start_read_batch(s: &Shared) {
-    let ctx = {
+/// A ReadIndex request's context: this node, this incarnation, the batch number. Unique across
+/// nodes and restarts, so an answer meant for another node or an earlier process never serves
+/// a read here.
+fn read_context(s: &Shared, seq: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(24);
+    for n in [s.config.id, s.boot, seq] {
+        ctx.extend_from_slice(&n.to_le_bytes());
+    }
+    ctx
+}
+
+/// A ReadIndex answer: serves its batch and every batch sent before it.
+fn read_answered(s: &Shared, ctx: &[u8], index: u64) {
+    if ctx.len() != 24 {
+        return;
+    }
+    let field = |i: usize| u64::from_le_bytes(ctx[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    if field(0) != s.config.id || field(1) != s.boot {
+        return;
+    }
+    let seq = field(2);
+    let served: Vec<ReadWaiter> = {
         let mut reads = s.reads.lock();
-        if reads.inflight.is_some() || reads.queued.is_empty() {
+        let (done, rest): (Vec<ReadBatch>, Vec<ReadBatch>) =
+            std::mem::take(&mut reads.inflight).into_iter().partition(|b| b.seq <= seq);
+        reads.inflight = rest;
+        done.into_iter().flat_map(|b| b.waiters).collect()
+    };
+    for w in served {
+        let _ = w.send(Ok(index));
+    }
+    start_read_batch(s, false);
+}
+
+/// Sends a ReadIndex for the queued reads: when none is in flight, or (`again`) when the newest
+/// has gone unanswered too long.
+fn start_read_batch(s: &Shared, again: bool) {
+    let seq = {
+        let mut reads = s.reads.lock();
+        if s.stop.load(Ordering::SeqCst) || (!again && (!reads.inflight.is_empty() || reads.queued.is_empty())) {
             return;
         }
-        reads.next_ctx += 1;
-        let ctx = reads.next_ctx;
-        let waiting = std::mem::take(&mut reads.queued);
-        reads.inflight = Some((ctx, Instant::now(), waiting));
-        ctx
+        if reads.inflight.is_empty() && reads.queued.is_empty() {
+            return;
+        }
+        reads.next_seq += 1;
+        let seq = reads.next_seq;
+        let waiters = std::mem::take(&mut reads.queued);
+        reads.inflight.push(ReadBatch { seq, sent: Instant::now(), waiters });
+        seq
     };
     s.metrics.read_index_rounds.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = s.node.read_index(ctx.to_le_bytes().to_vec()) {
+    if let Err(e) = s.node.read_index(read_context(s, seq)) {
+        // This batch fails, and so do reads queued meanwhile (nothing would send theirs).
         let reply = raft_error_reply(&e);
-        let failed = {
+        let failed: Vec<ReadWaiter> = {
             let mut reads = s.reads.lock();
-            match reads.inflight.take() {
-                Some((c, _, waiting)) if c == ctx => waiting,
-                other => {
-                    reads.inflight = other;
-                    Vec::new()
-                }
+            let mut failed = std::mem::take(&mut reads.queued);
+            if let Some(at) = reads.inflight.iter().position(|b| b.seq == seq) {
+                failed.extend(reads.inflight.remove(at).waiters);
             }
+            failed
         };
         for w in failed {
             let _ = w.send(Err(reply.clone()));
@@ -765,6 +925,7 @@ fn raft_error_reply(e: &NodeError) -> Reply {
         NodeError::Raft(RaftError::Propose(p @ ProposeError::UncommittedSizeExceeded { .. })) => {
             Reply::Error(format!("TRYAGAIN {p}"))
         }
+        NodeError::Stopped => Reply::Error("ERR the server is stopping".into()),
         other => Reply::Error(format!("ERR {other}")),
     }
 }
@@ -778,9 +939,15 @@ fn accept_loop(s: &Arc<Shared>, listener: TcpListener) {
                 if s.clients.load(Ordering::SeqCst) >= s.config.limits.max_clients {
                     s.metrics.rejected_clients.fetch_add(1, Ordering::Relaxed);
                     let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
                     let _ = stream.write_all(b"-ERR max number of clients reached\r\n");
                     continue;
                 }
+                let n = s.next_client.fetch_add(1, Ordering::Relaxed);
+                match stream.try_clone() {
+                    Ok(clone) => s.client_streams.lock().insert(n, clone),
+                    Err(_) => continue,
+                };
                 s.clients.fetch_add(1, Ordering::SeqCst);
                 let s2 = s.clone();
                 let spawned =
@@ -788,11 +955,13 @@ fn accept_loop(s: &Arc<Shared>, listener: TcpListener) {
                         if let Err(why) = serve_client(&s2, stream) {
                             log::debug!("node {}: client {from}: {why}", s2.config.id);
                         }
+                        s2.client_streams.lock().remove(&n);
                         s2.clients.fetch_sub(1, Ordering::SeqCst);
                     });
                 match spawned {
                     Ok(t) => conns.push(t),
                     Err(_) => {
+                        s.client_streams.lock().remove(&n);
                         s.clients.fetch_sub(1, Ordering::SeqCst);
                     }
                 }
@@ -806,8 +975,8 @@ fn accept_loop(s: &Arc<Shared>, listener: TcpListener) {
     }
 }
 
-/// A write proposed and not yet answered.
-struct PendingWrite {
+/// A request proposed and not yet answered.
+struct Pending {
     seq: u64,
     bytes: u64,
     proposal: Option<keel::raft::Proposal>,
@@ -816,22 +985,31 @@ struct PendingWrite {
     early: Option<Reply>,
 }
 
-fn begin_write(s: &Shared, write: crate::kv::Write) -> PendingWrite {
-    let seq = s.next_seq.fetch_add(1, Ordering::Relaxed);
-    let data = Request { tag: Some(Tag { node: s.config.id, boot: s.boot, seq }), write }.encode();
-    let bytes = data.len() as u64;
-    let (tx, rx) = sync_channel(1);
-    let mut p = PendingWrite { seq, bytes: 0, proposal: None, reply: rx, early: None };
-    let before = s.uncommitted_bytes.fetch_add(bytes, Ordering::SeqCst);
-    p.bytes = bytes;
-    if before + bytes > s.config.limits.max_uncommitted_bytes && before > 0 {
+impl Pending {
+    /// Registers a waiter for a new request; returns the tag the request must carry.
+    fn new(s: &Shared) -> (Pending, Tag) {
+        let seq = s.next_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = sync_channel(1);
+        s.waiters.lock().insert(seq, tx);
+        (
+            Pending { seq, bytes: 0, proposal: None, reply: rx, early: None },
+            Tag { node: s.config.id, boot: s.boot, seq },
+        )
+    }
+}
+
+fn begin_write(s: &Shared, write: crate::kv::Write) -> Pending {
+    let (mut p, tag) = Pending::new(s);
+    let data = Request { tag: Some(tag), write }.encode();
+    p.bytes = data.len() as u64;
+    let before = s.uncommitted_bytes.fetch_add(p.bytes, Ordering::SeqCst);
+    if before > 0 && before + p.bytes > s.config.limits.max_uncommitted_bytes {
         p.early = Some(Reply::Error(format!(
             "TRYAGAIN {before} bytes of writes are waiting on this node (limit {})",
             s.config.limits.max_uncommitted_bytes
         )));
         return p;
     }
-    s.waiters.lock().insert(seq, tx);
     match s.node.propose(data) {
         Ok(proposal) => p.proposal = Some(proposal),
         Err(e) => p.early = Some(raft_error_reply(&e)),
@@ -839,7 +1017,8 @@ fn begin_write(s: &Shared, write: crate::kv::Write) -> PendingWrite {
     p
 }
 
-fn finish_write(s: &Shared, mut p: PendingWrite, deadline: Instant) -> Reply {
+/// Waits for a request's answer: a refusal from Raft, or the reply its apply gave.
+fn finish(s: &Shared, mut p: Pending, deadline: Instant) -> Reply {
     let reply = (|| {
         if let Some(r) = p.early.take() {
             return r;
@@ -850,45 +1029,48 @@ fn finish_write(s: &Shared, mut p: PendingWrite, deadline: Instant) -> Reply {
                 Outcome::Dropped(DropReason::Refused(e)) => return raft_error_reply(&NodeError::Raft(e)),
                 Outcome::Dropped(DropReason::Superseded { index }) => {
                     return Reply::Error(format!(
-                        "TRYAGAIN the leader changed and entry {index} was replaced; the write was not applied"
+                        "TRYAGAIN the leader changed and entry {index} was replaced; the request was not applied"
                     ));
                 }
-                Outcome::Dropped(DropReason::Stopped) => return Reply::Error("ERR the server is stopping".into()),
+                Outcome::Dropped(DropReason::Stopped) => {
+                    return Reply::Error("ERR the server is stopping; the request was not applied".into());
+                }
+                Outcome::Unknown(UnknownReason::Stopped) => {
+                    return Reply::Error("ERR the server is stopping: the request may or may not be applied".into());
+                }
                 Outcome::Committed { .. } | Outcome::Forwarded { .. } | Outcome::Unknown(_) => {}
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         match p.reply.recv_timeout(left) {
             Ok(r) => r,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Reply::Error(format!(
-                "ERR timed out after {:?}: the write may or may not be applied",
+            Err(RecvTimeoutError::Timeout) => Reply::Error(format!(
+                "ERR timed out after {:?}: the request may or may not be applied",
                 s.config.limits.request_timeout
             )),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                Reply::Error("ERR the server is stopping: the write may or may not be applied".into())
+            Err(RecvTimeoutError::Disconnected) => {
+                Reply::Error("ERR the server is stopping: the request may or may not be applied".into())
             }
         }
     })();
     s.waiters.lock().remove(&p.seq);
     s.uncommitted_bytes.fetch_sub(p.bytes, Ordering::SeqCst);
-    s.metrics.writes.fetch_add(1, Ordering::Relaxed);
     reply
 }
 
-/// Waits until the store may answer a linearizable read: a ReadIndex confirmed and applied.
+/// Waits until the store may answer a linearizable read: a ReadIndex sent after this call
+/// began has been answered, and the store has applied its index.
 fn await_read(s: &Shared, deadline: Instant) -> Result<(), Reply> {
     let (tx, rx) = sync_channel(1);
     s.reads.lock().queued.push(tx);
-    start_read_batch(s);
+    start_read_batch(s, false);
     let left = deadline.saturating_duration_since(Instant::now());
     let index = match rx.recv_timeout(left) {
         Ok(r) => r?,
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+        Err(RecvTimeoutError::Timeout) => {
             return Err(Reply::Error("TRYAGAIN the read could not be confirmed by a leader in time".into()));
         }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            return Err(Reply::Error("ERR the server is stopping".into()));
-        }
+        Err(RecvTimeoutError::Disconnected) => return Err(Reply::Error("ERR the server is stopping".into())),
     };
     let mut store = s.store.lock();
     while store.applied() < index {
@@ -906,6 +1088,8 @@ fn serve_client(s: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    // A client that stops reading its replies is dropped rather than holding a thread forever.
+    stream.set_write_timeout(Some(s.config.limits.request_timeout))?;
     let limits =
         Limits { args_max: 1 << 20, arg_bytes_max: s.config.limits.max_request_bytes, inline_bytes_max: 64 << 10 };
     let mut buf: Vec<u8> = Vec::new();
@@ -946,7 +1130,7 @@ fn serve_client(s: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
             protocol_error = Some(crate::resp::ProtocolError { offset: buf.len(), what: "request too large".into() });
         }
         let mut out = Vec::new();
-        let quit = run_commands(s, commands, &mut stale_reads, &mut out);
+        let quit = run_commands(s, commands, &mut stale_reads, &mut out, &mut stream)?;
         if let Some(e) = &protocol_error {
             Reply::Error(format!("ERR Protocol error: {e}")).encode(&mut out);
         }
@@ -957,15 +1141,39 @@ fn serve_client(s: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     }
 }
 
-/// Runs a pipeline of commands in order, appending replies to `out`; returns whether to close.
-fn run_commands(s: &Shared, commands: Vec<Result<Command, Reply>>, stale_reads: &mut bool, out: &mut Vec<u8>) -> bool {
-    let mut pending: Vec<(PendingWrite, Instant)> = Vec::new();
-    let flush = |pending: &mut Vec<(PendingWrite, Instant)>, out: &mut Vec<u8>| {
+/// The reply to a read of the store, unless it would exceed [`REPLY_BYTES_MAX`].
+fn read_reply(s: &Shared, c: &Command) -> Reply {
+    let store = s.store.lock();
+    if let Command::MGet(keys) = c {
+        let bytes: usize = keys.iter().map(|k| store.get(k).map_or(5, |v| v.len() + 16)).sum();
+        if bytes > REPLY_BYTES_MAX {
+            return Reply::Error(format!("ERR the reply would hold {bytes} bytes; the limit is {REPLY_BYTES_MAX}"));
+        }
+    }
+    c.read(&store)
+}
+
+/// Runs a pipeline of commands in order, appending replies to `out` (written to `stream`
+/// whenever it grows past [`CLIENT_OUTPUT_FLUSH_BYTES`]); returns whether to close.
+fn run_commands(
+    s: &Shared,
+    commands: Vec<Result<Command, Reply>>,
+    stale_reads: &mut bool,
+    out: &mut Vec<u8>,
+    stream: &mut TcpStream,
+) -> std::io::Result<bool> {
+    let mut pending: Vec<(Pending, Instant)> = Vec::new();
+    let flush = |pending: &mut Vec<(Pending, Instant)>, out: &mut Vec<u8>| {
         for (p, deadline) in pending.drain(..) {
-            finish_write(s, p, deadline).encode(out);
+            finish(s, p, deadline).encode(out);
+            s.metrics.writes.fetch_add(1, Ordering::Relaxed);
         }
     };
     for c in commands {
+        if out.len() > CLIENT_OUTPUT_FLUSH_BYTES {
+            stream.write_all(out)?;
+            out.clear();
+        }
         let deadline = Instant::now() + s.config.limits.request_timeout;
         let c = match c {
             Ok(c) => c,
@@ -975,9 +1183,18 @@ fn run_commands(s: &Shared, commands: Vec<Result<Command, Reply>>, stale_reads: 
                 continue;
             }
         };
-        if let Some(why) = s.failed.lock().clone() {
+        let refusal = if let Some(why) = s.failed.lock().clone() {
+            Some(format!("ERR the server failed: {why}"))
+        } else if s.stop.load(Ordering::SeqCst) {
+            Some("ERR the server is stopping".into())
+        } else if s.view.lock().removed && !matches!(c, Command::Info(_) | Command::Quit | Command::Ping(_)) {
+            Some("ERR this node was removed from the cluster".into())
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
             flush(&mut pending, out);
-            Reply::Error(format!("ERR the server failed: {why}")).encode(out);
+            Reply::Error(why).encode(out);
             continue;
         }
         if let Command::Write(w) = c {
@@ -992,28 +1209,22 @@ fn run_commands(s: &Shared, commands: Vec<Result<Command, Reply>>, stale_reads: 
             }
             Command::Quit => {
                 Reply::Simple("OK".into()).encode(out);
-                return true;
+                return Ok(true);
             }
             Command::Info(section) => Reply::Bulk(Some(info(s, section.as_deref()).into_bytes())),
             Command::Members => members_reply(s),
             Command::AddMember { id, peer_addr, client_addr, learner } => {
                 let kind = if learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
-                let mut cc = ConfChange::simple(kind, id);
-                cc.context = Member { peer_addr, client_addr }.encode();
-                change_membership(s, &cc, deadline, move |cs| {
-                    if learner { cs.learners.contains(&id) } else { cs.voters.contains(&id) }
-                })
+                change_membership(s, ConfChange::simple(kind, id), Some(Member { peer_addr, client_addr }), deadline)
             }
             Command::RemoveMember(id) => {
-                change_membership(s, &ConfChange::simple(ConfChangeType::RemoveNode, id), deadline, move |cs| {
-                    !cs.voters.contains(&id) && !cs.learners.contains(&id) && !cs.voters_outgoing.contains(&id)
-                })
+                change_membership(s, ConfChange::simple(ConfChangeType::RemoveNode, id), None, deadline)
             }
             Command::Transfer(to) => transfer(s, to, deadline),
             c if c.reads_store() => {
                 s.metrics.reads.fetch_add(1, Ordering::Relaxed);
                 match if *stale_reads { Ok(()) } else { await_read(s, deadline) } {
-                    Ok(()) => c.read(&s.store.lock()),
+                    Ok(()) => read_reply(s, &c),
                     Err(reply) => reply,
                 }
             }
@@ -1022,35 +1233,25 @@ fn run_commands(s: &Shared, commands: Vec<Result<Command, Reply>>, stale_reads: 
         reply.encode(out);
     }
     flush(&mut pending, out);
-    false
+    Ok(false)
 }
 
-fn change_membership(s: &Shared, cc: &ConfChange, deadline: Instant, done: impl Fn(&ConfState) -> bool) -> Reply {
-    let mut proposal = match s.node.propose_conf_change(cc) {
-        Ok(p) => p,
-        Err(e) => return raft_error_reply(&e),
-    };
-    match proposal.wait_timeout(deadline.saturating_duration_since(Instant::now())) {
-        Some(Outcome::Dropped(DropReason::Refused(e))) => return raft_error_reply(&NodeError::Raft(e)),
-        Some(Outcome::Dropped(reason)) => return Reply::Error(format!("ERR the change was dropped: {reason:?}")),
-        _ => {}
+/// Proposes a membership change tagged like a write, answered when it is applied here.
+fn change_membership(s: &Shared, mut cc: ConfChange, member: Option<Member>, deadline: Instant) -> Reply {
+    let (mut p, tag) = Pending::new(s);
+    cc.context = ChangeContext { tag: Some(tag), member }.encode();
+    match s.node.propose_conf_change(&cc) {
+        Ok(proposal) => p.proposal = Some(proposal),
+        Err(e) => p.early = Some(raft_error_reply(&e)),
     }
-    // Applied here (and, with joint consensus, the joint configuration left) once the
-    // configuration says so.
-    while Instant::now() < deadline {
-        if done(&s.view.lock().conf_state) && s.view.lock().conf_state.voters_outgoing.is_empty() {
-            return Reply::Simple("OK".into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Reply::Error("ERR timed out: the membership change may or may not be applied".into())
+    finish(s, p, deadline)
 }
 
 fn transfer(s: &Shared, to: u64, deadline: Instant) -> Reply {
     if let Err(e) = s.node.transfer_leadership(to) {
         return raft_error_reply(&e);
     }
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !s.stop.load(Ordering::SeqCst) {
         if s.view.lock().leader == to {
             return Reply::Simple("OK".into());
         }
@@ -1059,8 +1260,11 @@ fn transfer(s: &Shared, to: u64, deadline: Instant) -> Reply {
     Reply::Error(format!("ERR node {to} did not take over in time"))
 }
 
-fn role_name(role: Option<Role>) -> &'static str {
-    match role {
+fn role_name(view: &RaftView) -> &'static str {
+    if view.removed {
+        return "removed";
+    }
+    match view.role {
         Some(Role::Leader) => "leader",
         Some(Role::Candidate | Role::PreCandidate) => "candidate",
         _ => "follower",
@@ -1111,7 +1315,7 @@ fn info(s: &Shared, section: Option<&str>) -> String {
     }
     if want("replication") {
         text.push_str("# Replication\r\n");
-        field(&mut text, "role", role_name(view.role).into());
+        field(&mut text, "role", role_name(&view).into());
         field(&mut text, "leader_id", view.leader.to_string());
         field(&mut text, "leader_addr", book.get(&view.leader).map(|m| m.client_addr.clone()).unwrap_or_default());
         field(&mut text, "term", view.term.to_string());

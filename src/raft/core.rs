@@ -725,6 +725,9 @@ impl<S: Storage> Raft<S> {
 
     /// The application asks to hand leadership to `to` (here, or forwarded to the leader).
     pub(crate) fn transfer_leader(&mut self, to: u64) {
+        if to == 0 {
+            return; // no node; on the wire 0 would mean the sender itself
+        }
         match self.role {
             Role::Leader => self.handle_transfer_leader(to),
             _ if self.leader_id != 0 => {

@@ -26,7 +26,7 @@ pub const FRAME_PAYLOAD_BYTES_MAX: usize = 64 << 20;
 /// The peer protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 const MAGIC: &[u8; 8] = b"KEELRAFT";
-const HELLO_BYTES: usize = 8 + 2 + 8 + 8 + 8;
+pub(crate) const HELLO_BYTES: usize = 8 + 2 + 8 + 8 + 8;
 
 const _: () = assert!(crate::limits::SNAPSHOT_CHUNK_BYTES_DEFAULT + 256 <= FRAME_PAYLOAD_BYTES_MAX);
 

@@ -25,7 +25,7 @@
 //! changes). Refused connections and failed transfers are logged (the `log` crate, at `warn`).
 
 use super::Transport;
-use super::frame::{FrameKind, Hello, PROTOCOL_VERSION, decode_frame, encode_frame};
+use super::frame::{FRAME_HEADER_BYTES, FrameKind, HELLO_BYTES, Hello, PROTOCOL_VERSION, decode_frame, encode_frame};
 use crate::raft::{Decoded, Message, PendingSnapshot, SnapshotChunk, SnapshotReceiver, SnapshotSender, SnapshotStatus};
 use crate::storage::SnapshotStager;
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -98,7 +98,8 @@ pub struct TcpTransport {
     /// Snapshot transfers under way (and finished ones not yet reaped).
     transfers: Mutex<Vec<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    /// The accept thread and the writers of peers removed (they end on their own).
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -108,6 +109,10 @@ impl std::fmt::Debug for TcpTransport {
 }
 
 const POLL: Duration = Duration::from_millis(20);
+
+/// Inbound connections read at once (each a thread, each buffering at most a frame): a
+/// stranger opening connections in a loop meets this bound.
+const INBOUND_CONNECTIONS_MAX: usize = 256;
 
 /// Queued frames a writer joins into one `write` (a burst of appends and heartbeats).
 const WRITE_BATCH_BYTES: usize = 1 << 20;
@@ -150,7 +155,7 @@ impl TcpTransport {
             snapshot_reports: Arc::new(Mutex::new(Vec::new())),
             transfers: Mutex::new(Vec::new()),
             stop,
-            threads,
+            threads: Mutex::new(threads),
         })
     }
 
@@ -235,12 +240,17 @@ impl TcpTransport {
         Ok(())
     }
 
-    /// Removes peer `id`: its queue is dropped, its writer stopped, and its connections refused
-    /// from now on (one already open is closed at its next message).
+    /// Removes peer `id`: its queue is dropped, its writer told to stop, and its connections
+    /// refused from now on (one already open is closed at its next message). Never waits: the
+    /// writer may be inside a connect or a write, and ends when that does.
     pub fn remove_peer(&self, id: u64) {
         self.known.write().remove(&id);
         let Some(peer) = self.peers.write().remove(&id) else { return };
-        stop_peer(&peer);
+        if let Some(t) = stop_peer(&peer) {
+            let mut threads = self.threads.lock();
+            threads.retain(|t| !t.is_finished());
+            threads.push(t);
+        }
     }
 
     /// The peers, with their addresses.
@@ -254,19 +264,20 @@ impl TcpTransport {
     }
 
     /// Stops every thread and waits for them; queued messages are dropped.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
         self.shut_down();
     }
 
-    fn shut_down(&mut self) {
+    /// What `stop` does, through a shared reference (an application that keeps the transport
+    /// in an `Arc`): afterwards nothing is sent or received and every thread has ended.
+    pub fn shut_down(&self) {
         self.stop.store(true, Ordering::SeqCst);
         let peers: Vec<Arc<Peer>> = std::mem::take(&mut *self.peers.write()).into_values().collect();
-        for peer in &peers {
-            stop_peer(peer);
-        }
+        let writers: Vec<JoinHandle<()>> = peers.iter().filter_map(|p| stop_peer(p)).collect();
         // Transfers stop between chunks once `stop` is set.
         let transfers: Vec<JoinHandle<()>> = self.transfers.lock().drain(..).collect();
-        for t in self.threads.drain(..).chain(transfers) {
+        let threads: Vec<JoinHandle<()>> = self.threads.lock().drain(..).collect();
+        for t in threads.into_iter().chain(writers).chain(transfers) {
             let _ = t.join();
         }
     }
@@ -310,13 +321,11 @@ fn start_peer(config: &TcpConfig, id: u64, addr: SocketAddr, stop: &Arc<AtomicBo
     Ok(peer)
 }
 
-/// Stops a peer's writer and waits for it.
-fn stop_peer(peer: &Peer) {
+/// Tells a peer's writer to stop; returns its thread to join.
+fn stop_peer(peer: &Peer) -> Option<JoinHandle<()>> {
     peer.queue.lock().stopped = true;
     peer.ready.notify_all();
-    if let Some(t) = peer.writer.lock().take() {
-        let _ = t.join();
-    }
+    peer.writer.lock().take()
 }
 
 impl Drop for TcpTransport {
@@ -337,6 +346,11 @@ fn accept_loop(
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, from)) => {
+                readers.retain(|t| !t.is_finished());
+                if readers.len() >= INBOUND_CONNECTIONS_MAX {
+                    log::warn!("node {} refused a connection from {from}: {} open already", ours.from, readers.len());
+                    continue;
+                }
                 let (known, inbox, stop, stager) = (known.clone(), inbox.clone(), stop.clone(), stager.clone());
                 let spawned = std::thread::Builder::new().name(format!("keel-read-{}", ours.from)).spawn(move || {
                     if let Err(why) = read_loop(stream, ours, &known, &inbox, stager.as_ref(), &stop) {
@@ -346,7 +360,6 @@ fn accept_loop(
                 if let Ok(t) = spawned {
                     readers.push(t);
                 }
-                readers.retain(|t| !t.is_finished());
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
             Err(_) => std::thread::sleep(POLL),
@@ -403,6 +416,16 @@ impl Inbound {
         stager: &dyn SnapshotStager,
     ) -> Result<Vec<Delivered>, String> {
         self.buf.extend_from_slice(bytes);
+        // Before the handshake only a Hello may come: a stranger cannot make us buffer more.
+        if self.peer.is_none() && self.buf.len() > FRAME_HEADER_BYTES + HELLO_BYTES {
+            let (frame, _) = match decode_frame(&self.buf) {
+                Ok(Some(f)) => f,
+                _ => return Err("more bytes than a handshake before the handshake".into()),
+            };
+            if frame.kind != FrameKind::Hello {
+                return Err("a frame before the handshake".into());
+            }
+        }
         let mut out = Vec::new();
         let mut at = 0;
         while let Some((frame, used)) = decode_frame(&self.buf[at..]).map_err(|e| e.to_string())? {
@@ -522,7 +545,10 @@ fn write_loop(addr: SocketAddr, hello: Hello, peer: Arc<Peer>, stop: Arc<AtomicB
                 Err(_) => {
                     // The frame is dropped (Raft resends); wait before trying again.
                     let until = std::time::Instant::now() + backoff;
-                    while std::time::Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                    while std::time::Instant::now() < until
+                        && !stop.load(Ordering::SeqCst)
+                        && !peer.queue.lock().stopped
+                    {
                         std::thread::sleep(POLL.min(backoff));
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
