@@ -686,3 +686,34 @@ fn a_hard_state_whose_fdatasync_failed_is_not_reported_as_current() {
     assert_eq!(s.initial_state().unwrap().hard_state, HardState { term: 1, vote: 1, commit: 0 });
     assert!(matches!(s.set_hard_state(&HardState { term: 3, vote: 0, commit: 0 }), Err(Error::Failed { .. })));
 }
+
+#[test]
+fn a_snapshot_synced_on_its_writers_thread_finishes_and_a_failed_early_sync_fails_it() {
+    // Proves `SnapshotWriter::sync_data`: the data's fdatasync can run on the thread that
+    // writes (keel server keeps it off the node thread), `finish_snapshot` then completes the
+    // snapshot; a failed early sync is never retried into a snapshot that looks durable.
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, options) = faulty_options();
+    let (mut s, _) = DiskStorage::open(dir.path(), options.clone()).unwrap();
+    s.append(&ents(1, 30, 1)).unwrap();
+    let data = vec![0x5Au8; 3 << 20];
+    let mut w = s.begin_snapshot(10, &ConfState::default()).unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::io::Write::write_all(&mut w, &data).unwrap();
+            w.sync_data().unwrap();
+        });
+    });
+    s.finish_snapshot(w).unwrap();
+    assert_eq!(s.snapshot(10).unwrap().read_to_vec().unwrap(), data);
+    let mut w = s.begin_snapshot(20, &ConfState::default()).unwrap();
+    std::io::Write::write_all(&mut w, &data).unwrap();
+    faults.fail_sync.store(true, Ordering::SeqCst);
+    assert!(matches!(w.sync_data(), Err(Error::Io { op: "fdatasync", .. })));
+    faults.fail_sync.store(false, Ordering::SeqCst);
+    assert!(s.finish_snapshot(w).is_err(), "a snapshot whose sync failed was finished");
+    assert_eq!(s.snapshot(0).unwrap().metadata.index, 10);
+    drop(s);
+    let (s, _) = DiskStorage::open(dir.path(), options).unwrap();
+    assert_eq!(s.snapshot(0).unwrap().metadata.index, 10);
+}

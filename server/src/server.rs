@@ -26,7 +26,7 @@ use keel::raft::{
     ConfChange, ConfChangeType, Config, DropReason, Node, NodeError, Outcome, ProposeError, RaftError, ReadOnlyOption,
     Ready, Role, UnknownReason,
 };
-use keel::storage::{ConfState, DiskStorage, EntryType, StorageMut, StorageOptions};
+use keel::storage::{ConfState, DiskStorage, EntryType, SnapshotWriter, StorageMut, StorageOptions};
 use keel::transport::{TcpConfig, TcpTransport, Transport};
 use keel::wal::LogStats;
 use parking_lot::{Condvar, Mutex};
@@ -258,6 +258,9 @@ struct Shared {
     /// removed leader's hand-over still reaches its successor).
     pending_removals: Mutex<Vec<(u64, Instant)>>,
     metrics: Metrics,
+    /// A snapshot is being written (`maybe_snapshot`), by this thread.
+    snapshotting: AtomicBool,
+    snapshot_thread: Mutex<Option<JoinHandle<()>>>,
     /// Set when the server must stop (asked to, or the apply loop failed).
     stop: AtomicBool,
     /// Why the apply loop failed, if it did: every request gets this.
@@ -442,6 +445,8 @@ impl Server {
             peer_book: Mutex::new(BTreeMap::new()),
             pending_removals: Mutex::new(Vec::new()),
             metrics: Metrics::default(),
+            snapshotting: AtomicBool::new(false),
+            snapshot_thread: Mutex::new(None),
             stop: AtomicBool::new(false),
             failed: Mutex::new(None),
             started: Instant::now(),
@@ -509,6 +514,10 @@ impl Server {
         s.stop.store(true, Ordering::SeqCst);
         wake_readers(s);
         for t in self.node_threads.drain(..) {
+            let _ = t.join();
+        }
+        // A snapshot being written finishes (or fails quietly) while the node still runs.
+        if let Some(t) = s.snapshot_thread.lock().take() {
             let _ = t.join();
         }
         // No more messages in or out; a snapshot being received is dropped.
@@ -624,7 +633,7 @@ fn fail(s: &Shared, why: String) {
     wake_readers(s);
 }
 
-fn apply_loop(s: &Shared) {
+fn apply_loop(s: &Arc<Shared>) {
     while !s.stop.load(Ordering::SeqCst) {
         let rd = match s.node.ready_timeout(Duration::from_millis(100)) {
             Ok(Some(rd)) => rd,
@@ -815,8 +824,13 @@ fn sync_peers(s: &Shared, members: &BTreeMap<u64, Member>) {
 
 /// Snapshots the store once enough entries were applied since the last snapshot (never when
 /// `snapshot_entries` is 0), and compacts the log below it (keeping `catch_up_entries`).
-fn maybe_snapshot(s: &Shared) -> Result<(), String> {
-    if s.config.snapshot_entries == 0 {
+///
+/// The node thread only starts the snapshot file and, at the end, renames it into place and
+/// compacts: the data is written and fdatasynced on a thread of its own, so a large store
+/// does not hold up heartbeats and appends (the apply loop sends them) for the length of the
+/// write. One snapshot at a time.
+fn maybe_snapshot(s: &Arc<Shared>) -> Result<(), String> {
+    if s.config.snapshot_entries == 0 || s.snapshotting.load(Ordering::SeqCst) {
         return Ok(());
     }
     let (last, conf_state) = {
@@ -830,18 +844,55 @@ fn maybe_snapshot(s: &Shared) -> Result<(), String> {
         }
         (store.applied(), store.snapshot())
     };
+    let writer = s
+        .node
+        .with_storage(move |st: &mut DiskStorage| st.begin_snapshot(index, &conf_state))
+        .map_err(|e| format!("snapshot at {index}: {e}"))?
+        .map_err(|e| format!("snapshot at {index}: {e}"))?;
+    s.view.lock().last_snapshot = index;
+    s.snapshotting.store(true, Ordering::SeqCst);
+    let s2 = s.clone();
+    let spawned = std::thread::Builder::new().name(format!("keel-snapshot-{}", s.config.id)).spawn(move || {
+        let result = write_snapshot(&s2, writer, &data, index);
+        s2.snapshotting.store(false, Ordering::SeqCst);
+        if let Err(why) = result
+            && !s2.stop.load(Ordering::SeqCst)
+        {
+            fail(&s2, why);
+        }
+    });
+    match spawned {
+        Ok(t) => *s.snapshot_thread.lock() = Some(t),
+        Err(e) => {
+            s.snapshotting.store(false, Ordering::SeqCst);
+            return Err(format!("snapshot at {index}: spawning its thread: {e}"));
+        }
+    }
+    Ok(())
+}
+
+fn write_snapshot(s: &Shared, mut writer: SnapshotWriter, data: &[u8], index: u64) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("snapshot at {index}: {e}");
+    writer.write_all(data).map_err(|e| err(&e))?;
+    writer.sync_data().map_err(|e| err(&e))?;
     let keep = s.config.catch_up_entries;
-    let result = s
+    let finished = s
         .node
         .with_storage(move |st: &mut DiskStorage| {
-            st.create_snapshot(index, &conf_state, &mut data.as_slice())?;
-            st.compact((index + 1).saturating_sub(keep).max(1))
+            match st.finish_snapshot(writer) {
+                // A newer snapshot (from the leader) was installed meanwhile: nothing to do.
+                Err(keel::Error::SnapshotOutOfDate { .. }) => return Ok(false),
+                r => r?,
+            }
+            st.compact((index + 1).saturating_sub(keep).max(1))?;
+            Ok::<bool, keel::Error>(true)
         })
-        .map_err(|e| format!("snapshot at {index}: {e}"))?;
-    result.map_err(|e| format!("snapshot at {index}: {e}"))?;
-    s.view.lock().last_snapshot = index;
-    s.metrics.snapshots_made.fetch_add(1, Ordering::Relaxed);
-    log::info!("node {}: snapshot at {index}", s.config.id);
+        .map_err(|e| err(&e))?
+        .map_err(|e| err(&e))?;
+    if finished {
+        s.metrics.snapshots_made.fetch_add(1, Ordering::Relaxed);
+        log::info!("node {}: snapshot at {index}", s.config.id);
+    }
     Ok(())
 }
 

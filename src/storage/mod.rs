@@ -23,6 +23,7 @@ pub(crate) mod types;
 
 pub use disk::{DiskStorage, StorageOptions, StorageReport};
 pub use mem::MemStorage;
+pub use snapshot::SnapshotWriter;
 pub use types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotId, SnapshotMetadata};
 
 use crate::error::Result;

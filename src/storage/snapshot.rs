@@ -428,6 +428,28 @@ impl SnapshotWriter {
         file.write_at(&encode_header(&self.metadata, self.installed, self.written), 0).map_err(Error::at("write", &tmp))
     }
 
+    /// Writes what is buffered and fdatasyncs the data written so far, so that finishing has
+    /// only the header and trailer left to sync. For the thread that writes a large snapshot:
+    /// the long fdatasync happens there, not on the thread that owns the storage and calls
+    /// `finish_snapshot`. A failure here fails the snapshot (`finish_snapshot` reports it); it
+    /// is never retried.
+    pub fn sync_data(&mut self) -> Result<()> {
+        if let Some(cause) = &self.failed {
+            return Err(Error::Failed { cause: cause.clone() });
+        }
+        let tmp = self.tmp.clone();
+        let result = match self.flush_buf() {
+            Ok(()) => {
+                self.file.as_ref().expect("writer not finished").sync_data().map_err(Error::at("fdatasync", &tmp))
+            }
+            Err(e) => Err(Error::at("write", &tmp)(e)),
+        };
+        if let Err(e) = &result {
+            self.failed = Some(e.to_string());
+        }
+        result
+    }
+
     /// Writes the header and trailer, fdatasyncs, renames to the final name and fsyncs the
     /// directory. Returns the final path.
     pub(crate) fn finish(mut self) -> Result<PathBuf> {
