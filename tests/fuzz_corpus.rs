@@ -153,6 +153,8 @@ fn write_seed_corpus() {
             store.set_member(2, 1, member.clone());
             seeds.push(("kv_data", "snapshot".into(), store.snapshot()));
             seeds.push(("kv_data", "member".into(), member.encode()));
+            let cx = keel_server::kv::ChangeContext { tag, member: Some(member) };
+            seeds.push(("kv_data", "change-context".into(), cx.encode()));
         }
     }
     {

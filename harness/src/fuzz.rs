@@ -409,10 +409,11 @@ pub fn resp_request(data: &[u8]) {
     }
 }
 
-/// Entry data and snapshot data of `keel server`'s key-value state machine, as read back from a
-/// log or a peer: decoding never panics, and what decodes re-encodes to the same bytes.
+/// Entry data, snapshot data and membership change contexts of `keel server`'s state machine,
+/// as read back from a log or a peer: decoding never panics, and what decodes re-encodes to the
+/// same bytes.
 pub fn kv_data(data: &[u8]) {
-    use keel_server::kv::{Member, Request, Store};
+    use keel_server::kv::{ChangeContext, Member, Request, Store};
     if let Ok(r) = Request::decode(data) {
         assert_eq!(r.encode(), data, "a decoded write re-encodes to its bytes");
         let mut s = Store::default();
@@ -426,6 +427,9 @@ pub fn kv_data(data: &[u8]) {
     }
     if let Ok(m) = Member::decode(data) {
         assert_eq!(m.encode(), data, "a decoded member re-encodes to its bytes");
+    }
+    if let Ok(cx) = ChangeContext::decode(data) {
+        assert_eq!(cx.encode(), data, "a decoded membership change context re-encodes to its bytes");
     }
 }
 
