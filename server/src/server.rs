@@ -261,6 +261,8 @@ struct Shared {
     /// A snapshot is being written (`maybe_snapshot`), by this thread.
     snapshotting: AtomicBool,
     snapshot_thread: Mutex<Option<JoinHandle<()>>>,
+    /// When the last snapshot write ended, and how long it took.
+    last_snapshot_timing: Mutex<Option<(Instant, Duration)>>,
     /// Set when the server must stop (asked to, or the apply loop failed).
     stop: AtomicBool,
     /// Why the apply loop failed, if it did: every request gets this.
@@ -447,6 +449,7 @@ impl Server {
             metrics: Metrics::default(),
             snapshotting: AtomicBool::new(false),
             snapshot_thread: Mutex::new(None),
+            last_snapshot_timing: Mutex::new(None),
             stop: AtomicBool::new(false),
             failed: Mutex::new(None),
             started: Instant::now(),
@@ -570,6 +573,7 @@ fn boot_id() -> u64 {
 
 fn tick_loop(s: &Shared) {
     let mut next = Instant::now();
+    let mut ticks: u64 = 0;
     let election = s.config.tick * s.config.election_tick as u32;
     while !s.stop.load(Ordering::SeqCst) {
         next += s.config.tick;
@@ -598,9 +602,17 @@ fn tick_loop(s: &Shared) {
             due
         };
         for id in due {
-            if !s.peer_book.lock().contains_key(&id) {
+            // Under the book's lock: a re-add between the check and the removal would be lost.
+            let book = s.peer_book.lock();
+            if !book.contains_key(&id) {
                 s.transport.remove_peer(id);
             }
+        }
+        // Peers whose address failed to resolve are tried again, about once a second.
+        ticks += 1;
+        if ticks.is_multiple_of(s.config.election_tick.max(1) as u64) {
+            let members = s.store.lock().members().clone();
+            sync_peers(s, &members);
         }
         let now = Instant::now();
         if next > now {
@@ -698,11 +710,15 @@ fn handle_ready(s: &Shared, rd: Ready) -> Result<(), String> {
         let data = snap.read_to_vec().map_err(|e| format!("reading the snapshot at {index}: {e}"))?;
         let restored =
             restore_store(&data, index).map_err(|e| format!("the snapshot at {index} holds no store: {e}"))?;
-        sync_peers(s, restored.members());
+        let members = restored.members().clone();
         *s.store.lock() = restored;
+        sync_peers(s, &members);
         {
             let mut view = s.view.lock();
-            view.conf_state = snap.metadata.conf_state.clone();
+            let cs = &snap.metadata.conf_state;
+            view.removed =
+                ![&cs.voters, &cs.learners, &cs.voters_outgoing].iter().any(|ids| ids.contains(&s.config.id));
+            view.conf_state = cs.clone();
             view.last_snapshot = index;
         }
         wake_readers(s);
@@ -809,16 +825,22 @@ fn sync_peers(s: &Shared, members: &BTreeMap<u64, Member>) {
     let mut given = s.peer_book.lock();
     for (&id, &addr) in &target {
         if given.get(&id).map(String::as_str) != Some(addr) {
-            if let Err(e) = Transport::add_peer(&s.transport, id, addr) {
-                log::warn!("node {}: member {id}'s peer address: {e}", s.config.id);
+            // A failure (a name that does not resolve yet) is tried again by the tick thread.
+            match Transport::add_peer(&s.transport, id, addr) {
+                Ok(()) => {
+                    given.insert(id, addr.to_string());
+                    s.pending_removals.lock().retain(|(p, _)| *p != id);
+                }
+                Err(e) => log::warn!("node {}: member {id}'s peer address: {e}", s.config.id),
             }
-            given.insert(id, addr.to_string());
         }
     }
     let gone: Vec<u64> = given.keys().filter(|id| !target.contains_key(id)).copied().collect();
     for id in gone {
         given.remove(&id);
-        s.pending_removals.lock().push((id, Instant::now()));
+        let mut pending = s.pending_removals.lock();
+        pending.retain(|(p, _)| *p != id);
+        pending.push((id, Instant::now()));
     }
 }
 
@@ -833,6 +855,13 @@ fn maybe_snapshot(s: &Arc<Shared>) -> Result<(), String> {
     if s.config.snapshot_entries == 0 || s.snapshotting.load(Ordering::SeqCst) {
         return Ok(());
     }
+    // While a snapshot is written the storage has none to offer a follower that needs one:
+    // after each, wait at least as long as it took (and a second) before the next.
+    if let Some((ended, took)) = *s.last_snapshot_timing.lock()
+        && ended.elapsed() < took.max(Duration::from_secs(1))
+    {
+        return Ok(());
+    }
     let (last, conf_state) = {
         let v = s.view.lock();
         (v.last_snapshot, v.conf_state.clone())
@@ -844,22 +873,26 @@ fn maybe_snapshot(s: &Arc<Shared>) -> Result<(), String> {
         }
         (store.applied(), store.snapshot())
     };
-    let writer = s
-        .node
-        .with_storage(move |st: &mut DiskStorage| st.begin_snapshot(index, &conf_state))
-        .map_err(|e| format!("snapshot at {index}: {e}"))?
-        .map_err(|e| format!("snapshot at {index}: {e}"))?;
+    let writer = match s.node.with_storage(move |st: &mut DiskStorage| st.begin_snapshot(index, &conf_state)) {
+        Ok(Ok(w)) => w,
+        // The node installed a leader's newer snapshot that this loop has not seen yet.
+        Ok(Err(keel::Error::SnapshotOutOfDate { .. })) => return Ok(()),
+        Ok(Err(e)) => return Err(format!("snapshot at {index}: {e}")),
+        Err(e) => return Err(format!("snapshot at {index}: {e}")),
+    };
     s.view.lock().last_snapshot = index;
     s.snapshotting.store(true, Ordering::SeqCst);
     let s2 = s.clone();
     let spawned = std::thread::Builder::new().name(format!("keel-snapshot-{}", s.config.id)).spawn(move || {
+        let started = Instant::now();
         let result = write_snapshot(&s2, writer, &data, index);
-        s2.snapshotting.store(false, Ordering::SeqCst);
         if let Err(why) = result
             && !s2.stop.load(Ordering::SeqCst)
         {
             fail(&s2, why);
         }
+        *s2.last_snapshot_timing.lock() = Some((Instant::now(), started.elapsed()));
+        s2.snapshotting.store(false, Ordering::SeqCst);
     });
     match spawned {
         Ok(t) => *s.snapshot_thread.lock() = Some(t),
@@ -935,7 +968,16 @@ fn read_answered(s: &Shared, ctx: &[u8], index: u64) {
 fn start_read_batch(s: &Shared, again: bool) {
     let seq = {
         let mut reads = s.reads.lock();
-        if s.stop.load(Ordering::SeqCst) || (!again && (!reads.inflight.is_empty() || reads.queued.is_empty())) {
+        if s.stop.load(Ordering::SeqCst) {
+            // No ReadIndex will be answered: every read that queues meets this.
+            let stranded = std::mem::take(&mut reads.queued);
+            drop(reads);
+            for w in stranded {
+                let _ = w.send(Err(Reply::Error("ERR the server is stopping".into())));
+            }
+            return;
+        }
+        if !again && (!reads.inflight.is_empty() || reads.queued.is_empty()) {
             return;
         }
         if reads.inflight.is_empty() && reads.queued.is_empty() {

@@ -110,6 +110,9 @@ impl std::fmt::Debug for TcpTransport {
 
 const POLL: Duration = Duration::from_millis(20);
 
+/// How long an inbound connection may take to send its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Inbound connections read at once (each a thread, each buffering at most a frame): a
 /// stranger opening connections in a loop meets this bound.
 const INBOUND_CONNECTIONS_MAX: usize = 256;
@@ -406,6 +409,11 @@ impl Inbound {
         Inbound { ours, buf: Vec::new(), peer: None, receiving: None }
     }
 
+    /// The peer, once its handshake was accepted.
+    pub fn peer(&self) -> Option<u64> {
+        self.peer
+    }
+
     /// Takes the bytes just read; returns what they completed, in order, or why the connection
     /// must close (a bad frame or handshake, a frame out of place, a message claiming another
     /// sender, a damaged snapshot). Never panics, whatever the bytes.
@@ -487,7 +495,12 @@ fn read_loop(
     stream.set_read_timeout(Some(POLL)).map_err(|e| e.to_string())?;
     let mut conn = Inbound::new(ours);
     let mut chunk = vec![0u8; 64 << 10];
+    let opened = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        // A connection that says nothing does not hold one of the connection slots for long.
+        if conn.peer().is_none() && opened.elapsed() > HANDSHAKE_TIMEOUT {
+            return Err(format!("no handshake within {HANDSHAKE_TIMEOUT:?}"));
+        }
         let n = match stream.read(&mut chunk) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
