@@ -55,6 +55,10 @@ pub struct ServerArgs {
     /// Bytes of one client request.
     #[arg(long, default_value_t = 8 << 20)]
     pub max_request_bytes: usize,
+    /// Accept KEEL.FAULT BLOCK/HEAL (drop messages to and from chosen peers): for
+    /// fault-injection tests only.
+    #[arg(long)]
+    pub enable_fault_injection: bool,
     /// Bytes of writes waiting to be applied on this node before new ones are refused.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_uncommitted_bytes: u64,
@@ -99,6 +103,7 @@ pub fn server(args: ServerArgs) -> Result<(), BoxError> {
     let mut config = ServerConfig::new(args.id, args.cluster_id, args.data, peer_listen, client_listen, members);
     config.join = args.join;
     config.extra_peers = args.peers.into_iter().collect();
+    config.fault_injection = args.enable_fault_injection;
     config.snapshot_entries = args.snapshot_entries;
     config.catch_up_entries = args.catch_up_entries;
     config.tick = Duration::from_millis(args.tick_ms.max(1));

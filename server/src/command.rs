@@ -52,6 +52,9 @@ pub enum Command {
     RemoveMember(u64),
     /// KEEL.TRANSFER id: hands leadership to that voter.
     Transfer(u64),
+    /// KEEL.FAULT BLOCK id [id ...] | KEEL.FAULT HEAL: fault injection for tests (the server
+    /// must be started with it enabled): drop messages to and from those peers, or none.
+    Fault(Vec<u64>),
 }
 
 fn arity(name: &str) -> Reply {
@@ -128,6 +131,12 @@ impl Command {
             }
             ("keel.remove", 1) => Command::RemoveMember(id(&rest[0])?),
             ("keel.transfer", 1) => Command::Transfer(id(&rest[0])?),
+            ("keel.cas", 3) => Command::Write(Write::Cas { key: key(0), expected: key(1), new: key(2) }),
+            ("append", 2) => Command::Write(Write::Append { key: key(0), value: key(1) }),
+            ("keel.fault", 1) if rest[0].eq_ignore_ascii_case(b"heal") => Command::Fault(Vec::new()),
+            ("keel.fault", n) if n >= 2 && rest[0].eq_ignore_ascii_case(b"block") => {
+                Command::Fault(rest[1..].iter().map(|a| id(a)).collect::<Result<_, _>>()?)
+            }
             ("ping", 0) => Command::Ping(None),
             ("ping", 1) => Command::Ping(Some(key(0))),
             ("echo", 1) => Command::Echo(key(0)),
@@ -160,7 +169,7 @@ impl Command {
             (
                 "ping" | "echo" | "get" | "mget" | "exists" | "dbsize" | "set" | "setnx" | "del" | "incr" | "decr"
                 | "incrby" | "decrby" | "mset" | "info" | "readonly" | "readwrite" | "select" | "quit" | "config"
-                | "keel.members" | "keel.add" | "keel.remove" | "keel.transfer",
+                | "keel.members" | "keel.add" | "keel.remove" | "keel.transfer" | "keel.cas" | "append" | "keel.fault",
                 _,
             ) => return Err(arity(&name)),
             _ => {
@@ -195,7 +204,8 @@ impl Command {
             | Command::Members
             | Command::AddMember { .. }
             | Command::RemoveMember(_)
-            | Command::Transfer(_) => Reply::Error("ERR this command needs a server".into()),
+            | Command::Transfer(_)
+            | Command::Fault(_) => Reply::Error("ERR this command needs a server".into()),
         }
     }
 }

@@ -65,9 +65,27 @@ pub enum Write {
         /// Reply 1 or 0 (SETNX) instead of OK or nil.
         integer_reply: bool,
     },
+    /// KEEL.CAS key expected new: sets `key` to `new` if it holds `expected`; replies 1 or 0.
+    Cas {
+        /// The key.
+        key: Vec<u8>,
+        /// The value it must hold.
+        expected: Vec<u8>,
+        /// The value it gets.
+        new: Vec<u8>,
+    },
+    /// APPEND key value: appends to the value (an absent key is empty); replies the new length.
+    Append {
+        /// The key.
+        key: Vec<u8>,
+        /// The bytes appended.
+        value: Vec<u8>,
+    },
 }
 
 /// SET's NX and XX conditions.
+///
+/// (Kinds 6 and 7, below, are KEEL.CAS and APPEND.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presence {
     /// NX: only if the key does not exist.
@@ -325,6 +343,17 @@ impl Write {
                     | if *integer_reply { 8 } else { 0 };
                 out.push(flags);
             }
+            Write::Cas { key, expected, new } => {
+                out.push(6);
+                put_bytes(out, key);
+                put_bytes(out, expected);
+                put_bytes(out, new);
+            }
+            Write::Append { key, value } => {
+                out.push(7);
+                put_bytes(out, key);
+                put_bytes(out, value);
+            }
             Write::MSet { pairs } => {
                 out.push(4);
                 out.extend_from_slice(&(pairs.len() as u64).to_le_bytes());
@@ -366,6 +395,8 @@ impl Write {
                 }
                 Write::SetWith { key, value, only_if, get: flags & 4 != 0, integer_reply: flags & 8 != 0 }
             }
+            6 => Write::Cas { key: r.bytes("key")?, expected: r.bytes("expected value")?, new: r.bytes("new value")? },
+            7 => Write::Append { key: r.bytes("key")?, value: r.bytes("value")? },
             k => return Err(DataError { offset: kind_at, what: format!("unknown write kind {k}") }),
         })
     }
@@ -460,6 +491,19 @@ impl Store {
                 }
                 Reply::Simple("OK".into())
             }
+            Write::Cas { key, expected, new } => {
+                if self.map.get(key) == Some(expected) {
+                    self.map.insert(key.clone(), new.clone());
+                    Reply::Integer(1)
+                } else {
+                    Reply::Integer(0)
+                }
+            }
+            Write::Append { key, value } => {
+                let v = self.map.entry(key.clone()).or_default();
+                v.extend_from_slice(value);
+                Reply::Integer(v.len() as i64)
+            }
             Write::SetWith { key, value, only_if, get, integer_reply } => {
                 let old = self.map.get(key).cloned();
                 let allowed = match only_if {
@@ -553,6 +597,8 @@ mod tests {
                 integer_reply: false,
             },
             Write::SetWith { key: b"k".to_vec(), value: b"v".to_vec(), only_if: None, get: false, integer_reply: true },
+            Write::Cas { key: b"k".to_vec(), expected: b"1".to_vec(), new: b"2".to_vec() },
+            Write::Append { key: b"s".to_vec(), value: b"e1,".to_vec() },
         ];
         let tags = [None, Some(Tag { node: 3, boot: 77, seq: 9 })];
         for (w, tag) in writes.iter().flat_map(|w| tags.iter().map(move |t| (w, *t))) {
@@ -652,6 +698,12 @@ mod tests {
             integer_reply: true,
         };
         assert_eq!((t.apply(6, &setnx("n")), t.apply(7, &setnx("z"))), (Reply::Integer(0), Reply::Integer(1)));
+        let cas = |e: &str, n: &str| Write::Cas { key: b"z".to_vec(), expected: e.into(), new: n.into() };
+        assert_eq!((t.apply(8, &cas("y", "q")), t.apply(9, &cas("z", "q"))), (Reply::Integer(0), Reply::Integer(1)));
+        assert_eq!(t.get(b"z"), Some(&b"q"[..]));
+        let append = |v: &str| Write::Append { key: b"set".to_vec(), value: v.into() };
+        assert_eq!((t.apply(10, &append("a,")), t.apply(11, &append("b,"))), (Reply::Integer(2), Reply::Integer(4)));
+        assert_eq!(t.get(b"set"), Some(&b"a,b,"[..]));
         s.set_member(8, 2, Member { peer_addr: "p".into(), client_addr: "c".into() });
         s.set_member(9, 1, Member::default());
         let restored = Store::restore(&s.snapshot()).unwrap();

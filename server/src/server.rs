@@ -75,6 +75,9 @@ pub struct ServerConfig {
     /// since the cluster started, `KEEL.MEMBERS` lists them). The transport knows them; the
     /// replicated address book does not.
     pub extra_peers: BTreeMap<u64, Member>,
+    /// Accept KEEL.FAULT (drop messages to and from chosen peers): for fault-injection tests
+    /// only, never on by default.
+    pub fault_injection: bool,
     /// Raft's logical clock.
     pub tick: Duration,
     /// Ticks without a leader before a follower campaigns.
@@ -133,6 +136,7 @@ impl ServerConfig {
             members,
             join: false,
             extra_peers: BTreeMap::new(),
+            fault_injection: false,
             tick: Duration::from_millis(100),
             election_tick: 10,
             heartbeat_tick: 1,
@@ -1314,6 +1318,14 @@ fn run_commands(
                 change_membership(s, ConfChange::simple(ConfChangeType::RemoveNode, id), None, deadline)
             }
             Command::Transfer(to) => transfer(s, to, deadline),
+            Command::Fault(peers) if s.config.fault_injection => {
+                log::warn!("node {}: fault injection: cut off from {peers:?}", s.config.id);
+                s.transport.set_blocked(peers.into_iter().collect());
+                Reply::Simple("OK".into())
+            }
+            Command::Fault(_) => Reply::Error(
+                "ERR fault injection is off (a test feature: start the server with --enable-fault-injection)".into(),
+            ),
             c if c.reads_store() => {
                 s.metrics.reads.fetch_add(1, Ordering::Relaxed);
                 match if *stale_reads { Ok(()) } else { await_read(s, deadline) } {

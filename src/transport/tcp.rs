@@ -71,6 +71,13 @@ pub enum SendError {
     QueueFull(u64),
 }
 
+/// Who the accept side hears: the peers, and those fault injection cuts off.
+#[derive(Debug, Default)]
+struct PeerSets {
+    known: BTreeSet<u64>,
+    blocked: BTreeSet<u64>,
+}
+
 #[derive(Default)]
 struct Queue {
     frames: VecDeque<Vec<u8>>,
@@ -90,8 +97,9 @@ pub struct TcpTransport {
     local: SocketAddr,
     config: TcpConfig,
     peers: RwLock<BTreeMap<u64, Arc<Peer>>>,
-    /// The peers whose connections the accept side takes (shared with it).
-    known: Arc<RwLock<BTreeSet<u64>>>,
+    /// The peers whose connections the accept side takes, and those cut off by fault
+    /// injection (shared with it).
+    known: Arc<RwLock<PeerSets>>,
     unreachable: Arc<Mutex<BTreeSet<u64>>>,
     /// How snapshot transfers ended, (peer, status), not yet taken.
     snapshot_reports: Arc<Mutex<Vec<(u64, SnapshotStatus)>>>,
@@ -136,7 +144,8 @@ impl TcpTransport {
         let mut threads = Vec::new();
         let ours =
             Hello { protocol_version: PROTOCOL_VERSION, cluster_id: config.cluster_id, from: config.node_id, to: 0 };
-        let known = Arc::new(RwLock::new(config.peers.keys().copied().collect::<BTreeSet<u64>>()));
+        let known =
+            Arc::new(RwLock::new(PeerSets { known: config.peers.keys().copied().collect(), blocked: BTreeSet::new() }));
         {
             let (stop, known) = (stop.clone(), known.clone());
             threads.push(
@@ -171,6 +180,13 @@ impl TcpTransport {
     /// connection of its own (module docs).
     pub fn send(&self, m: &Message) -> Result<(), SendError> {
         let peer = self.peers.read().get(&m.to).cloned().ok_or(SendError::UnknownPeer(m.to))?;
+        if self.known.read().blocked.contains(&m.to) {
+            // Fault injection: the network loses it. A snapshot transfer fails at once.
+            if m.snapshot.is_some() {
+                self.snapshot_reports.lock().push((m.to, SnapshotStatus::Failure));
+            }
+            return Ok(());
+        }
         if m.snapshot.is_some() {
             self.send_snapshot(m, peer.addr);
             return Ok(());
@@ -239,7 +255,7 @@ impl TcpTransport {
         self.remove_peer(id);
         let peer = start_peer(&self.config, id, addr, &self.stop)?;
         self.peers.write().insert(id, peer);
-        self.known.write().insert(id);
+        self.known.write().known.insert(id);
         Ok(())
     }
 
@@ -247,7 +263,7 @@ impl TcpTransport {
     /// refused from now on (one already open is closed at its next message). Never waits: the
     /// writer may be inside a connect or a write, and ends when that does.
     pub fn remove_peer(&self, id: u64) {
-        self.known.write().remove(&id);
+        self.known.write().known.remove(&id);
         let Some(peer) = self.peers.write().remove(&id) else { return };
         if let Some(t) = stop_peer(&peer) {
             let mut threads = self.threads.lock();
@@ -259,6 +275,13 @@ impl TcpTransport {
     /// The peers, with their addresses.
     pub fn peers(&self) -> BTreeMap<u64, SocketAddr> {
         self.peers.read().iter().map(|(&id, p)| (id, p.addr)).collect()
+    }
+
+    /// Fault injection, for tests of the system under partitions: messages to and from these
+    /// peers are dropped (as a network that loses them would) until the set is changed; the
+    /// connections stay up. Empty (the default) is no fault.
+    pub fn set_blocked(&self, peers: BTreeSet<u64>) {
+        self.known.write().blocked = peers;
     }
 
     /// Frames queued for each peer (a gauge of who is behind).
@@ -340,7 +363,7 @@ impl Drop for TcpTransport {
 fn accept_loop(
     listener: TcpListener,
     ours: Hello,
-    known: Arc<RwLock<BTreeSet<u64>>>,
+    known: Arc<RwLock<PeerSets>>,
     inbox: SyncSender<Message>,
     stager: Arc<dyn SnapshotStager>,
     stop: Arc<AtomicBool>,
@@ -486,7 +509,7 @@ impl Inbound {
 fn read_loop(
     mut stream: TcpStream,
     ours: Hello,
-    known: &RwLock<BTreeSet<u64>>,
+    known: &RwLock<PeerSets>,
     inbox: &SyncSender<Message>,
     stager: &dyn SnapshotStager,
     stop: &AtomicBool,
@@ -507,7 +530,11 @@ fn read_loop(
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
             Err(e) => return Err(e.to_string()),
         };
-        for d in conn.feed(&chunk[..n], |id| known.read().contains(&id), stager)? {
+        for d in conn.feed(&chunk[..n], |id| known.read().known.contains(&id), stager)? {
+            // Fault injection: messages from a peer cut off are lost.
+            if conn.peer().is_some_and(|p| known.read().blocked.contains(&p)) {
+                continue;
+            }
             let sent = match d {
                 // Dropped when the inbox is full: Raft resends.
                 Delivered::Message(m) => match inbox.try_send(m) {
