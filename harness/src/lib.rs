@@ -21,6 +21,7 @@
 
 pub mod bench;
 pub mod fuzz;
+pub mod linearizability;
 pub mod sim;
 pub mod torture;
 
