@@ -55,6 +55,11 @@ pub struct ServerArgs {
     /// Bytes of one client request.
     #[arg(long, default_value_t = 8 << 20)]
     pub max_request_bytes: usize,
+    /// Stop (cleanly) once the parent process is no longer PID (the starter's own id, so that
+    /// a starter gone before this process looked is noticed too): for servers started by a test
+    /// or by `keel cluster`, so none outlives its starter, however that ends.
+    #[arg(long, hide = true, value_name = "PID")]
+    pub exit_with_parent: Option<i32>,
     /// Accept KEEL.FAULT BLOCK/HEAL (drop messages to and from chosen peers): for
     /// fault-injection tests only.
     #[arg(long)]
@@ -111,6 +116,15 @@ pub fn server(args: ServerArgs) -> Result<(), BoxError> {
     config.limits.max_request_bytes = args.max_request_bytes;
     config.limits.max_uncommitted_bytes = args.max_uncommitted_bytes;
     let stop = stop_flag()?;
+    if let Some(parent) = args.exit_with_parent {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) == Some(parent) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
     let server = Server::start(config)?;
     while !stop.load(Ordering::SeqCst) && !server.is_stopped() {
         std::thread::sleep(Duration::from_millis(50));
@@ -167,6 +181,8 @@ impl LocalCluster {
                 cmd.env("RUST_LOG", log_level);
             }
             cmd.arg("server")
+                .arg("--exit-with-parent")
+                .arg(std::process::id().to_string())
                 .arg("--id")
                 .arg(n.to_string())
                 .arg("--cluster-id")

@@ -118,3 +118,29 @@ fn redis_cli_and_redis_benchmark_drive_the_server() {
     // Every SET redis-benchmark made is there (it writes key:__rand_int__ = "key:000000000000").
     assert_eq!(cli(&["EXISTS", "key:__rand_int__"]), "1");
 }
+
+#[test]
+fn a_server_started_with_exit_with_parent_stops_when_its_starter_is_gone() {
+    // The test harnesses and `keel cluster` start servers this way, so none outlives its
+    // starter (a test killed by a signal, a cluster SIGKILLed).
+    let dir = tempfile::tempdir().unwrap();
+    let (peer, client) = (free_port(), free_port());
+    let script = format!(
+        "{KEEL} server --exit-with-parent $$ --id 1 --data {} --member 1=127.0.0.1:{peer}/127.0.0.1:{client} \
+         >/dev/null 2>&1 & echo $!",
+        dir.path().join("n1").display()
+    );
+    let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    // The shell has exited; the server notices and stops on its own.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+    {
+        if Instant::now() > deadline {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("the server outlived its starter");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

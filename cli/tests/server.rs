@@ -231,6 +231,7 @@ fn a_node_of_another_cluster_is_refused_and_logged() {
     let stray = NodeSpec::new(3);
     let mut cmd = std::process::Command::new(KEEL);
     cmd.arg("server")
+        .args(["--exit-with-parent", &std::process::id().to_string()])
         .args(["--id", "3", "--cluster-id", "99", "--tick-ms", "20"])
         .arg("--data")
         .arg(c.dir.path().join("stray"))

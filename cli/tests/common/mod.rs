@@ -73,6 +73,8 @@ impl TestCluster {
     pub fn command(&self, id: u64) -> Command {
         let mut cmd = Command::new(KEEL);
         cmd.arg("server")
+            .arg("--exit-with-parent")
+            .arg(std::process::id().to_string())
             .arg("--id")
             .arg(id.to_string())
             .arg("--cluster-id")
