@@ -40,7 +40,8 @@ pub struct ServerArgs {
     /// them); repeat for each.
     #[arg(long = "peer", value_parser = parse_member)]
     pub peers: Vec<(u64, Member)>,
-    /// Entries applied between snapshots of the store (the log is compacted below each).
+    /// Entries applied between snapshots of the store (the log is compacted below each); 0:
+    /// never.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_entries: u64,
     /// Entries kept below a snapshot for followers slightly behind.
