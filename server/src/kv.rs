@@ -137,8 +137,7 @@ impl ChangeContext {
                     None => out.push(0),
                     Some(m) => {
                         out.push(1);
-                        put_bytes(&mut out, m.peer_addr.as_bytes());
-                        put_bytes(&mut out, m.client_addr.as_bytes());
+                        m.put_addresses(&mut out);
                     }
                 }
                 out
@@ -160,7 +159,7 @@ impl ChangeContext {
         let at = r.at;
         let member = match r.u8("member flag")? {
             0 => None,
-            1 => Some(Member { peer_addr: r.string("peer address")?, client_addr: r.string("client address")? }),
+            1 => Some(r.member()?),
             f => return Err(DataError { offset: at, what: format!("member flag {f}") }),
         };
         r.end()?;
@@ -203,15 +202,20 @@ impl Member {
     /// The member context layout of the module docs.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![MEMBER_VERSION];
-        put_bytes(&mut out, self.peer_addr.as_bytes());
-        put_bytes(&mut out, self.client_addr.as_bytes());
+        self.put_addresses(&mut out);
         out
+    }
+
+    /// The two addresses as byte strings: every layout that holds a member writes them so.
+    fn put_addresses(&self, out: &mut Vec<u8>) {
+        put_bytes(out, self.peer_addr.as_bytes());
+        put_bytes(out, self.client_addr.as_bytes());
     }
 
     /// Decodes [`Member::encode`]'s output; damage is a [`DataError`].
     pub fn decode(data: &[u8]) -> Result<Member, DataError> {
         let mut r = Reader::versioned(data, &[MEMBER_VERSION])?.0;
-        let m = Member { peer_addr: r.string("peer address")?, client_addr: r.string("client address")? };
+        let m = r.member()?;
         r.end()?;
         Ok(m)
     }
@@ -236,6 +240,11 @@ impl<'a> Reader<'a> {
             return Err(DataError { offset: 0, what: format!("version {v}, expected one of {known:?}") });
         }
         Ok((r, v))
+    }
+
+    /// A member's two addresses ([`Member::put_addresses`]).
+    fn member(&mut self) -> Result<Member, DataError> {
+        Ok(Member { peer_addr: self.string("peer address")?, client_addr: self.string("client address")? })
     }
 
     fn string(&mut self, what: &str) -> Result<String, DataError> {
@@ -536,8 +545,7 @@ impl Store {
         out.extend_from_slice(&(self.members.len() as u64).to_le_bytes());
         for (id, m) in &self.members {
             out.extend_from_slice(&id.to_le_bytes());
-            put_bytes(&mut out, m.peer_addr.as_bytes());
-            put_bytes(&mut out, m.client_addr.as_bytes());
+            m.put_addresses(&mut out);
         }
         out
     }
@@ -562,7 +570,7 @@ impl Store {
             for _ in 0..n {
                 let at = r.at;
                 let id = r.u64("member id")?;
-                let m = Member { peer_addr: r.string("peer address")?, client_addr: r.string("client address")? };
+                let m = r.member()?;
                 if members.last_key_value().is_some_and(|(&last, _)| last >= id) {
                     return Err(DataError { offset: at, what: "members out of order".into() });
                 }
