@@ -30,6 +30,7 @@ impl Rng {
     }
 
     /// True with probability `percent`/100.
+    #[cfg_attr(not(any(test, feature = "internals")), allow(dead_code))]
     pub fn chance(&mut self, percent: u32) -> bool {
         self.below(100) < u64::from(percent)
     }

@@ -54,6 +54,7 @@ fn entry(index: u64, term: u64) -> Entry {
         term,
         entry_type: if index == 12 { EntryType::ConfChangeV2 } else { EntryType::Normal },
         data: format!("put k{index}=v{term}").into_bytes().into(),
+        context: Default::default(),
     }
 }
 

@@ -67,6 +67,8 @@ fn ent(index: u64, term: u64) -> Entry {
         term,
         entry_type: if index.is_multiple_of(5) { EntryType::ConfChange } else { EntryType::Normal },
         data: data.into(),
+        // Every third entry has a context, which must round-trip beside the data.
+        context: if index.is_multiple_of(3) { format!("ctx{index}").into_bytes().into() } else { Default::default() },
     }
 }
 

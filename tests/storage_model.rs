@@ -105,6 +105,7 @@ proptest! {
                             term,
                             entry_type: if conf { EntryType::ConfChangeV2 } else { EntryType::Normal },
                             data: vec![(i ^ term) as u8; len].into(),
+                            context: if i % 4 == 0 { vec![term as u8; 1 + len % 3].into() } else { Default::default() },
                         })
                         .collect();
                     same(d.append(&es), m.append(&es), "append")?;

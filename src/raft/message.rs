@@ -2,7 +2,9 @@
 //!
 //! Encoding (little-endian): a version byte (2), the message type, `to`, `from`, `term`,
 //! `log_term`, `index`, `commit`, `reject` (one byte), `reject_hint`, the entry count (`u32`)
-//! and each entry (index, term, type byte, data length `u32`, data), then a snapshot flag byte
+//! and each entry (index, term, type byte, data length `u32`, data; an entry with a context sets
+//! bit 7 of its type byte (`0x80`) and puts the context's length `u32` and bytes
+//! between the type byte and the data length), then a snapshot flag byte
 //! and, if set, the snapshot's header (index, term, the four ConfState id lists each as a `u32`
 //! count and ids, `auto_leave`, data length `u64`, data checksum `u32`): not its data, which
 //! follows as chunks (`snapshot_transfer`), so decoding such a message gives
@@ -13,6 +15,7 @@
 //! (briefly) either the context or the snapshot header, never both.
 
 use super::snapshot_transfer::{SnapshotHeader, TransferError};
+use crate::storage::types::ENTRY_CONTEXT_FLAG;
 use crate::storage::{ConfState, Entry, EntryType, Snapshot, SnapshotMetadata};
 use byteorder::{ByteOrder, LE};
 
@@ -222,7 +225,8 @@ impl Message {
     }
 
     fn encode_with(&self, snapshot: Option<&SnapshotHeader>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.entries.iter().map(|e| 21 + e.data.len()).sum::<usize>());
+        let mut out =
+            Vec::with_capacity(64 + self.entries.iter().map(|e| 25 + e.size_bytes() as usize).sum::<usize>());
         out.push(VERSION);
         out.push(self.kind as u8);
         for v in [self.to, self.from, self.term, self.log_term, self.index, self.commit] {
@@ -234,7 +238,13 @@ impl Message {
         for e in &self.entries {
             put_u64(&mut out, e.index);
             put_u64(&mut out, e.term);
-            out.push(e.entry_type as u8);
+            if e.context.is_empty() {
+                out.push(e.entry_type as u8);
+            } else {
+                out.push(e.entry_type as u8 | ENTRY_CONTEXT_FLAG);
+                put_u32(&mut out, e.context.len() as u32);
+                out.extend_from_slice(&e.context);
+            }
             put_u32(&mut out, e.data.len() as u32);
             out.extend_from_slice(&e.data);
         }
@@ -278,11 +288,19 @@ impl Message {
         for _ in 0..count {
             let (index, term) = (r.u64("entry index")?, r.u64("entry term")?);
             let type_byte = r.u8("entry type")?;
-            let entry_type =
-                EntryType::from_u8(type_byte).ok_or_else(|| r.error(format!("unknown entry type {type_byte}")))?;
+            let entry_type = EntryType::from_u8(type_byte & !ENTRY_CONTEXT_FLAG)
+                .ok_or_else(|| r.error(format!("unknown entry type {type_byte}")))?;
+            let mut context = Vec::new();
+            if type_byte & ENTRY_CONTEXT_FLAG != 0 {
+                let len = r.u32("entry context length")? as usize;
+                if len == 0 {
+                    return Err(r.error("entry context flag set with an empty context".into()));
+                }
+                context = r.take(len, "entry context")?.to_vec();
+            }
             let len = r.u32("entry length")? as usize;
             let data = r.take(len, "entry data")?.to_vec();
-            entries.push(Entry { index, term, entry_type, data: data.into() });
+            entries.push(Entry { index, term, entry_type, data: data.into(), context: context.into() });
         }
         let header = match r.bool("snapshot flag")? {
             false => None,
@@ -456,7 +474,8 @@ mod tests {
         m.log_term = 6;
         m.index = 41;
         m.commit = 40;
-        m.entries = vec![Entry::new(42, 7, b"x".to_vec()), Entry::new(43, 7, Vec::new())];
+        let with_context = Entry { context: b"ctx".to_vec().into(), ..Entry::new(44, 7, b"y".to_vec()) };
+        m.entries = vec![Entry::new(42, 7, b"x".to_vec()), Entry::new(43, 7, Vec::new()), with_context];
         m.snapshot = Some(Snapshot::from_bytes(
             SnapshotMetadata {
                 index: 9,
@@ -552,6 +571,14 @@ mod tests {
         let mut bad = bytes.clone();
         bad[1] = 99;
         assert_eq!(Message::decode(&bad).unwrap_err().offset, 2);
+        // An entry's context flag with an empty context is not what `encode` writes.
+        let mut m = Message::new(MessageType::Append, 1, 2, 3);
+        m.entries = vec![Entry { context: b"c".to_vec().into(), ..Entry::new(1, 3, Vec::new()) }];
+        let mut empty_context = m.encode();
+        let flag_at = empty_context.iter().position(|&b| b == ENTRY_CONTEXT_FLAG).expect("the flagged type byte");
+        empty_context[flag_at + 1..flag_at + 5].copy_from_slice(&0u32.to_le_bytes());
+        empty_context.remove(flag_at + 5);
+        assert!(Message::decode(&empty_context).unwrap_err().what.contains("empty context"));
         let mut huge = Message::new(MessageType::Append, 1, 2, 3).encode();
         let count_at = huge.len() - 9;
         huge[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());

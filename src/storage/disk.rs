@@ -26,11 +26,13 @@
 use super::hard_state::{self, CONF_IDS_MAX, HardStateFile};
 use super::pin::Pins;
 use super::snapshot::{self, SnapshotFile, SnapshotWriter};
-use super::types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotId, SnapshotMetadata};
+use super::types::{
+    ConfState, ENTRY_CONTEXT_FLAG, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotId, SnapshotMetadata,
+};
 use super::{SnapshotSink, Storage, StorageMut};
 use crate::error::{Corruption, CorruptionKind, Error, Result};
 use crate::io::{FileSystem, ops};
-use crate::wal::{Log, LogOptions, NewEntry, RecoveryReport};
+use crate::wal::{GatheredEntry, Log, LogOptions, Parts, RecoveryReport};
 use std::any::Any;
 use std::fmt;
 use std::io::{Read, Write};
@@ -108,7 +110,6 @@ pub struct DiskStorage {
     /// Snapshot handles handed out by `snapshot()` pin the entries after them.
     pins: Pins,
     failed: Option<String>,
-    buf: Vec<u8>,
 }
 
 impl fmt::Debug for DiskStorage {
@@ -160,7 +161,6 @@ impl DiskStorage {
             in_progress: Arc::new(AtomicUsize::new(0)),
             pins: Pins::default(),
             failed: None,
-            buf: Vec::new(),
         };
         storage.prune_snapshots()?;
         Ok((storage, report))
@@ -467,14 +467,33 @@ impl DiskStorage {
         self.prune_snapshots()
     }
 
+    /// Appends entries given by reference ([`StorageMut::append`] for any entry type): each
+    /// log payload is the entry's prefix (type byte, and the context's length if it has one),
+    /// its context and its data, copied once, into the log's write buffer. Durable on return.
+    pub(crate) fn append_refs(&mut self, entries: &[EntryRef<'_>]) -> Result<()> {
+        self.check_writable()?;
+        let commit = self.current_hard_state().commit;
+        super::check_append_by(entries, |e| (e.index, e.term), self.log.first_index(), self.log.last_index(), commit)?;
+        let prefixes: Vec<EntryPrefix> = entries.iter().map(|e| EntryPrefix::new(e.entry_type, e.context.len())).collect();
+        let gathered: Vec<GatheredEntry<'_>> = entries
+            .iter()
+            .zip(&prefixes)
+            .map(|(e, p)| GatheredEntry {
+                index: e.index,
+                term: e.term,
+                payload: Parts([p.bytes(), e.context, e.data]),
+            })
+            .collect();
+        let r = self.log.append_gathered(&gathered).and_then(|()| self.log.sync());
+        drop(gathered);
+        self.latch(r)
+    }
+
     fn read_entry(&self, index: u64) -> Result<Entry> {
         let e = self.log.entry(index)?;
-        let Some((&tag, _)) = e.payload.split_first() else {
-            return Err(self.bad_entry(index, "entry payload is empty (no entry type)".into()));
-        };
-        let entry_type =
-            EntryType::from_u8(tag).ok_or_else(|| self.bad_entry(index, format!("entry type {tag} is unknown")))?;
-        Ok(Entry { index, term: e.term, entry_type, data: e.payload.slice(1..e.payload.len()) })
+        let (entry_type, context, data) =
+            parse_entry_payload(&e.payload).map_err(|what| self.bad_entry(index, what))?;
+        Ok(Entry { index, term: e.term, entry_type, data: e.payload.slice(data), context: e.payload.slice(context) })
     }
 
     fn bad_entry(&self, index: u64, what: String) -> Error {
@@ -482,6 +501,66 @@ impl DiskStorage {
         c.affected_indexes = Some((index, index));
         c.into_error()
     }
+}
+
+/// An entry to store, borrowed from a keel [`Entry`] or from another library's entry type
+/// (raft-rs's), so that its bytes are copied once, into the log's write buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EntryRef<'a> {
+    pub(crate) index: u64,
+    pub(crate) term: u64,
+    pub(crate) entry_type: EntryType,
+    pub(crate) context: &'a [u8],
+    pub(crate) data: &'a [u8],
+}
+
+/// What comes before an entry's context and data in its log payload (`segments/FORMAT.md`,
+/// "Raft entries in records"): the type byte, with [`ENTRY_CONTEXT_FLAG`] and the context's
+/// length (`u32`) if the entry has a context.
+struct EntryPrefix {
+    bytes: [u8; 5],
+    len: usize,
+}
+
+impl EntryPrefix {
+    fn new(entry_type: EntryType, context_len: usize) -> EntryPrefix {
+        let mut bytes = [entry_type as u8, 0, 0, 0, 0];
+        if context_len == 0 {
+            return EntryPrefix { bytes, len: 1 };
+        }
+        bytes[0] |= ENTRY_CONTEXT_FLAG;
+        // The log refuses payloads over `limits::payload_bytes_max`, far below 4 GiB.
+        let len = u32::try_from(context_len).unwrap_or(u32::MAX);
+        bytes[1..5].copy_from_slice(&len.to_le_bytes());
+        EntryPrefix { bytes, len: 5 }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Splits an entry record's payload into its type and the byte ranges of its context and data;
+/// says what is wrong with a payload keel did not write.
+pub(crate) fn parse_entry_payload(
+    payload: &[u8],
+) -> std::result::Result<(EntryType, std::ops::Range<usize>, std::ops::Range<usize>), String> {
+    let Some((&tag, _)) = payload.split_first() else {
+        return Err("entry payload is empty (no entry type)".into());
+    };
+    let entry_type =
+        EntryType::from_u8(tag & !ENTRY_CONTEXT_FLAG).ok_or_else(|| format!("entry type {tag} is unknown"))?;
+    if tag & ENTRY_CONTEXT_FLAG == 0 {
+        return Ok((entry_type, 1..1, 1..payload.len()));
+    }
+    let Some(len) = payload.get(1..5) else {
+        return Err(format!("entry has a context flag but {} payload bytes, too few for its length", payload.len()));
+    };
+    let len = u32::from_le_bytes(len.try_into().expect("four bytes")) as usize;
+    if len == 0 || len > payload.len() - 5 {
+        return Err(format!("entry context of {len} bytes does not fit its payload of {} bytes", payload.len()));
+    }
+    Ok((entry_type, 5..5 + len, 5 + len..payload.len()))
 }
 
 impl Drop for DiskStorage {
@@ -542,27 +621,17 @@ impl StorageMut for DiskStorage {
     type SnapshotWriter = SnapshotWriter;
 
     fn append(&mut self, entries: &[Entry]) -> Result<()> {
-        self.check_writable()?;
-        super::check_append(entries, self.log.first_index(), self.log.last_index(), self.current_hard_state().commit)?;
-        // Each log payload is the entry type byte followed by the data.
-        self.buf.clear();
-        let mut ranges = Vec::with_capacity(entries.len());
-        for e in entries {
-            let start = self.buf.len();
-            self.buf.push(e.entry_type as u8);
-            self.buf.extend_from_slice(&e.data);
-            ranges.push(start..self.buf.len());
-        }
-        let buf = std::mem::take(&mut self.buf);
-        let new: Vec<NewEntry<'_>> = entries
+        let refs: Vec<EntryRef<'_>> = entries
             .iter()
-            .zip(&ranges)
-            .map(|(e, r)| NewEntry { index: e.index, term: e.term, payload: &buf[r.clone()] })
+            .map(|e| EntryRef {
+                index: e.index,
+                term: e.term,
+                entry_type: e.entry_type,
+                context: &e.context,
+                data: &e.data,
+            })
             .collect();
-        let r = self.log.append_and_sync(&new);
-        drop(new);
-        self.buf = buf;
-        self.latch(r)
+        self.append_refs(&refs)
     }
 
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<()> {
@@ -699,5 +768,44 @@ impl SnapshotSink for StagingSink {
         let metadata = self.0.metadata().clone();
         let staged = self.0.finish_staged()?;
         Ok(Snapshot::new(metadata, Arc::new(staged)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(entry_type: EntryType, context: &[u8], data: &[u8]) -> Vec<u8> {
+        let p = EntryPrefix::new(entry_type, context.len());
+        [p.bytes(), context, data].concat()
+    }
+
+    #[test]
+    fn entry_payloads_round_trip_with_and_without_context() {
+        for (t, c, d) in [
+            (EntryType::Normal, &b""[..], &b"data"[..]),
+            (EntryType::ConfChangeV2, b"ctx", b""),
+            (EntryType::ConfChange, b"c", b"dd"),
+        ] {
+            let bytes = encoded(t, c, d);
+            let (tt, cr, dr) = parse_entry_payload(&bytes).unwrap();
+            assert_eq!((tt, &bytes[cr], &bytes[dr]), (t, c, d));
+        }
+        assert_eq!(encoded(EntryType::Normal, b"", b"x"), [0, b'x'], "no context: the old layout, unchanged");
+    }
+
+    #[test]
+    fn malformed_entry_payloads_say_what_is_wrong() {
+        let cases: [(&[u8], &str); 5] = [
+            (&[], "empty"),
+            (&[0x7f], "unknown"),
+            (&[0x80, 1, 0], "too few"),
+            (&[0x80, 0, 0, 0, 0, 9], "does not fit"),
+            (&[0x81, 5, 0, 0, 0, 1, 2], "does not fit"),
+        ];
+        for (bytes, what) in cases {
+            let e = parse_entry_payload(bytes).unwrap_err();
+            assert!(e.contains(what), "{bytes:?}: {e}");
+        }
     }
 }

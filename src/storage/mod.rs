@@ -135,10 +135,21 @@ pub trait SnapshotSink: Write + Send {
 /// panics on it), and a log shorter than the commit index would read as acknowledged entries
 /// lost at the next open.
 pub(crate) fn check_append(entries: &[Entry], first_index: u64, last_index: u64, commit: u64) -> Result<()> {
-    crate::wal::check_append_indexes(entries, |e| (e.index, e.term), first_index, last_index)?;
-    match entries.first() {
-        Some(first) if first.index <= last_index && first.index <= commit => Err(crate::Error::InvalidArgument(
-            format!("append: index {} would replace committed entries (the commit index is {commit})", first.index),
+    check_append_by(entries, |e| (e.index, e.term), first_index, last_index, commit)
+}
+
+/// [`check_append`] for entries of any type, given their (index, term).
+pub(crate) fn check_append_by<T>(
+    entries: &[T],
+    index_term: impl Fn(&T) -> (u64, u64),
+    first_index: u64,
+    last_index: u64,
+    commit: u64,
+) -> Result<()> {
+    crate::wal::check_append_indexes(entries, &index_term, first_index, last_index)?;
+    match entries.first().map(&index_term) {
+        Some((first, _)) if first <= last_index && first <= commit => Err(crate::Error::InvalidArgument(
+            format!("append: index {first} would replace committed entries (the commit index is {commit})"),
         )),
         _ => Ok(()),
     }

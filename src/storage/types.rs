@@ -69,6 +69,10 @@ pub enum EntryType {
     ConfChangeV2 = 2,
 }
 
+/// Bit 7 of an entry's type byte, on disk (`segments/FORMAT.md`, "Raft entries in records") and
+/// in messages: the entry has a context, whose length (`u32`) and bytes follow the type byte.
+pub(crate) const ENTRY_CONTEXT_FLAG: u8 = 0x80;
+
 impl EntryType {
     pub(crate) fn from_u8(b: u8) -> Option<EntryType> {
         match b {
@@ -89,19 +93,22 @@ pub struct Entry {
     pub term: u64,
     /// Whether `data` is application data or a membership change.
     pub entry_type: EntryType,
-    /// The entry's bytes, opaque to keel: what `size_bytes` and the `max_bytes` limits count.
+    /// The entry's bytes, opaque to keel.
     pub data: Payload,
+    /// Bytes the application attaches beside `data` (raft-rs's `Entry::context`), opaque to
+    /// keel, stored and replicated with the entry; usually empty, and then it costs nothing.
+    pub context: Payload,
 }
 
 impl Entry {
     /// A normal entry.
     pub fn new(index: u64, term: u64, data: impl Into<Payload>) -> Entry {
-        Entry { index, term, entry_type: EntryType::Normal, data: data.into() }
+        Entry { index, term, entry_type: EntryType::Normal, data: data.into(), context: Payload::default() }
     }
 
-    /// Bytes counted against `max_bytes` limits: the data.
+    /// Bytes counted against `max_bytes` limits: the data and the context.
     pub fn size_bytes(&self) -> u64 {
-        self.data.len() as u64
+        (self.data.len() + self.context.len()) as u64
     }
 }
 

@@ -118,6 +118,53 @@ impl fmt::Debug for LogEntry {
     }
 }
 
+/// A record payload given as consecutive parts, so that a prefix and a caller's bytes are
+/// copied once, straight into the write buffer, without being joined first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Parts<'a>(pub(crate) [&'a [u8]; 3]);
+
+impl<'a> Parts<'a> {
+    pub(crate) fn one(payload: &'a [u8]) -> Parts<'a> {
+        Parts([payload, &[], &[]])
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.iter().map(|p| p.len()).sum()
+    }
+}
+
+/// An entry to append whose payload is given in parts; see [`Log::append_gathered`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GatheredEntry<'a> {
+    pub(crate) index: u64,
+    pub(crate) term: u64,
+    pub(crate) payload: Parts<'a>,
+}
+
+/// What the append path needs of an entry, whether its payload is one slice or parts.
+trait AppendEntry {
+    fn index_term(&self) -> (u64, u64);
+    fn parts(&self) -> Parts<'_>;
+}
+
+impl AppendEntry for NewEntry<'_> {
+    fn index_term(&self) -> (u64, u64) {
+        (self.index, self.term)
+    }
+    fn parts(&self) -> Parts<'_> {
+        Parts::one(self.payload)
+    }
+}
+
+impl AppendEntry for GatheredEntry<'_> {
+    fn index_term(&self) -> (u64, u64) {
+        (self.index, self.term)
+    }
+    fn parts(&self) -> Parts<'_> {
+        self.payload
+    }
+}
+
 /// Where an entry lives.
 #[derive(Debug, Clone, Copy)]
 struct Loc {
@@ -211,7 +258,7 @@ struct Rec<'a> {
     kind: Kind,
     index: u64,
     term: u64,
-    payload: &'a [u8],
+    payload: Parts<'a>,
     /// The last record of its append call: the write it belongs to ends here.
     write_end: bool,
 }
@@ -373,6 +420,16 @@ impl Log {
     /// for all of them where they fit one segment. Returns one result per request; a refused
     /// request changes nothing and does not stop the others. Used by group commit.
     pub fn append_many(&mut self, requests: &[&[NewEntry<'_>]]) -> Vec<Result<()>> {
+        self.append_requests(requests)
+    }
+
+    /// [`Log::append`] for entries whose payload is given in parts (`DiskStorage`'s entry type
+    /// prefix, then the caller's bytes), each copied once, straight into the write buffer.
+    pub(crate) fn append_gathered(&mut self, entries: &[GatheredEntry<'_>]) -> Result<()> {
+        self.append_requests(&[entries]).pop().expect("one result per request")
+    }
+
+    fn append_requests<E: AppendEntry>(&mut self, requests: &[&[E]]) -> Vec<Result<()>> {
         if let Err(e) = self.check_writable() {
             return requests.iter().map(|_| Err(e.clone())).collect();
         }
@@ -385,13 +442,13 @@ impl Log {
             match self.check_append(entries, last_index) {
                 Ok(()) if entries.is_empty() => results.push(Ok(())),
                 Ok(()) => {
-                    last_index = entries.last().expect("non-empty").index;
+                    last_index = entries.last().expect("non-empty").index_term().0;
                     let n = entries.len();
                     recs.extend(entries.iter().enumerate().map(|(i, e)| Rec {
                         kind: Kind::Entry,
-                        index: e.index,
-                        term: e.term,
-                        payload: e.payload,
+                        index: e.index_term().0,
+                        term: e.index_term().1,
+                        payload: e.parts(),
                         write_end: i + 1 == n,
                     }));
                     accepted.push(k);
@@ -418,11 +475,11 @@ impl Log {
             let entries = requests[k];
             self.stats.appends += 1;
             self.stats.entries += entries.len() as u64;
-            let first = entries[0].index;
+            let first = entries[0].index_term().0;
             self.locs.truncate((first - self.first_index) as usize);
             self.locs.extend(
                 entries.iter().zip(&positions[at..at + entries.len()]).map(|(e, &(segment_id, offset))| Loc {
-                    term: e.term,
+                    term: e.index_term().1,
                     segment_id,
                     offset,
                 }),
@@ -434,14 +491,14 @@ impl Log {
 
     /// Checks one append request against the log's first index and `last_index`, and each
     /// payload against the segment size.
-    fn check_append(&self, entries: &[NewEntry<'_>], last_index: u64) -> Result<()> {
-        check_append_indexes(entries, |e| (e.index, e.term), self.first_index, last_index)?;
+    fn check_append<E: AppendEntry>(&self, entries: &[E], last_index: u64) -> Result<()> {
+        check_append_indexes(entries, |e| e.index_term(), self.first_index, last_index)?;
         let max = limits::payload_bytes_max(self.segment_bytes);
-        if let Some(big) = entries.iter().find(|e| e.payload.len() as u64 > max) {
+        if let Some(big) = entries.iter().find(|e| e.parts().len() as u64 > max) {
             return Err(Error::InvalidArgument(format!(
                 "append: entry {} has {} payload bytes; a segment of {} bytes holds at most {max}",
-                big.index,
-                big.payload.len(),
+                big.index_term().0,
+                big.parts().len(),
                 self.segment_bytes
             )));
         }
@@ -552,7 +609,7 @@ impl Log {
                     kind: r.kind,
                     continues: !r.write_end && k + 1 < fit,
                 };
-                record::encode(&mut self.buf, seg.id, &h, r.payload);
+                record::encode_parts(&mut self.buf, seg.id, &h, &r.payload.0);
                 batch.push(FooterEntry { index: r.index, term: r.term, offset: offset as u32, kind: r.kind });
                 offset += h.record_bytes();
             }
@@ -674,7 +731,7 @@ impl Log {
 
     fn write_marker(&mut self, kind: Kind, index: u64, term: u64, boundary: u64) -> Result<()> {
         let payload = boundary.to_le_bytes();
-        self.write(&[Rec { kind, index, term, payload: &payload, write_end: true }])?;
+        self.write(&[Rec { kind, index, term, payload: Parts::one(&payload), write_end: true }])?;
         self.sync()
     }
 

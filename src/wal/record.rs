@@ -119,8 +119,15 @@ impl Damage {
 }
 
 /// Appends the encoded record (header, payload, zero padding) to `out`.
+#[cfg_attr(not(any(test, feature = "internals")), allow(dead_code))]
 pub(crate) fn encode(out: &mut Vec<u8>, segment_id: u64, h: &Header, payload: &[u8]) {
-    assert_eq!(payload.len(), h.payload_len as usize);
+    encode_parts(out, segment_id, h, &[payload]);
+}
+
+/// As [`encode`], for a payload given as consecutive parts (a prefix and the caller's bytes),
+/// copied once, straight into `out`.
+pub(crate) fn encode_parts(out: &mut Vec<u8>, segment_id: u64, h: &Header, parts: &[&[u8]]) {
+    assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), h.payload_len as usize);
     let start = out.len();
     out.resize(start + HEADER, 0);
     let hdr = &mut out[start..start + HEADER];
@@ -130,19 +137,23 @@ pub(crate) fn encode(out: &mut Vec<u8>, segment_id: u64, h: &Header, payload: &[
     LE::write_u32(&mut hdr[OFF_SYNCED_OFFSET..], h.synced_offset);
     hdr[OFF_KIND] = h.kind as u8;
     hdr[OFF_FLAGS] = if h.continues { FLAG_CONTINUES } else { 0 };
-    let (header_crc, record_crc) = checksums(segment_id, &hdr[COVERED], payload);
+    let (header_crc, record_crc) = checksums(segment_id, &hdr[COVERED], parts);
     LE::write_u32(&mut hdr[OFF_HEADER_CRC..], header_crc);
     LE::write_u32(&mut hdr[OFF_RECORD_CRC..], record_crc);
-    out.extend_from_slice(payload);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
     out.resize(start + h.record_bytes() as usize, 0);
 }
 
-fn checksums(segment_id: u64, covered: &[u8], payload: &[u8]) -> (u32, u32) {
+fn checksums(segment_id: u64, covered: &[u8], payload: &[&[u8]]) -> (u32, u32) {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&segment_id.to_le_bytes());
     hasher.update(covered);
     let header_crc = hasher.clone().finalize();
-    hasher.update(payload);
+    for part in payload {
+        hasher.update(part);
+    }
     (header_crc, hasher.finalize())
 }
 
@@ -203,7 +214,7 @@ pub(crate) fn decode_header(bytes: &[u8], segment_id: u64, offset: u64, limit: u
 pub(crate) fn check_payload<'a>(bytes: &'a [u8], segment_id: u64, h: &Header) -> Result<&'a [u8], Damage> {
     let len = h.payload_len as usize;
     let payload = &bytes[HEADER..HEADER + len];
-    let (_, actual) = checksums(segment_id, &bytes[COVERED], payload);
+    let (_, actual) = checksums(segment_id, &bytes[COVERED], &[payload]);
     let expected = LE::read_u32(&bytes[OFF_RECORD_CRC..]);
     if expected != actual {
         return Err(Damage::Payload { index: h.index, expected, actual });
@@ -212,6 +223,7 @@ pub(crate) fn check_payload<'a>(bytes: &'a [u8], segment_id: u64, h: &Header) ->
 }
 
 /// Decodes a whole record at the start of `bytes`: header and payload checked.
+#[cfg_attr(not(any(test, feature = "internals")), allow(dead_code))]
 pub(crate) fn decode(bytes: &[u8], segment_id: u64, offset: u64, limit: u64) -> Result<(Header, &[u8]), Damage> {
     let h = decode_header(bytes, segment_id, offset, limit)?;
     let payload = check_payload(bytes, segment_id, &h)?;
