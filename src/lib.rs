@@ -42,6 +42,8 @@ pub mod io;
 pub mod limits;
 mod payload;
 pub mod raft;
+#[cfg(feature = "raft-rs")]
+pub mod raft_rs;
 mod rng;
 pub mod storage;
 pub mod transport;

@@ -316,8 +316,11 @@ impl<'a> Case<'a> {
                 let data: Vec<u8> = (0..len).map(|i| (fill >> (i % 8 * 8)) as u8 ^ i as u8).collect();
                 let entry_type = if self.rng.chance(10) { EntryType::ConfChangeV2 } else { EntryType::Normal };
                 // Some entries carry a context (raft-rs's `Entry::context`), stored beside the data.
-                let context: Vec<u8> =
-                    if self.rng.chance(20) { (0..1 + index % 9).map(|i| (i ^ index) as u8).collect() } else { Vec::new() };
+                let context: Vec<u8> = if self.rng.chance(20) {
+                    (0..1 + index % 9).map(|i| (i ^ index) as u8).collect()
+                } else {
+                    Vec::new()
+                };
                 Entry { index, term: self.term, entry_type, data: data.into(), context: context.into() }
             })
             .collect();

@@ -225,8 +225,7 @@ impl Message {
     }
 
     fn encode_with(&self, snapshot: Option<&SnapshotHeader>) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(64 + self.entries.iter().map(|e| 25 + e.size_bytes() as usize).sum::<usize>());
+        let mut out = Vec::with_capacity(64 + self.entries.iter().map(|e| 25 + e.size_bytes() as usize).sum::<usize>());
         out.push(VERSION);
         out.push(self.kind as u8);
         for v in [self.to, self.from, self.term, self.log_term, self.index, self.commit] {

@@ -474,7 +474,8 @@ impl DiskStorage {
         self.check_writable()?;
         let commit = self.current_hard_state().commit;
         super::check_append_by(entries, |e| (e.index, e.term), self.log.first_index(), self.log.last_index(), commit)?;
-        let prefixes: Vec<EntryPrefix> = entries.iter().map(|e| EntryPrefix::new(e.entry_type, e.context.len())).collect();
+        let prefixes: Vec<EntryPrefix> =
+            entries.iter().map(|e| EntryPrefix::new(e.entry_type, e.context.len())).collect();
         let gathered: Vec<GatheredEntry<'_>> = entries
             .iter()
             .zip(&prefixes)

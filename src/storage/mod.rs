@@ -14,7 +14,7 @@
 //! [`Error::Compacted`]: crate::Error::Compacted
 //! [`Error::Unavailable`]: crate::Error::Unavailable
 
-mod disk;
+pub(crate) mod disk;
 pub(crate) mod hard_state;
 mod mem;
 mod pin;
@@ -148,9 +148,9 @@ pub(crate) fn check_append_by<T>(
 ) -> Result<()> {
     crate::wal::check_append_indexes(entries, &index_term, first_index, last_index)?;
     match entries.first().map(&index_term) {
-        Some((first, _)) if first <= last_index && first <= commit => Err(crate::Error::InvalidArgument(
-            format!("append: index {first} would replace committed entries (the commit index is {commit})"),
-        )),
+        Some((first, _)) if first <= last_index && first <= commit => Err(crate::Error::InvalidArgument(format!(
+            "append: index {first} would replace committed entries (the commit index is {commit})"
+        ))),
         _ => Ok(()),
     }
 }
