@@ -92,7 +92,9 @@ fn print_inspection(ins: &Inspection) {
         let state = match &s.state {
             SegmentState::Sealed => "sealed".to_string(),
             SegmentState::Unsealed => "unsealed (active)".to_string(),
-            SegmentState::FooterDamaged { offset, .. } => format!("footer DAMAGED at offset {offset} (scanned)"),
+            SegmentState::FooterDamaged { footer_start, .. } => {
+                format!("footer DAMAGED (starts at offset {footer_start}; records scanned)")
+            }
             SegmentState::NotRead => "not read".to_string(),
         };
         let range = s.index_range.map_or("no entries".into(), |(lo, hi)| format!("indexes {lo}..={hi}"));

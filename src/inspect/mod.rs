@@ -276,8 +276,11 @@ impl Inspection {
                 ),
                 HeaderState::Valid { .. } => {}
             }
-            if let SegmentState::FooterDamaged { offset, reason } = &s.state {
-                push(&s.path, *offset, size, format!("footer: {reason}"), self.decided(&s.path, *offset));
+            if let SegmentState::FooterDamaged { offset, footer_start, reason } = &s.state {
+                // Reported where the footer starts (the check fails at the trailer for a bad
+                // checksum); the label is looked up where open's check failed.
+                let what = format!("footer: {reason} (found at offset {offset})");
+                push(&s.path, *footer_start, size, what, self.decided(&s.path, *offset));
             }
             if let Some(d) = &s.scan_damage {
                 let mut decided = self.decided(&s.path, d.offset);
@@ -301,8 +304,13 @@ impl Inspection {
             }
         }
         // A refusal not tied to one segment's damage (a missing segment, a gap in the entries).
+        let footer_at = |f: &Finding| {
+            self.segments.iter().any(|s| {
+                s.path == f.path && matches!(s.state, SegmentState::FooterDamaged { offset, .. } if Some(offset) == self.log_refusal().map(|c| c.offset))
+            })
+        };
         if let Some(c) = self.log_refusal()
-            && !out.iter().any(|f| f.path == c.path && f.offset == c.offset)
+            && !out.iter().any(|f| f.path == c.path && (f.offset == c.offset || footer_at(f)))
         {
             out.push(Finding {
                 path: c.path.clone(),
@@ -516,5 +524,67 @@ impl Inspection {
         }
         self.storage_findings = findings;
         self.storage_actions = actions;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{Log, LogOptions};
+
+    fn golden_copy(name: &str) -> tempfile::TempDir {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("segments/golden").join(name);
+        let to = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, to.path().join(p.file_name().unwrap())).unwrap();
+        }
+        to
+    }
+
+    fn bytes(dir: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (p.file_name().unwrap().to_owned(), std::fs::read(&p).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_dry_run_predicts_open_exactly_and_changes_nothing() {
+        // On each golden log, the plan's report is the report open then returns, and the plan
+        // itself leaves every byte as it was (open then repairs, proving there was work to plan).
+        for name in ["v1-clean", "v1-torn-tail", "v1-torn-write", "v1-reset"] {
+            let d = golden_copy(name);
+            let before = bytes(d.path());
+            let plan = plan_recovery(d.path(), RecoveryMode::TolerateTailCorruption).unwrap();
+            assert_eq!(bytes(d.path()), before, "{name}: the dry run changed a file");
+            let (log, report) =
+                Log::open(d.path(), LogOptions { segment_bytes: 4096, ..LogOptions::default() }).unwrap();
+            assert_eq!(plan.report, report, "{name}");
+            assert_eq!(plan.entries.len() as u64, report.entries_recovered);
+            assert_eq!(plan.entries.last().map(|e| e.index), Some(log.last_index()).filter(|&l| l > 0));
+        }
+        let d = golden_copy("v1-middle-corruption");
+        let refused = plan_recovery(d.path(), RecoveryMode::TolerateTailCorruption).unwrap_err();
+        let opened = Log::open(d.path(), LogOptions { segment_bytes: 4096, ..LogOptions::default() }).unwrap_err();
+        assert_eq!(refused.corruption(), opened.corruption());
+    }
+
+    #[test]
+    fn inspection_of_a_torn_tail_labels_it_and_finds_nothing_else() {
+        let d = golden_copy("v1-torn-tail");
+        let ins = inspect_every_record(d.path()).unwrap();
+        assert_eq!(ins.layout, Layout::Log);
+        assert!(!ins.live);
+        let f = ins.findings();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].torn_tail);
+        assert_eq!(f[0].label, Some("TAIL_PAYLOAD_TRUNCATE"));
+        assert!(ins.actions().iter().any(|a| a.contains("[TAIL_PAYLOAD_TRUNCATE]")));
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::io::FileSystem;
-use crate::limits::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::limits::{FOOTER_TRAILER_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::wal::reader::SegmentReader;
 use crate::wal::record::Kind;
 use crate::wal::recovery;
@@ -35,8 +35,11 @@ pub enum SegmentState {
     Unsealed,
     /// A footer with a bad checksum or impossible fields, at `offset`; the records were scanned.
     FooterDamaged {
-        /// Where the damaged footer structure starts.
+        /// Where the check failed (the trailer, or the footer entry at fault).
         offset: u64,
+        /// Where the footer starts, as far as its trailer's entry count can tell (else
+        /// `offset`): the damaged byte lies between here and the segment's end.
+        footer_start: u64,
         /// What is wrong.
         reason: String,
     },
@@ -166,7 +169,13 @@ pub(crate) fn read_segment(fs: &dyn FileSystem, dir: &Path, id: u64, every_recor
         }
         other => {
             if let FooterCheck::Damaged { offset, kind } = other {
-                info.state = SegmentState::FooterDamaged { offset, reason: kind.to_string() };
+                let count = r.bytes(segment_bytes - FOOTER_TRAILER_BYTES + 8, 4)?;
+                let count = if count.len() == 4 { u64::from(LE::read_u32(count)) } else { 0 };
+                let footer_start = segment_bytes
+                    .checked_sub(segment::footer_bytes(count))
+                    .filter(|&s| s >= SEGMENT_HEADER_BYTES && s <= offset)
+                    .unwrap_or(offset);
+                info.state = SegmentState::FooterDamaged { offset, footer_start, reason: kind.to_string() };
             } else {
                 info.state = SegmentState::Unsealed;
             }
