@@ -164,8 +164,12 @@ fn torn_tail_says_recovery_would_truncate_it() {
 fn damage_in_each_structure_is_named_by_file_and_offset() {
     // Each case damages one byte of a clean copy; verify must exit 1 and name the structure that
     // holds the byte, by file and by the offset where that structure starts, with its label.
-    let sealed = |d: &Path| seg(d, 3);
-    let cases: Vec<(&str, Box<dyn Fn(&Path) -> (PathBuf, u64, u64)>, &str)> = vec![
+    fn sealed(d: &Path) -> PathBuf {
+        seg(d, 3)
+    }
+    // (what, the damage: (file, byte flipped, where the structure holding it starts), label)
+    type Damage = Box<dyn Fn(&Path) -> (PathBuf, u64, u64)>;
+    let cases: Vec<(&str, Damage, &str)> = vec![
         (
             "record payload in a sealed segment",
             Box::new(|d: &Path| {
