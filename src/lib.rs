@@ -35,6 +35,7 @@
 mod error;
 #[cfg(test)]
 mod format_spec;
+pub mod inspect;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals;

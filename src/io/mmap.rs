@@ -75,6 +75,11 @@ impl Map {
         unsafe { Map::new(file, len) }
     }
 
+    /// A map of nothing (made without `mmap`): for a segment that is read only through `pread`.
+    pub(crate) fn empty() -> Map {
+        Map { inner: None }
+    }
+
     /// Mapped length in bytes.
     pub fn len(&self) -> usize {
         self.inner.as_ref().map_or(0, |m| m.len())

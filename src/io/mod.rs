@@ -2,7 +2,9 @@
 //!
 //! Everything that reads or writes the data directory goes through [`FileSystem`] and
 //! [`DataFile`], so a simulated disk (crashing, tearing writes, failing fsync) can stand in for
-//! the real one in tests. [`StdFileSystem`] is the real implementation over `std` and `rustix`.
+//! the real one in tests. [`StdFileSystem`] is the real implementation over `std` and `rustix`;
+//! [`ReadOnlyFileSystem`] is the real one opened for reading only, refusing every change
+//! (for inspecting a directory).
 //!
 //! Memory maps are made by [`Map`] in the `mmap` module, the only place in the library with
 //! `unsafe` code. The simulated disk the crash tests run on, `SimFileSystem`, implements these
@@ -11,9 +13,11 @@
 #[allow(unsafe_code)]
 mod mmap;
 pub(crate) mod ops;
+mod read_only;
 mod std_fs;
 
 pub use mmap::Map;
+pub use read_only::ReadOnlyFileSystem;
 pub use std_fs::StdFileSystem;
 
 use std::any::Any;

@@ -21,9 +21,9 @@
 
 mod group_commit;
 mod prepare;
-mod reader;
+pub(crate) mod reader;
 pub(crate) mod record;
-mod recovery;
+pub(crate) mod recovery;
 pub(crate) mod recovery_table;
 pub(crate) mod segment;
 
@@ -41,7 +41,7 @@ use std::sync::Arc;
 
 pub use group_commit::{GroupCommitOptions, GroupCommitStats, OwnedNewEntry, SharedLog, SyncPolicy, Ticket};
 pub use prepare::SegmentPreparation;
-pub use recovery::{RecoveryReport, RemovedSegment, Truncation};
+pub use recovery::{EntryLocation, RecoveryPlan, RecoveryReport, RemovedSegment, Truncation};
 pub use segment::FORMAT_VERSION;
 
 /// How much damage [`Log::open`] tolerates. See the decision table in `segments/FORMAT.md`.
@@ -53,6 +53,21 @@ pub enum RecoveryMode {
     TolerateTailCorruption,
     /// Any damage, even a torn tail, refuses to open.
     AbsoluteConsistency,
+}
+
+/// What [`Log::open`] would do to the log in `dir` under `mode`, found without doing it.
+///
+/// A dry run of recovery: the same classification and replay as `open`, through
+/// [`ReadOnlyFileSystem`](crate::io::ReadOnlyFileSystem) (files opened read-only, nothing
+/// mapped, no lock taken, nothing written or synced), stopping where `open` would start changing
+/// files. The plan lists the truncations and removals `open` would make, with their
+/// decision-table labels; a refusal is the same error `open` would return. Safe to run on a
+/// directory a live process holds open: a torn record at the tail of its active segment is then
+/// a write in flight, which the plan shows as a truncation.
+pub fn plan_recovery(dir: impl AsRef<Path>, mode: RecoveryMode) -> Result<RecoveryPlan> {
+    let options =
+        LogOptions { recovery_mode: mode, fs: Arc::new(crate::io::ReadOnlyFileSystem), ..LogOptions::default() };
+    recovery::plan(dir.as_ref(), options)
 }
 
 /// Options for [`Log::open`].

@@ -144,33 +144,33 @@ enum Loaded {
 
 /// Damage found by scanning a segment's records.
 #[derive(Debug)]
-struct ScanDamage {
+pub(crate) struct ScanDamage {
     /// Where the first invalid position is (inside an incomplete write, where its records stop).
-    offset: u64,
-    damaged: Damaged,
-    kind: CorruptionKind,
+    pub(crate) offset: u64,
+    pub(crate) damaged: Damaged,
+    pub(crate) kind: CorruptionKind,
     /// A valid record after the damage whose `synced_offset` lies past it: proof that the damaged
     /// bytes had been synced. (offset of that record)
-    proof: Option<u64>,
+    pub(crate) proof: Option<u64>,
     /// The damaged record's index, when its header is intact.
     damaged_index: Option<u64>,
     /// Lowest and highest index among valid records after the damage.
     later_indexes: Option<(u64, u64)>,
     /// One past the last non-zero byte at or after `offset`.
-    garbage_end: u64,
+    pub(crate) garbage_end: u64,
 }
 
 #[derive(Debug)]
-struct Scan {
-    records: Vec<FooterEntry>,
-    end: u64,
-    damage: Option<ScanDamage>,
+pub(crate) struct Scan {
+    pub(crate) records: Vec<FooterEntry>,
+    pub(crate) end: u64,
+    pub(crate) damage: Option<ScanDamage>,
 }
 
 /// Reads records from the start of a segment until the first position that is not a valid
 /// record, then classifies what follows. Reads through `pread` (`r`), never the map: a bad
 /// sector is an `Error::Io`, not a `SIGBUS`.
-fn scan(r: &mut SegmentReader<'_>, id: u64) -> Result<Scan> {
+pub(crate) fn scan(r: &mut SegmentReader<'_>, id: u64) -> Result<Scan> {
     let Run { records, end, torn_write, found } = read_run(r, id)?;
     let garbage_end = last_nonzero_end(r.file(), r.path(), end, r.size())?;
     // A record with a valid header whose `synced_offset` lies past its own offset: no writer
@@ -423,7 +423,7 @@ fn refuse(path: &Path, offset: u64, kind: CorruptionKind, rule: &'static str, af
 pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryReport)> {
     check_segment_bytes(options.segment_bytes)?;
     let lock = ops::lock_dir(options.fs.as_ref(), dir)?;
-    let loaded = load_segments(options.fs.as_ref(), dir)?;
+    let loaded = load_segments(options.fs.as_ref(), dir, Mapping::Map)?;
     let mut recovery = Recovery::new(dir, options, loaded.len());
     recovery.classify(loaded)?;
     check_dense(dir, &recovery.kept)?;
@@ -446,16 +446,25 @@ fn check_segment_bytes(segment_bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// Whether `load` maps the segments it loads: `open` does (entry reads come from the maps); a
+/// dry run (`plan`) does not, because it reads only through `pread` and must not map files a
+/// live process may be writing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mapping {
+    Map,
+    NoMap,
+}
+
 /// Step 2: every segment file in `dir`, oldest first, loaded by `load`.
-fn load_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<(u64, Loaded)>> {
+fn load_segments(fs: &dyn FileSystem, dir: &Path, mapping: Mapping) -> Result<Vec<(u64, Loaded)>> {
     let names = fs.list(dir).map_err(|e| Error::io("list", dir, e))?;
     let mut ids: Vec<u64> = names.iter().filter_map(|n| n.to_str().and_then(segment::parse_file_name)).collect();
     ids.sort_unstable();
-    ids.into_iter().map(|id| Ok((id, load(fs, dir, id)?))).collect()
+    ids.into_iter().map(|id| Ok((id, load(fs, dir, id, mapping)?))).collect()
 }
 
 /// A segment's header checked and, if valid, the segment mapped at the size it states.
-fn load(fs: &dyn FileSystem, dir: &Path, id: u64) -> Result<Loaded> {
+fn load(fs: &dyn FileSystem, dir: &Path, id: u64, mapping: Mapping) -> Result<Loaded> {
     let path = Segment::path_in(dir, id);
     let file = fs.open(&path).map_err(|e| Error::io("open", &path, e))?;
     let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
@@ -472,8 +481,57 @@ fn load(fs: &dyn FileSystem, dir: &Path, id: u64) -> Result<Loaded> {
             file,
             kind: CorruptionKind::Malformed(format!("file holds {len} bytes; its header promises {segment_bytes}")),
         }),
+        HeaderCheck::Valid { segment_bytes } if mapping == Mapping::NoMap => {
+            Ok(Loaded::Mapped(Segment::unmapped(id, path, file, segment_bytes)))
+        }
         HeaderCheck::Valid { segment_bytes } => Ok(Loaded::Mapped(Segment::map(id, path, file, segment_bytes)?)),
     }
+}
+
+/// What [`Log::open`] would do to the log in `dir`, found without doing it: the result of
+/// [`plan_recovery`](crate::wal::plan_recovery).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryPlan {
+    /// The report `open` would return: the truncations it would make and the segments it would
+    /// remove (none made yet), and the log it would recover.
+    pub report: RecoveryReport,
+    /// The segment file `open` would create as the new active segment, when the newest kept
+    /// segment is sealed (or there is none).
+    pub new_active_segment: Option<PathBuf>,
+    /// The newest reset marker the log would keep: (index, term of index - 1).
+    pub newest_reset: Option<(u64, u64)>,
+    /// Where each entry of the recovered log lives, first index first.
+    pub entries: Vec<EntryLocation>,
+}
+
+/// Where one entry of a log lives: the record holding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryLocation {
+    /// The entry's Raft index.
+    pub index: u64,
+    /// The entry's term.
+    pub term: u64,
+    /// The segment holding its record.
+    pub segment_id: u64,
+    /// That segment's file.
+    pub path: PathBuf,
+    /// The record's offset in the segment.
+    pub record_offset: u64,
+}
+
+/// Steps 2 to 4 of `open` without step 1's lock or step 5's writes, through `options.fs`:
+/// what recovery would find and decide. Reads through `pread` only and maps nothing.
+///
+/// Runs the same classification and replay code as `open` (so its labels are `open`'s), then
+/// stops where `open` would start changing files. A refusal is returned as the same error
+/// `open` would return.
+pub(crate) fn plan(dir: &Path, options: LogOptions) -> Result<RecoveryPlan> {
+    let loaded = load_segments(options.fs.as_ref(), dir, Mapping::NoMap)?;
+    let mut recovery = Recovery::new(dir, options, loaded.len());
+    recovery.classify(loaded)?;
+    check_dense(dir, &recovery.kept)?;
+    let replayed = replay_records(dir, &recovery.kept)?;
+    Ok(recovery.into_plan(replayed))
 }
 
 impl<'a> Recovery<'a> {
@@ -739,6 +797,49 @@ impl<'a> Recovery<'a> {
         segments.push_back(Arc::new(install_segment(fs, dir, &prepared, id, self.options.segment_bytes)?));
         let start = SEGMENT_HEADER_BYTES;
         Ok((segments, Active { write_offset: start, synced_offset: start, records: Vec::new(), syncs: 0 }))
+    }
+
+    /// What `make_durable` and `start` would do, done by neither: the dry run's answer.
+    fn into_plan(self, replayed: Replayed) -> RecoveryPlan {
+        let Replayed { first_index, locs, reset, .. } = replayed;
+        let mut report = self.report;
+        for k in &self.kept {
+            let Some(t) = &k.tail else { continue };
+            report.truncations.push(Truncation {
+                path: k.segment.path.clone(),
+                segment_id: k.segment.id,
+                offset: t.offset,
+                bytes_dropped: t.garbage_end - t.offset,
+                rule: t.rule,
+                reason: t.reason.clone(),
+            });
+        }
+        for (path, reason) in self.dead {
+            report.removed_segments.push(RemovedSegment { path, reason });
+        }
+        let new_active_segment = match self.kept.last() {
+            Some(k) if !k.sealed => None,
+            last => Some(Segment::path_in(self.dir, last.map_or(1, |k| k.segment.id + 1))),
+        };
+        let paths: std::collections::HashMap<u64, &Path> =
+            self.kept.iter().map(|k| (k.segment.id, k.segment.path.as_path())).collect();
+        let entries: Vec<EntryLocation> = locs
+            .iter()
+            .zip(first_index..)
+            .map(|(l, index)| EntryLocation {
+                index,
+                term: l.term,
+                segment_id: l.segment_id,
+                path: paths
+                    .get(&l.segment_id)
+                    .map_or_else(|| Segment::path_in(self.dir, l.segment_id), |p| p.to_path_buf()),
+                record_offset: u64::from(l.offset),
+            })
+            .collect();
+        report.entries_recovered = entries.len() as u64;
+        report.first_index = first_index;
+        report.last_index = first_index + entries.len() as u64 - 1;
+        RecoveryPlan { report, new_active_segment, newest_reset: reset, entries }
     }
 
     /// Step 6: the log, ready for appends, and the report of what recovery found and did.

@@ -314,6 +314,12 @@ impl Segment {
         SegmentReader::new(self.file.as_ref(), &self.path, self.segment_bytes)
     }
 
+    /// A segment with no map, for recovery's dry run (`recovery::plan`), which reads only
+    /// through [`Segment::reader`]: [`Segment::bytes`] is empty.
+    pub(crate) fn unmapped(id: u64, path: PathBuf, file: Box<dyn DataFile>, segment_bytes: u64) -> Segment {
+        Segment { id, path, file, map: Arc::new(Map::empty()), segment_bytes }
+    }
+
     /// Builds a segment from an opened file, checking the size the header promises.
     pub(crate) fn map(id: u64, path: PathBuf, file: Box<dyn DataFile>, segment_bytes: u64) -> Result<Segment> {
         let map = file.map(segment_bytes).map_err(|e| crate::Error::io("map", &path, e))?;
