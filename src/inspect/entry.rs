@@ -11,17 +11,12 @@ use crate::wal::reader::SegmentReader;
 use crate::wal::segment::{self, HeaderCheck};
 use std::path::PathBuf;
 
-/// Bit of the entry type byte that says an application context follows it: a `u32` length and
-/// the context bytes, then the data. (Being added to `DiskStorage` beside this tool; decoded
-/// here so that `keel dump` reads directories written with it.)
-pub const ENTRY_FLAG_CONTEXT: u8 = 0x80;
-
 /// The Raft entry a `DiskStorage` record payload holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageEntry<'a> {
     /// The entry type.
     pub entry_type: EntryType,
-    /// The application context, when the type byte has [`ENTRY_FLAG_CONTEXT`].
+    /// The application context, when the entry has one (bit 7 of the type byte).
     pub context: Option<&'a [u8]>,
     /// The entry's data.
     pub data: &'a [u8],
@@ -30,23 +25,10 @@ pub struct StorageEntry<'a> {
 /// Decodes a `DiskStorage` payload: the type byte, an optional context, the data. `Err` says
 /// what is malformed (bytes from disk are untrusted: never a panic).
 pub fn decode_storage_entry(payload: &[u8]) -> std::result::Result<StorageEntry<'_>, String> {
-    let Some((&tag, rest)) = payload.split_first() else {
-        return Err("entry payload is empty (no entry type byte)".into());
-    };
-    let entry_type = EntryType::from_u8(tag & !ENTRY_FLAG_CONTEXT)
-        .ok_or_else(|| format!("entry type byte {tag:#04x} is unknown"))?;
-    if tag & ENTRY_FLAG_CONTEXT == 0 {
-        return Ok(StorageEntry { entry_type, context: None, data: rest });
-    }
-    let Some((len, rest)) = rest.split_first_chunk::<4>() else {
-        return Err(format!("entry type byte {tag:#04x} announces a context, but its length is cut short"));
-    };
-    let len = u32::from_le_bytes(*len) as usize;
-    if len > rest.len() {
-        return Err(format!("context of {len} bytes runs past the payload ({} bytes remain)", rest.len()));
-    }
-    let (context, data) = rest.split_at(len);
-    Ok(StorageEntry { entry_type, context: Some(context), data })
+    // The same decoding `DiskStorage` reads entries with.
+    let (entry_type, context, data) = crate::storage::disk::parse_entry_payload(payload)?;
+    let context = (!context.is_empty()).then(|| &payload[context]);
+    Ok(StorageEntry { entry_type, context, data: &payload[data] })
 }
 
 /// Reads entries' payloads by their locations, keeping the segment being read open.

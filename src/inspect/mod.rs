@@ -23,7 +23,7 @@ mod live;
 mod segments;
 mod storage;
 
-pub use entry::{ENTRY_FLAG_CONTEXT, EntryReader, StorageEntry, decode_storage_entry};
+pub use entry::{EntryReader, StorageEntry, decode_storage_entry};
 pub use live::lock_held;
 pub use segments::{HeaderState, MarkerInfo, RecordFinding, ScanFinding, SegmentInfo, SegmentState};
 pub use storage::{HardStateInfo, SlotState, SnapshotHeader, SnapshotInfo};

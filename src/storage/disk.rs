@@ -549,8 +549,8 @@ pub(crate) fn parse_entry_payload(
     let Some((&tag, _)) = payload.split_first() else {
         return Err("entry payload is empty (no entry type)".into());
     };
-    let entry_type =
-        EntryType::from_u8(tag & !ENTRY_CONTEXT_FLAG).ok_or_else(|| format!("entry type {tag} is unknown"))?;
+    let entry_type = EntryType::from_u8(tag & !ENTRY_CONTEXT_FLAG)
+        .ok_or_else(|| format!("entry type byte {tag:#04x} is unknown"))?;
     if tag & ENTRY_CONTEXT_FLAG == 0 {
         return Ok((entry_type, 1..1, 1..payload.len()));
     }
