@@ -319,7 +319,7 @@ fn a_live_storage_is_inspected_without_disturbing_it() {
         entry_type: EntryType::Normal,
         data: format!("value {index}").into_bytes().into(),
         // Written by DiskStorage itself: dump must read its context layout.
-        context: if index % 7 == 0 { format!("ctx{index}").into_bytes().into() } else { Default::default() },
+        context: if index.is_multiple_of(7) { format!("ctx{index}").into_bytes().into() } else { Default::default() },
     };
     let (mut storage, _) = DiskStorage::open(d.path(), options.clone()).unwrap();
     storage.append(&(1..=300).map(entry).collect::<Vec<_>>()).unwrap();
