@@ -40,6 +40,8 @@ mod format_spec;
 pub mod internals;
 pub mod io;
 pub mod limits;
+#[cfg(feature = "openraft")]
+pub mod openraft;
 mod payload;
 pub mod raft;
 mod rng;
