@@ -43,3 +43,26 @@ pub(crate) fn decode<E: DeserializeOwned>(payload: &[u8], log_dir: &Path, keel_i
         Some((codec, _)) => Err(refuse(format!("unknown codec byte {codec}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes that are not this codec's are corruption naming the index, never a panic.
+    #[test]
+    fn undecodable_payloads_are_corruption() {
+        let mut good = Vec::new();
+        encode(&(7u64, String::from("seven")), &mut good).unwrap();
+        assert_eq!(decode::<(u64, String)>(&good, Path::new("log"), 3).unwrap(), (7, "seven".into()));
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let mut other_codec = good.clone();
+        other_codec[0] = 9;
+        for bad in [&[][..], &good[..good.len() - 1], &trailing, &other_codec, &[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]]
+        {
+            let err = decode::<(u64, String)>(bad, Path::new("log"), 3).unwrap_err();
+            let c = err.corruption().unwrap_or_else(|| panic!("{err}"));
+            assert_eq!(c.affected_indexes, Some((3, 3)));
+        }
+    }
+}

@@ -624,3 +624,61 @@ where
         self.purge_through(log_id).map_err(|e| storage_error(e, StorageIOError::write_logs))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::openraft::{Entry, EntryPayload};
+    use std::io::Cursor;
+    use std::sync::mpsc;
+
+    ::openraft::declare_raft_types!(Config: D = String, R = String);
+
+    fn entry(index: u64) -> Entry<Config> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(index.to_string()),
+        }
+    }
+
+    /// Appends queued while a sync runs share the next one, and their callbacks run in order.
+    /// The first callback holds the flusher until the other twenty are queued, so at most two
+    /// syncs cover all twenty-one appends.
+    #[test]
+    fn appends_queued_during_a_sync_share_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeelLogStore::<Config>::open(dir.path(), LogOptions::default()).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (release, released) = mpsc::channel::<()>();
+        let o = Arc::clone(&order);
+        let hold = move |r: Result<()>| {
+            r.unwrap();
+            released.recv().unwrap();
+            o.lock().push(0);
+        };
+        store.append_entries(vec![entry(0)], Box::new(hold)).unwrap();
+        for i in 1..=20 {
+            let o = Arc::clone(&order);
+            store
+                .append_entries(vec![entry(i)], Box::new(move |r: Result<()>| o.lock().push(r.map(|()| i).unwrap())))
+                .unwrap();
+        }
+        release.send(()).unwrap();
+        store.shared.wait_idle().unwrap();
+        assert_eq!(*order.lock(), (0..=20).collect::<Vec<u64>>());
+        let syncs = store.shared.core.read().log.stats().syncs;
+        assert!((1..=2).contains(&syncs), "{syncs} syncs for 21 appends");
+    }
+
+    /// An append that does not follow the last entry is refused and changes nothing.
+    #[test]
+    fn an_append_with_a_gap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeelLogStore::<Config>::open(dir.path(), LogOptions::default()).unwrap();
+        store.append_entries(vec![entry(0)], Box::new(|r: Result<()>| r.unwrap())).unwrap();
+        let err = store.append_entries(vec![entry(2)], Box::new(|_| panic!("never queued"))).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(!store.is_failed());
+        assert_eq!(store.shared.read::<Entry<Config>>(1, 10).unwrap(), vec![entry(0)]);
+    }
+}
