@@ -36,6 +36,7 @@ struct Connection {
 }
 
 impl Connection {
+    #[allow(clippy::result_large_err)] // openraft's own RPC error type
     fn raft<E: Error>(&self) -> Result<Raft<TypeConfig>, RPCError<NodeId, BasicNode, E>> {
         let nodes = self.router.nodes.lock().unwrap();
         nodes.get(&self.target).cloned().ok_or_else(|| {

@@ -36,8 +36,8 @@ impl StoreBuilder<TypeConfig, Store, KvStateMachine, tempfile::TempDir> for Buil
 
 /// openraft's `Suite::test_all` runs every storage test openraft has against fresh stores.
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(Builder)
+fn openraft_storage_suite() {
+    Suite::test_all(Builder).expect("openraft's storage suite passes");
 }
 
 fn log_id(term: u64, index: u64) -> LogId<NodeId> {

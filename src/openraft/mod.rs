@@ -7,6 +7,7 @@
 //! use keel::wal::LogOptions;
 //! use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt};
 //! use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+//! use std::io::Cursor; // the default snapshot data type of `declare_raft_types!`
 //!
 //! openraft::declare_raft_types!(pub Config: D = String, R = String);
 //!
