@@ -38,6 +38,12 @@ fn offsets_match_the_spec() {
     check_layout("Footer entry:", segment::FOOTER_ENTRY_LAYOUT, limits::FOOTER_ENTRY_BYTES);
     check_layout("Footer trailer", segment::FOOTER_TRAILER_LAYOUT, limits::FOOTER_TRAILER_BYTES);
     check_layout("### HardState slot", hard_state::LAYOUT, hard_state::SLOT_BYTES as u64);
+    #[cfg(feature = "openraft")]
+    check_layout(
+        "### openraft state slot",
+        crate::openraft::state_file::LAYOUT,
+        crate::openraft::state_file::SLOT_BYTES as u64,
+    );
     check_layout("### Snapshot header", snapshot::LAYOUT, snapshot::FIXED_HEADER_BYTES as u64);
 }
 

@@ -41,6 +41,8 @@ pub mod inspect;
 pub mod internals;
 pub mod io;
 pub mod limits;
+#[cfg(feature = "openraft")]
+pub mod openraft;
 mod payload;
 pub mod raft;
 #[cfg(feature = "raft-rs")]
