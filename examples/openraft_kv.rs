@@ -145,3 +145,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("done in {:.1?}", started.elapsed());
     Ok(())
 }
+
+// `cargo test` runs the example itself (`test = true` in Cargo.toml), so it cannot rot.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_example_runs() {
+        super::main().unwrap();
+    }
+}
