@@ -421,7 +421,12 @@ where
                     core.last_log_id
                 )));
             }
-            core.log.append(&new).map_err(|e| self.shared.latch(e))?;
+            // An append keel refuses before writing (a payload too large for a segment) changes
+            // nothing and is only reported; any other failure latches.
+            core.log.append(&new).map_err(|e| match e {
+                Error::InvalidArgument(_) => e,
+                e => self.shared.latch(e),
+            })?;
             core.last = new.last().expect("non-empty").index;
             core.last_log_id = Some(new_last);
         }

@@ -179,6 +179,17 @@ pub(crate) fn decode_slot(b: &[u8], path: &Path) -> Result<std::result::Result<S
         return Ok(Err(Malformed(format!("openraft state slot flags {flags:#x} or reserved bytes are invalid"))));
     }
     let has = |f: u32| flags & f != 0;
+    // Indexes are openraft's (keel's minus one): beyond keel's range they would overflow the
+    // mapping (a panic at open), so a slot holding one is malformed, as is a sequence that
+    // cannot be followed.
+    let index_ok = |at: usize| LE::read_u64(&b[at..]) < crate::limits::INDEX_MAX;
+    if (has(FLAG_COMMITTED) && !index_ok(OFF_COMMITTED + 16))
+        || (has(FLAG_PURGED) && !index_ok(OFF_PURGED + 16))
+        || (has(FLAG_FENCE) && !index_ok(OFF_FENCE))
+        || LE::read_u64(&b[OFF_SEQUENCE..]) == u64::MAX
+    {
+        return Ok(Err(Malformed("openraft state slot holds an index or sequence out of range".into())));
+    }
     let state = State {
         vote: has(FLAG_VOTE).then(|| RawVote {
             term: LE::read_u64(&b[OFF_VOTE_TERM..]),
