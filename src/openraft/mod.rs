@@ -32,6 +32,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A [`KeelLogReader`] shares the store's open log and directory lock: after the store is
+//! dropped, the directory stays locked (a reopen answers [`Error::Locked`]) until the last reader
+//! openraft handed to its replication tasks is dropped too.
+//!
 //! The directory holds `LOCK`, the keel log in `log/` and the openraft state file
 //! (`openraft-state`, layout in `segments/FORMAT.md`): the vote, the committed log id, the last
 //! purged log id and the truncation fence.

