@@ -528,14 +528,16 @@ fn storage_error(e: Error, make: fn(AnyError) -> StorageIOError<u64>) -> Storage
 
 /// The openraft range `range` as keel indexes `[lo, hi)`.
 fn keel_range(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    // Saturating: a range reaching u64::MAX (beyond any index keel accepts) reads as far as
+    // the log goes, never a panic.
     let lo = match range.start_bound() {
-        Bound::Included(&i) => keel_index(i),
-        Bound::Excluded(&i) => keel_index(i).saturating_add(1),
+        Bound::Included(&i) => i.saturating_add(1),
+        Bound::Excluded(&i) => i.saturating_add(2),
         Bound::Unbounded => 1,
     };
     let hi = match range.end_bound() {
-        Bound::Included(&i) => keel_index(i).saturating_add(1),
-        Bound::Excluded(&i) => keel_index(i),
+        Bound::Included(&i) => i.saturating_add(2),
+        Bound::Excluded(&i) => i.saturating_add(1),
         Bound::Unbounded => u64::MAX,
     };
     (lo, hi)
@@ -649,6 +651,16 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(index.to_string()),
         }
+    }
+
+    #[test]
+    fn ranges_map_to_keel_indexes_and_saturate() {
+        assert_eq!(keel_range(&(0..3)), (1, 4));
+        assert_eq!(keel_range(&(2..=5)), (3, 7));
+        assert_eq!(keel_range(&(..)), (1, u64::MAX));
+        assert_eq!(keel_range(&(u64::MAX..)), (u64::MAX, u64::MAX));
+        assert_eq!(keel_range(&(0..=u64::MAX)), (1, u64::MAX));
+        assert_eq!(keel_range(&(u64::MAX - 1..u64::MAX)), (u64::MAX, u64::MAX));
     }
 
     /// Appends queued while a sync runs share the next one, and their callbacks run in order.
