@@ -124,13 +124,27 @@ fn verify_on_a_live_storage_reports_no_damage() {
     let writer = std::thread::spawn(move || {
         let mut i = 1u64;
         let mut term = 1;
+        let mut round = 0u64;
         while !stop2.load(Ordering::Relaxed) {
-            let ents: Vec<KEntry> = (i..i + 4).map(|k| KEntry { context: b"cx".to_vec().into(), ..KEntry::new(k, term, vec![k as u8; 300]) }).collect();
+            round += 1;
+            if round % 30 == 0 {
+                // A snapshot install from a leader: the log restarts after it.
+                let cs = keel::storage::ConfState { voters: vec![1], ..Default::default() };
+                let md = keel::storage::SnapshotMetadata { index: i + 50, term, conf_state: cs };
+                s.apply_snapshot(&md, &mut &b"installed"[..]).unwrap();
+                i += 51;
+                continue;
+            }
+            let ents: Vec<KEntry> = (i..i + 4)
+                .map(|k| KEntry { context: b"cx".to_vec().into(), ..KEntry::new(k, term, vec![k as u8; 300]) })
+                .collect();
             s.append(&ents).unwrap();
             i += 4;
-            if i % 40 == 1 { term += 1; }
+            if round % 10 == 0 {
+                term += 1;
+            }
             s.set_hard_state(&keel::storage::HardState { term, vote: 1, commit: i - 1 }).unwrap();
-            if i % 80 == 1 {
+            if round % 20 == 0 {
                 let cs = keel::storage::ConfState { voters: vec![1], ..Default::default() };
                 s.create_snapshot(i - 1, &cs, &mut &b"snapshot data"[..]).unwrap();
                 s.compact(i - 10).unwrap();

@@ -194,7 +194,9 @@ fn run_once(dir: &Path, every_record: bool) -> Result<Inspection> {
     };
     if layout == Layout::Storage {
         ins.hard_state = hard_state;
-        ins.snapshots = storage::read_snapshots(&fs, dir, &names)?;
+        // Listed again, after the log was read: a live process's snapshot install writes its
+        // snapshot file before it resets the log, so a reset seen in the log has its file here.
+        ins.snapshots = storage::read_snapshots(&fs, dir, &list_names(&fs, dir)?)?;
         ins.temp_files = names.iter().filter(|n| storage::is_temp_file_name(n)).map(|n| dir.join(n)).collect();
         ins.decide_storage();
     }
