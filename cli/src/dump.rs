@@ -134,8 +134,22 @@ pub fn dump(args: DumpArgs) -> ExitCode {
     if out.flush().is_err() {
         return ExitCode::from(EXIT_CLEAN);
     }
+    // A storage open refuses for its own reasons (a missing HardState, committed entries
+    // missing, a missing snapshot): the log's entries are printed, but open would recover none.
+    let refusals: Vec<_> =
+        ins.findings().into_iter().filter(|f| f.consequence.starts_with("open refuses")).collect();
+    for f in &refusals {
+        eprintln!(
+            "keel dump: DiskStorage::open would refuse this directory{}: {}",
+            f.label.map_or(String::new(), |l| format!(" [{l}]")),
+            f.what
+        );
+    }
     if bad > 0 {
         eprintln!("keel dump: {bad} entries could not be read or decoded");
+        return ExitCode::from(EXIT_DAMAGE);
+    }
+    if !refusals.is_empty() {
         return ExitCode::from(EXIT_DAMAGE);
     }
     ExitCode::from(EXIT_CLEAN)
