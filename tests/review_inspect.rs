@@ -127,7 +127,7 @@ fn verify_on_a_live_storage_reports_no_damage() {
         let mut round = 0u64;
         while !stop2.load(Ordering::Relaxed) {
             round += 1;
-            if round % 30 == 0 {
+            if round.is_multiple_of(30) {
                 // A snapshot install from a leader: the log restarts after it.
                 let cs = keel::storage::ConfState { voters: vec![1], ..Default::default() };
                 let md = keel::storage::SnapshotMetadata { index: i + 50, term, conf_state: cs };
@@ -140,11 +140,11 @@ fn verify_on_a_live_storage_reports_no_damage() {
                 .collect();
             s.append(&ents).unwrap();
             i += 4;
-            if round % 10 == 0 {
+            if round.is_multiple_of(10) {
                 term += 1;
             }
             s.set_hard_state(&keel::storage::HardState { term, vote: 1, commit: i - 1 }).unwrap();
-            if round % 20 == 0 {
+            if round.is_multiple_of(20) {
                 let cs = keel::storage::ConfState { voters: vec![1], ..Default::default() };
                 s.create_snapshot(i - 1, &cs, &mut &b"snapshot data"[..]).unwrap();
                 s.compact(i - 10).unwrap();

@@ -182,21 +182,6 @@ fn preview(b: &[u8], n: usize) -> &[u8] {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn previews_cut_text_at_a_character_and_binary_at_n() {
-        assert_eq!(preview("aé".as_bytes(), 2), b"a", "é is 2 bytes: not split");
-        assert_eq!(preview(b"abc", 2), b"ab");
-        let binary = [0x80u8; 100];
-        assert_eq!(preview(&binary, 8).len(), 8, "binary data is not cut back to nothing");
-        assert_eq!(printable(preview(&binary, 8)), None);
-        let mixed: Vec<u8> = (0..100u8).map(|i| 0x80 | (i & 0x3f)).collect();
-        assert_eq!(preview(&mixed, 8), &mixed[..8]);
-    }
-}
 
 fn text_line(l: &Line, n: usize) -> String {
     let mut s = format!("{} term {} {} ({} @ {})", l.index, l.term, l.kind, l.segment, l.record_offset);
@@ -274,4 +259,20 @@ fn json_line(l: &Line, n: usize) -> String {
     }
     s.push('}');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_cut_text_at_a_character_and_binary_at_n() {
+        assert_eq!(preview("aé".as_bytes(), 2), b"a", "é is 2 bytes: not split");
+        assert_eq!(preview(b"abc", 2), b"ab");
+        let binary = [0x80u8; 100];
+        assert_eq!(preview(&binary, 8).len(), 8, "binary data is not cut back to nothing");
+        assert_eq!(printable(preview(&binary, 8)), None);
+        let mixed: Vec<u8> = (0..100u8).map(|i| 0x80 | (i & 0x3f)).collect();
+        assert_eq!(preview(&mixed, 8), &mixed[..8]);
+    }
 }
