@@ -134,8 +134,22 @@ pub fn dump(args: DumpArgs) -> ExitCode {
     if out.flush().is_err() {
         return ExitCode::from(EXIT_CLEAN);
     }
+    // A storage open refuses for its own reasons (a missing HardState, committed entries
+    // missing, a missing snapshot): the log's entries are printed, but open would recover none.
+    let refusals: Vec<_> =
+        ins.findings().into_iter().filter(|f| f.consequence.starts_with("open refuses")).collect();
+    for f in &refusals {
+        eprintln!(
+            "keel dump: DiskStorage::open would refuse this directory{}: {}",
+            f.label.map_or(String::new(), |l| format!(" [{l}]")),
+            f.what
+        );
+    }
     if bad > 0 {
         eprintln!("keel dump: {bad} entries could not be read or decoded");
+        return ExitCode::from(EXIT_DAMAGE);
+    }
+    if !refusals.is_empty() {
         return ExitCode::from(EXIT_DAMAGE);
     }
     ExitCode::from(EXIT_CLEAN)
@@ -154,17 +168,20 @@ fn printable(b: &[u8]) -> Option<&str> {
     s.chars().all(|c| !c.is_control() || c == '\n' || c == '\t').then_some(s)
 }
 
-/// The first `n` bytes; a cut that splits a UTF-8 character is moved back to its start.
+/// The first `n` bytes; a cut that splits a UTF-8 character of text is moved back to its
+/// start. Binary data is cut at `n`: moving back over every byte that merely looks like a
+/// continuation byte (`0x80..=0xbf`) could empty the preview.
 fn preview(b: &[u8], n: usize) -> &[u8] {
     if b.len() <= n {
         return b;
     }
-    let mut cut = n;
-    while cut > 0 && cut < b.len() && (b[cut] & 0xc0) == 0x80 {
-        cut -= 1;
+    match std::str::from_utf8(&b[..n]) {
+        // Valid UTF-8 but for an incomplete character at the cut (at most 3 bytes).
+        Err(e) if e.error_len().is_none() => &b[..e.valid_up_to()],
+        _ => &b[..n],
     }
-    &b[..cut]
 }
+
 
 fn text_line(l: &Line, n: usize) -> String {
     let mut s = format!("{} term {} {} ({} @ {})", l.index, l.term, l.kind, l.segment, l.record_offset);
@@ -242,4 +259,20 @@ fn json_line(l: &Line, n: usize) -> String {
     }
     s.push('}');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_cut_text_at_a_character_and_binary_at_n() {
+        assert_eq!(preview("aé".as_bytes(), 2), b"a", "é is 2 bytes: not split");
+        assert_eq!(preview(b"abc", 2), b"ab");
+        let binary = [0x80u8; 100];
+        assert_eq!(preview(&binary, 8).len(), 8, "binary data is not cut back to nothing");
+        assert_eq!(printable(preview(&binary, 8)), None);
+        let mixed: Vec<u8> = (0..100u8).map(|i| 0x80 | (i & 0x3f)).collect();
+        assert_eq!(preview(&mixed, 8), &mixed[..8]);
+    }
 }

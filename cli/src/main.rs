@@ -50,7 +50,7 @@ enum Command {
     /// Changes nothing.
     ///
     /// Exit codes: 0 every entry printed; 1 an entry could not be read or decoded, or opening
-    /// would refuse the log; 2 usage or I/O error.
+    /// would refuse the log or the storage directory; 2 usage or I/O error.
     Dump(dump::DumpArgs),
     /// Runs the benchmark workloads (W1-W4 appends, R1 open, R2 reads, C1 compaction), each in
     /// alternating rounds beside raw pwrite+fdatasync loops of the same write shape, and prints

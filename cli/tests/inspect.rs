@@ -364,3 +364,17 @@ fn usage_and_io_errors_exit_2() {
     let out = Command::new(KEEL).args(["dump", "--format", "xml"]).arg(d.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn dump_exits_1_when_disk_storage_open_would_refuse_the_directory() {
+    // The log itself is whole, but without its HardState DiskStorage::open refuses
+    // (STORAGE_HARDSTATE_MISSING): dump prints the entries yet says so, and exits 1.
+    let d = golden_copy("storage-v1");
+    std::fs::remove_file(d.path().join("hardstate")).unwrap();
+    let run = keel(d.path(), &["dump"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("STORAGE_HARDSTATE_MISSING"), "{}", run.stderr);
+    assert!(!run.stdout.is_empty());
+    let clean = golden_copy("storage-v1");
+    assert_eq!(keel(clean.path(), &["dump"]).code, 0);
+}

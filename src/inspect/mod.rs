@@ -103,7 +103,32 @@ pub fn inspect_every_record(dir: impl AsRef<Path>) -> Result<Inspection> {
     run(dir.as_ref(), true)
 }
 
+/// Attempts at a consistent reading of a live directory (see [`run`]).
+const LIVE_ATTEMPTS: usize = 5;
+
+/// Whether `e` says a file is gone: on a live directory, one its process removed (compaction,
+/// snapshot pruning) between the listing and the read.
+fn not_found(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Reads the directory; on a live directory, reads it again (a few times) when a file listed
+/// was removed by its process before it could be read, rather than reporting that race as an
+/// I/O error or as damage.
 fn run(dir: &Path, every_record: bool) -> Result<Inspection> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let last = attempt >= LIVE_ATTEMPTS;
+        match run_once(dir, every_record) {
+            Ok(ins) if !last && ins.live && matches!(&ins.plan, Some(Err(e)) if not_found(e)) => continue,
+            Err(e) if !last && not_found(&e) && lock_held(&dir.join("LOCK")).unwrap_or(false) => continue,
+            r => return r,
+        }
+    }
+}
+
+fn run_once(dir: &Path, every_record: bool) -> Result<Inspection> {
     let fs = ReadOnlyFileSystem;
     let meta = std::fs::metadata(dir).map_err(|e| Error::io("stat", dir, e))?;
     if !meta.is_dir() {
@@ -137,6 +162,10 @@ fn run(dir: &Path, every_record: bool) -> Result<Inspection> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(Error::io("list", &log_dir, e)),
     };
+    // The HardState is read before the log: a live process raises the commit index only after
+    // the entries it covers are durable, so a log read afterwards holds every committed entry.
+    // Read the other way round, a commit raised in between looks like committed entries lost.
+    let hard_state = if layout == Layout::Storage { storage::read_hard_state(&fs, dir)? } else { None };
     let mut ids: Vec<u64> =
         log_names.iter().flatten().filter_map(|n| crate::wal::segment::parse_file_name(n)).collect();
     ids.sort_unstable();
@@ -164,8 +193,10 @@ fn run(dir: &Path, every_record: bool) -> Result<Inspection> {
         storage_actions: Vec::new(),
     };
     if layout == Layout::Storage {
-        ins.hard_state = storage::read_hard_state(&fs, dir)?;
-        ins.snapshots = storage::read_snapshots(&fs, dir, &names)?;
+        ins.hard_state = hard_state;
+        // Listed again, after the log was read: a live process's snapshot install writes its
+        // snapshot file before it resets the log, so a reset seen in the log has its file here.
+        ins.snapshots = storage::read_snapshots(&fs, dir, &list_names(&fs, dir)?)?;
         ins.temp_files = names.iter().filter(|n| storage::is_temp_file_name(n)).map(|n| dir.join(n)).collect();
         ins.decide_storage();
     }

@@ -121,6 +121,29 @@ pub struct SegmentInfo {
 /// Reads segment `id` in `dir`: header, footer or scan, markers; with `every_record`, also
 /// every record a footer lists, checksums and all.
 pub(crate) fn read_segment(fs: &dyn FileSystem, dir: &Path, id: u64, every_record: bool) -> Result<SegmentInfo> {
+    // Damage found by a scan may be a live process's write in flight: a record whose later
+    // bytes reached the page cache before its header did, or a footer written while the
+    // segment was being scanned (zeros, then the footer's bytes). Such damage is gone, or has
+    // moved, when the segment is read again; damage on disk reads the same every time. (On a
+    // directory no process holds, a damaged segment is just read twice.)
+    let mut info = read_segment_once(fs, dir, id, every_record)?;
+    for _ in 0..3 {
+        if info.scan_damage.is_none() || info.state != SegmentState::Unsealed {
+            break;
+        }
+        let again = read_segment_once(fs, dir, id, every_record)?;
+        let same = again.state == info.state
+            && again.scan_damage.as_ref().map(|d| (d.offset, d.garbage_end))
+                == info.scan_damage.as_ref().map(|d| (d.offset, d.garbage_end));
+        info = again;
+        if same {
+            break;
+        }
+    }
+    Ok(info)
+}
+
+fn read_segment_once(fs: &dyn FileSystem, dir: &Path, id: u64, every_record: bool) -> Result<SegmentInfo> {
     let path = dir.join(segment::file_name(id));
     let file = fs.open(&path).map_err(|e| Error::io("open", &path, e))?;
     let file_bytes = file.len().map_err(|e| Error::io("stat", &path, e))?;

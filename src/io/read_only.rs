@@ -13,7 +13,7 @@ use std::any::Any;
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// The real file system, for reading only: every change is refused.
@@ -33,7 +33,21 @@ impl FileSystem for ReadOnlyFileSystem {
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn DataFile>> {
-        Ok(Box::new(ReadOnlyFile(File::open(path)?)))
+        // `O_NONBLOCK`: opening a FIFO named like a keel file (an adversarial or damaged
+        // directory) for reading would otherwise block until some writer opens it, hanging the
+        // inspection. It changes nothing for regular files, the only kind read here.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path)?;
+        let kind = file.metadata()?.file_type();
+        if !kind.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a regular file ({kind:?}): a keel data directory holds only regular files"),
+            ));
+        }
+        Ok(Box::new(ReadOnlyFile(file)))
     }
 
     fn create(&self, _: &Path) -> io::Result<Box<dyn DataFile>> {
@@ -119,5 +133,19 @@ mod tests {
         assert!(ro.rename(&p, &dir.path().join("h")).is_err());
         assert_eq!(fs::read(&p).unwrap(), b"hello");
         assert_eq!(ro.list(dir.path()).unwrap(), vec![OsString::from("f")]);
+    }
+
+    #[test]
+    fn a_fifo_or_a_directory_is_refused_at_open_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("00000000000000000001.seg");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR, 0)
+            .unwrap();
+        // Without O_NONBLOCK this open blocks forever: no writer ever opens the FIFO.
+        let e = ReadOnlyFileSystem.open(&fifo).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        let sub = dir.path().join("00000000000000000002.seg");
+        fs::create_dir(&sub).unwrap();
+        assert_eq!(ReadOnlyFileSystem.open(&sub).unwrap_err().kind(), io::ErrorKind::InvalidInput);
     }
 }
