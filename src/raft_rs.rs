@@ -4,7 +4,8 @@
 //!
 //! Calling order, for each `Ready` a `RawNode<DiskStorage>` hands out (see
 //! `examples/raft_rs_node.rs` for a whole node):
-//! 1. [`persist_ready`]`(node.mut_store(), &ready)`: the snapshot, then the entries, then the
+//! 1. Send `ready.messages()` (a leader's appends go out before its own write), then
+//!    [`persist_ready`]`(node.mut_store(), &ready)`: the snapshot, then the entries, then the
 //!    HardState, durable on return; then send `ready.persisted_messages()` and apply
 //!    `ready.committed_entries()`.
 //! 2. After `node.advance(ready)`: [`persist_commit`]`(node.mut_store(), commit)` with the
@@ -84,16 +85,38 @@ impl RaftRsStorage for MemStorage {
 /// A Ready of entries and a commit (the common case) costs one fdatasync. A new term or vote
 /// costs one more, of the HardState file; so does a snapshot, of its file.
 pub fn persist_ready<S: RaftRsStorage>(storage: &mut S, ready: &raft::Ready) -> crate::Result<()> {
-    let snapshot = ready.snapshot();
+    persist(storage, ready.snapshot(), ready.entries(), ready.hs())
+}
+
+/// [`persist_ready`] for the parts of a Ready taken apart (an application that moves entries
+/// out of its Ready, or persists on another thread): the snapshot (empty for none), the entries
+/// and the HardState, in that order.
+///
+/// A snapshot the storage already covers up to its commit index (raft-rs restores a snapshot at
+/// its own commit index after `RawNode::request_snapshot`, and the application may have made or
+/// compacted past one there itself) is not installed again: what the storage holds at or below
+/// its commit index is the committed state, the same as the snapshot's.
+pub fn persist<S: RaftRsStorage>(
+    storage: &mut S,
+    snapshot: &eraftpb::Snapshot,
+    entries: &[eraftpb::Entry],
+    hs: Option<&eraftpb::HardState>,
+) -> crate::Result<()> {
     if !snapshot.is_empty() {
         let metadata = snapshot_metadata_from_raft(snapshot.get_metadata());
         let mut data: &[u8] = &snapshot.data;
-        storage.apply_snapshot(&metadata, &mut data)?;
+        match storage.apply_snapshot(&metadata, &mut data) {
+            Ok(()) => {}
+            // At or below the stored commit, the storage's state is the committed one: the same.
+            Err(Error::SnapshotOutOfDate { .. })
+                if metadata.index <= Storage::initial_state(storage)?.hard_state.commit => {}
+            Err(e) => return Err(e),
+        }
     }
-    if !ready.entries().is_empty() {
-        storage.append_raft_entries(ready.entries())?;
+    if !entries.is_empty() {
+        storage.append_raft_entries(entries)?;
     }
-    if let Some(hs) = ready.hs() {
+    if let Some(hs) = hs {
         storage.set_hard_state(&HardState { term: hs.term, vote: hs.vote, commit: hs.commit })?;
     }
     Ok(())

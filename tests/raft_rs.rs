@@ -389,3 +389,43 @@ fn three_raft_rs_nodes_on_disk_storage_survive_restarts_leader_loss_and_compacti
     let total: u64 = c.nodes.values().flatten().map(|n| n.applied).min().unwrap();
     assert!(total > 300, "applied {total}");
 }
+
+/// raft-rs may hand out a snapshot at exactly its commit index (after
+/// `RawNode::request_snapshot`); the application may already have made a snapshot there, or
+/// compacted past it. `persist` leaves such a storage as it is instead of failing.
+#[test]
+fn a_ready_snapshot_the_storage_already_covers_is_not_an_error() {
+    use keel::storage::{HardState, MemStorage};
+    let snapshot_at = |index: u64, term: u64| {
+        let mut s = raft::eraftpb::Snapshot::default();
+        s.mut_metadata().index = index;
+        s.mut_metadata().term = term;
+        s.mut_metadata().mut_conf_state().voters = vec![1];
+        s.data = b"state".to_vec().into();
+        s
+    };
+    let entries: Vec<Entry> =
+        (1..=10).map(|i| Entry { index: i, term: 2, data: vec![i as u8].into(), ..Default::default() }).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, _) = DiskStorage::open(dir.path(), options()).unwrap();
+    let mem = MemStorage::new();
+    fn check<S: RaftRsStorage>(mut s: S, snap: impl Fn(u64, u64) -> raft::eraftpb::Snapshot, entries: &[Entry]) {
+        s.append_raft_entries(entries).unwrap();
+        s.set_hard_state(&HardState { term: 2, vote: 1, commit: 8 }).unwrap();
+        let cs = ConfState { voters: vec![1], ..ConfState::default() };
+        s.create_snapshot(6, &cs, &mut &b"state"[..]).unwrap();
+        // At the local snapshot's index, and below it after compaction: nothing to do.
+        raft_rs::persist(&mut s, &snap(6, 2), &[], None).unwrap();
+        s.compact(8).unwrap();
+        raft_rs::persist(&mut s, &snap(6, 2), &[], None).unwrap();
+        assert_eq!((Storage::first_index(&s).unwrap(), Storage::last_index(&s).unwrap()), (8, 10), "unchanged");
+        // At the commit index, above the local snapshot: installed, the log restarts after it.
+        raft_rs::persist(&mut s, &snap(8, 2), &[], None).unwrap();
+        assert_eq!(Storage::first_index(&s).unwrap(), 9);
+        // Below it now: covered.
+        raft_rs::persist(&mut s, &snap(7, 2), &[], None).unwrap();
+        assert_eq!(Storage::first_index(&s).unwrap(), 9);
+    }
+    check(disk, snapshot_at, &entries);
+    check(mem, snapshot_at, &entries);
+}

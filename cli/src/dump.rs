@@ -136,8 +136,7 @@ pub fn dump(args: DumpArgs) -> ExitCode {
     }
     // A storage open refuses for its own reasons (a missing HardState, committed entries
     // missing, a missing snapshot): the log's entries are printed, but open would recover none.
-    let refusals: Vec<_> =
-        ins.findings().into_iter().filter(|f| f.consequence.starts_with("open refuses")).collect();
+    let refusals: Vec<_> = ins.findings().into_iter().filter(|f| f.consequence.starts_with("open refuses")).collect();
     for f in &refusals {
         eprintln!(
             "keel dump: DiskStorage::open would refuse this directory{}: {}",
@@ -181,7 +180,6 @@ fn preview(b: &[u8], n: usize) -> &[u8] {
         _ => &b[..n],
     }
 }
-
 
 fn text_line(l: &Line, n: usize) -> String {
     let mut s = format!("{} term {} {} ({} @ {})", l.index, l.term, l.kind, l.segment, l.record_offset);

@@ -36,10 +36,8 @@ impl FileSystem for ReadOnlyFileSystem {
         // `O_NONBLOCK`: opening a FIFO named like a keel file (an adversarial or damaged
         // directory) for reading would otherwise block until some writer opens it, hanging the
         // inspection. It changes nothing for regular files, the only kind read here.
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-            .open(path)?;
+        let file =
+            fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32).open(path)?;
         let kind = file.metadata()?.file_type();
         if !kind.is_file() {
             return Err(io::Error::new(
@@ -139,8 +137,14 @@ mod tests {
     fn a_fifo_or_a_directory_is_refused_at_open_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("00000000000000000001.seg");
-        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR, 0)
-            .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+            0,
+        )
+        .unwrap();
         // Without O_NONBLOCK this open blocks forever: no writer ever opens the FIFO.
         let e = ReadOnlyFileSystem.open(&fifo).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");

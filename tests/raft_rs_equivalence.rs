@@ -1,4 +1,4 @@
-//! Review checks of the raft-rs adapter and the gathered write path: `entries()` equals raft-rs's
+//! The raft-rs adapter and the gathered write path: `entries()` equals raft-rs's
 //! `MemStorage` (its `limit_size`) at every bound and limit; a gathered record is byte-identical
 //! to the joined payload; zero-copy entries outlive compaction and a snapshot install.
 #![cfg(feature = "raft-rs")]
@@ -59,8 +59,18 @@ fn gathered_records_are_byte_identical_to_joined_payloads() {
     let (mut log, _) = Log::open(dir2.path(), LogOptions { segment_bytes: seg, ..LogOptions::default() }).unwrap();
     let max = keel::limits::payload_bytes_max(seg) as usize;
     let mut index = 1;
-    let shapes: Vec<(usize, usize)> =
-        vec![(0, 0), (0, 1), (1, 0), (3, 5), (0, max - 1), (max - 5, 0), (max - 6, 1), (1, max - 6), (100, 200), (0, 3000)];
+    let shapes: Vec<(usize, usize)> = vec![
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (3, 5),
+        (0, max - 1),
+        (max - 5, 0),
+        (max - 6, 1),
+        (1, max - 6),
+        (100, 200),
+        (0, 3000),
+    ];
     for (clen, dlen) in shapes {
         let ctx = vec![0xC5u8; clen];
         let data: Vec<u8> = (0..dlen).map(|i| i as u8).collect();
@@ -122,7 +132,11 @@ fn zero_copy_bytes_outlive_compaction_and_reset() {
     d.create_snapshot(50, &keel::storage::ConfState { voters: vec![1], ..Default::default() }, &mut &b"snap"[..])
         .unwrap();
     d.compact(50).unwrap();
-    let md = keel::storage::SnapshotMetadata { index: 200, term: 3, conf_state: keel::storage::ConfState { voters: vec![1], ..Default::default() } };
+    let md = keel::storage::SnapshotMetadata {
+        index: 200,
+        term: 3,
+        conf_state: keel::storage::ConfState { voters: vec![1], ..Default::default() },
+    };
     d.apply_snapshot(&md, &mut &b"s2"[..]).unwrap();
     let more: Vec<Entry> = (201..=260).map(|i| e(i, 3, &[7u8; 300], b"")).collect();
     for chunk in more.chunks(5) {
@@ -150,4 +164,3 @@ fn persist_ready_types_round_trip() {
     assert_eq!(k[0].entry_type, EntryType::ConfChange);
     let _ = raft_rs::entry_to_raft(k[0].clone());
 }
-

@@ -1,4 +1,4 @@
-//! Review check: messages whose entries carry contexts, randomly damaged, decode to an error or
+//! Messages whose entries carry contexts, randomly damaged, decode to an error or
 //! re-encode to exactly their bytes (the fuzz target's property), and never panic.
 use keel::raft::{Decoded, Message, MessageType};
 use keel::storage::{Entry, EntryType};
