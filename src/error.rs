@@ -71,6 +71,17 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The disk is full: `op` on `path` needed space the file system did not have. Unlike
+    /// [`Error::Io`], nothing a reader could see was written and nothing is latched: the same
+    /// call succeeds once space is freed (compaction frees it, and needs none itself).
+    #[error("no space left on the disk for {op} on {}: nothing was written; free space (compact the log) and retry", path.display())]
+    NoSpace {
+        /// What needed the space: "prepare segment", "write snapshot", ...
+        op: &'static str,
+        /// The file that could not grow.
+        path: PathBuf,
+    },
+
     /// A write or sync failed earlier; the log accepts no further writes until it is reopened.
     #[error("the log refuses writes after an earlier failure ({cause}); reopen it to recover what is durable")]
     Failed {
@@ -118,6 +129,7 @@ impl Clone for Error {
                 Error::Io { op, path: path.clone(), source: io::Error::new(source.kind(), source.to_string()) }
             }
             Error::Failed { cause } => Error::Failed { cause: cause.clone() },
+            Error::NoSpace { op, path } => Error::NoSpace { op, path: path.clone() },
             Error::Locked { dir } => Error::Locked { dir: dir.clone() },
             Error::Corruption(c) => Error::Corruption(c.clone()),
             Error::IncompatibleVersion { path, found, supported } => {
@@ -135,6 +147,16 @@ impl Error {
     /// `map_err` helper: an I/O error of `op` on `path`.
     pub(crate) fn at<'a>(op: &'static str, path: &'a std::path::Path) -> impl FnOnce(io::Error) -> Error + 'a {
         move |e| Error::io(op, path, e)
+    }
+
+    /// Whether this is the disk being full: [`Error::NoSpace`], or an I/O error whose cause was
+    /// `ENOSPC` or `EDQUOT` (from a call that may have written part of its bytes).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::NoSpace { .. } => true,
+            Error::Io { source, .. } => is_no_space_io(source),
+            _ => false,
+        }
     }
 
     /// The corruption evidence, if this is a corruption error.
@@ -216,4 +238,11 @@ impl Corruption {
     pub(crate) fn into_error(self) -> Error {
         Error::Corruption(Box::new(self))
     }
+}
+
+/// Whether an operating-system error says the file system (or the user's quota) is full.
+pub(crate) fn is_no_space_io(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::NOSPC.raw_os_error() || code == rustix::io::Errno::DQUOT.raw_os_error())
 }

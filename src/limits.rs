@@ -37,7 +37,11 @@ const _: () = assert!(FOOTER_TRAILER_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
 const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(4096));
 const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(RECORD_ALIGN_BYTES));
 const _: () = assert!(
-    SEGMENT_BYTES_MIN >= SEGMENT_HEADER_BYTES + FOOTER_TRAILER_BYTES + 4 * (RECORD_HEADER_BYTES + FOOTER_ENTRY_BYTES)
+    SEGMENT_BYTES_MIN
+        >= SEGMENT_HEADER_BYTES
+            + FOOTER_TRAILER_BYTES
+            + 4 * (RECORD_HEADER_BYTES + FOOTER_ENTRY_BYTES)
+            + MARKER_RESERVE_BYTES
 );
 const _: () = assert!(SEGMENT_BYTES_MAX - 1 <= u32::MAX as u64);
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES_DEFAULT <= SNAPSHOT_CHUNK_BYTES_MAX);
@@ -52,7 +56,18 @@ pub const fn record_bytes(payload_bytes: u64) -> u64 {
     RECORD_HEADER_BYTES + align_up(payload_bytes)
 }
 
-/// The largest payload a segment of `segment_bytes` can hold (one record plus its footer entry).
+/// Space every segment keeps free of entries for one compaction or reset marker (an 8-byte
+/// payload) and its footer entry, so that compaction, which frees space, never needs a new
+/// segment (and so never needs free space on the disk) to record its boundary.
+pub const MARKER_RESERVE_BYTES: u64 = record_bytes(8) + FOOTER_ENTRY_BYTES;
+
+/// The largest payload a segment of `segment_bytes` can hold (one record plus its footer entry,
+/// beside the marker reserve).
 pub const fn payload_bytes_max(segment_bytes: u64) -> u64 {
-    segment_bytes - SEGMENT_HEADER_BYTES - FOOTER_TRAILER_BYTES - FOOTER_ENTRY_BYTES - RECORD_HEADER_BYTES
+    segment_bytes
+        - SEGMENT_HEADER_BYTES
+        - FOOTER_TRAILER_BYTES
+        - FOOTER_ENTRY_BYTES
+        - RECORD_HEADER_BYTES
+        - MARKER_RESERVE_BYTES
 }

@@ -136,6 +136,8 @@ struct Faults {
     write: Option<(u64, WriteFault)>,
     sync: Option<u64>,
     budget: Option<u64>,
+    /// A file system of this many bytes: growing files beyond it fails with `ENOSPC`.
+    capacity: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -234,6 +236,20 @@ impl SimFileSystem {
         self.state.lock().faults.budget = bytes;
     }
 
+    /// Makes the disk a file system of `bytes` (`None`: unlimited), as a real one fills: the
+    /// bytes in use are the lengths of the files that have a name, so overwriting a file's bytes
+    /// needs no space, growing one (a write past its end, `set_len`, `allocate`) fails with
+    /// `ENOSPC` beyond the capacity, and removing a file gives its bytes back. (The byte budget
+    /// of [`SimFileSystem::set_space_budget`] is the harsher model: every write spends.)
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.state.lock().faults.capacity = bytes;
+    }
+
+    /// Bytes in use in the [`SimFileSystem::set_capacity`] model: the lengths of named files.
+    pub fn used_bytes(&self) -> u64 {
+        self.state.lock().used_bytes()
+    }
+
     /// Disarms every injected failure and lifts the byte budget.
     pub fn clear_faults(&self) {
         self.state.lock().faults = Faults::default();
@@ -316,6 +332,19 @@ impl State {
         match path.parent() {
             Some(dir) if self.dirs.contains(dir) => Ok(()),
             _ => Err(io::Error::new(io::ErrorKind::NotFound, format!("no directory for {}", path.display()))),
+        }
+    }
+
+    fn used_bytes(&self) -> u64 {
+        let inos: std::collections::BTreeSet<u64> = self.live_names.values().copied().collect();
+        inos.iter().filter_map(|ino| self.inodes.get(ino)).filter_map(|n| n.live.metadata().ok()).map(|m| m.len()).sum()
+    }
+
+    /// Growing a file by `growth` bytes, under the capacity model.
+    fn grow(&mut self, growth: u64) -> io::Result<()> {
+        match self.faults.capacity {
+            Some(cap) if growth > 0 && self.used_bytes() + growth > cap => Err(enospc()),
+            _ => Ok(()),
         }
     }
 
@@ -588,6 +617,8 @@ impl DataFile for SimFile {
             }
         }
         s.spend(data.len() as u64)?;
+        let current = s.inodes[&self.ino].live.metadata()?.len();
+        s.grow((offset + data.len() as u64).saturating_sub(current))?;
         let node = s.inodes.get_mut(&self.ino).expect("open file has an inode");
         node.live.write_all_at(data, offset)?;
         node.pending.push(Pending::Write { offset, data: Arc::from(data) });
@@ -605,6 +636,7 @@ impl DataFile for SimFile {
         let mut s = self.fs.check_generation(self.generation)?;
         let current = s.inodes[&self.ino].live.metadata()?.len();
         s.spend(len.saturating_sub(current))?;
+        s.grow(len.saturating_sub(current))?;
         let node = s.inodes.get_mut(&self.ino).expect("open file has an inode");
         node.live.set_len(len)?;
         node.pending.push(Pending::Len(len));

@@ -228,6 +228,8 @@ struct Case<'a> {
     compacted: BTreeMap<u64, Entry>,
     /// `expected[k]`: the state after step k (`expected[0]`: empty).
     expected: Vec<Expected>,
+    /// The injected fault surfaced as `Error::NoSpace` (nothing written, nothing latched).
+    last_error_was_no_space: bool,
 }
 
 impl<'a> Case<'a> {
@@ -244,6 +246,7 @@ impl<'a> Case<'a> {
             commit_floor: 0,
             compacted: BTreeMap::new(),
             expected: Vec::new(),
+            last_error_was_no_space: false,
         };
         case.record();
         case
@@ -491,6 +494,7 @@ fn check_restart_work_then_crash(
         commit_floor: got.hard_state.commit, // synced by the open
         compacted: BTreeMap::new(),
         expected: Vec::new(),
+        last_error_was_no_space: false,
     };
     work.record();
     let steps = 1 + work.rng.below(8);
@@ -649,14 +653,22 @@ fn fault_run(mut case: Case<'_>, fault: Fault, steps: u64) {
         }
         if let Some(e) = case.step() {
             let typed = match fault {
-                Fault::NoSpace => matches!(&e, Error::Io { source, path, .. }
-                    if source.kind() == std::io::ErrorKind::StorageFull && !path.as_os_str().is_empty()),
+                // A preparation that ran out of space is `NoSpace` (nothing written, not
+                // latched); a write into a file that ran out is an I/O error (latched).
+                Fault::NoSpace => match &e {
+                    Error::NoSpace { path, .. } => !path.as_os_str().is_empty(),
+                    Error::Io { source, path, .. } => {
+                        source.kind() == std::io::ErrorKind::StorageFull && !path.as_os_str().is_empty()
+                    }
+                    _ => false,
+                },
                 _ => matches!(&e, Error::Io { .. }),
             };
             if !typed {
                 case.fail(step, &format!("the injected {fault:?} surfaced as {e:?}, not a typed I/O error"));
             }
             failed_step = Some(step);
+            case.last_error_was_no_space = matches!(e, Error::NoSpace { .. });
             case.record();
             break;
         }
@@ -667,10 +679,18 @@ fn fault_run(mut case: Case<'_>, fault: Fault, steps: u64) {
     // opening, which leaves nothing open to write through).
     case.fs.clear_faults();
     if let Some(disk) = case.disk.as_mut() {
-        let late = Entry::new(disk.last_index().unwrap() + 1, case.term, b"after failure".to_vec());
-        match disk.append(&[late]) {
-            Err(Error::Failed { .. }) => {}
-            other => case.fail(k, &format!("an append after the failure returned {other:?}, not Error::Failed")),
+        if case.last_error_was_no_space {
+            // Nothing was written and nothing latched: the log takes writes again by itself
+            // (not tried here, so that the durable state stays one of the two expected).
+            if disk.log().is_failed() {
+                case.fail(k, "a segment preparation that ran out of space latched the log");
+            }
+        } else {
+            let late = Entry::new(disk.last_index().unwrap() + 1, case.term, b"after failure".to_vec());
+            match disk.append(&[late]) {
+                Err(Error::Failed { .. }) => {}
+                other => case.fail(k, &format!("an append after the failure returned {other:?}, not Error::Failed")),
+            }
         }
     }
     drop(case.disk.take());

@@ -197,6 +197,9 @@ struct Active {
     records: Vec<FooterEntry>,
     /// Successful syncs of the active segment (steers segment preparation).
     syncs: u64,
+    /// The segment is already sealed (its footer written): opened on a disk too full to make
+    /// the next segment. The next write installs one first, without writing here.
+    sealed: bool,
 }
 
 /// The write-ahead log. See the module documentation for the calling order.
@@ -584,6 +587,9 @@ impl Log {
         let mut positions = Vec::with_capacity(recs.len());
         let mut rest = recs;
         while !rest.is_empty() {
+            if self.active.sealed {
+                self.rotate()?;
+            }
             let seg = Arc::clone(self.segments.back().expect("an active segment"));
             let start = self.active.write_offset;
             let synced_offset = u32::try_from(self.active.synced_offset).expect("segment offsets fit u32");
@@ -594,7 +600,9 @@ impl Log {
             let mut whole = 0;
             for r in rest {
                 let footer = segment::footer_bytes((self.active.records.len() + fit + 1) as u64);
-                if offset + limits::record_bytes(r.payload.len() as u64) + footer > seg.segment_bytes {
+                // Entries leave room for one marker; markers may take it (`MARKER_RESERVE_BYTES`).
+                let reserve = if r.kind == Kind::Entry { limits::MARKER_RESERVE_BYTES } else { 0 };
+                if offset + limits::record_bytes(r.payload.len() as u64) + footer + reserve > seg.segment_bytes {
                     break;
                 }
                 offset += limits::record_bytes(r.payload.len() as u64);
@@ -659,9 +667,8 @@ impl Log {
         }
     }
 
-    /// Seals the active segment (footer written and synced) and starts the next one.
-    fn rotate(&mut self) -> Result<()> {
-        let seg = Arc::clone(self.segments.back().expect("an active segment"));
+    /// Writes the active segment's footer, after syncing its records, and syncs it.
+    fn seal(&mut self, seg: &Arc<Segment>) -> Result<()> {
         // A footer that survives a power loss must not list records that did not: a disk may
         // keep a later write and lose an earlier one, and recovery trusts a valid footer. So
         // records not yet synced (appends under group commit, or without `sync`) are synced
@@ -682,10 +689,34 @@ impl Log {
         if let Err(e) = seg.file.sync_data() {
             return Err(self.fail("fdatasync", &seg.path, e));
         }
-        let prepared = match self.preparer.take() {
-            Ok(p) => p.to_path_buf(),
-            Err(e) => return Err(self.fail("prepare segment", &self.dir.join(prepare::PREPARED_NAME), e)),
+        self.active.sealed = true;
+        Ok(())
+    }
+
+    /// Seals the active segment (footer written and synced) and starts the next one.
+    fn rotate(&mut self) -> Result<()> {
+        let seg = Arc::clone(self.segments.back().expect("an active segment"));
+        // The next segment's file first: a preparation that fails wrote nothing a reader sees
+        // (`next.prep` is never read), so it leaves the log as it was, not latched, and a full
+        // disk is `NoSpace`, retried by the next write that needs a segment. Only then is this
+        // one sealed: a sealed newest segment would need a new one at the next open.
+        let prepared_path = self.dir.join(prepare::PREPARED_NAME);
+        // A background preparation that ran out of space may have done so before space was
+        // freed (by a compaction since): one more try, now, in the foreground.
+        let taken = match self.preparer.take() {
+            Err(e) if crate::error::is_no_space_io(&e) => self.preparer.take().map(Path::to_path_buf),
+            other => other.map(Path::to_path_buf),
         };
+        let prepared = match taken {
+            Ok(p) => p,
+            Err(e) if crate::error::is_no_space_io(&e) => {
+                return Err(Error::NoSpace { op: "prepare segment", path: prepared_path });
+            }
+            Err(e) => return Err(self.fail("prepare segment", &prepared_path, e)),
+        };
+        if !self.active.sealed {
+            self.seal(&seg)?;
+        }
         let next =
             match recovery::install_segment(self.fs.as_ref(), &self.dir, &prepared, seg.id + 1, self.segment_bytes) {
                 Ok(next) => next,
@@ -699,6 +730,7 @@ impl Log {
             synced_offset: SEGMENT_HEADER_BYTES,
             records: Vec::new(),
             syncs: 0,
+            sealed: false,
         };
         self.unsynced = false;
         Ok(())

@@ -66,11 +66,34 @@ pub(crate) fn prepare_file(fs: &dyn FileSystem, path: &Path, size: u64, how: Seg
         _ => {}
     }
     let file = fs.create(path)?;
-    match how.resolve(None) {
-        SegmentPreparation::Fallocate => file.allocate(size)?,
-        SegmentPreparation::ZeroFill | SegmentPreparation::Auto => ops::zero_fill(file.as_ref(), 0, size)?,
+    let made = match how.resolve(None) {
+        SegmentPreparation::Fallocate => file.allocate(size),
+        SegmentPreparation::ZeroFill | SegmentPreparation::Auto => ops::zero_fill(file.as_ref(), 0, size),
     }
-    file.sync_data()
+    .and_then(|()| file.sync_data());
+    if made.is_err() {
+        // Give back what a failed preparation took (on a full disk, the space a retry needs).
+        // The file is never read, so leaving it after a failed removal is harmless.
+        drop(file);
+        let _ = fs.remove(path);
+    }
+    made
+}
+
+/// Whether `path` is a prepared file left by an earlier process, whole (`size` bytes), so that
+/// it can become the next segment without writing (on a full disk, without space). Made durable
+/// here: its preparation may have been cut short before its fdatasync.
+pub(crate) fn reuse_prepared(fs: &dyn FileSystem, path: &Path, size: u64) -> io::Result<bool> {
+    let file = match fs.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if file.len()? != size {
+        return Ok(false);
+    }
+    file.sync_data()?;
+    Ok(true)
 }
 
 /// Prepares the next segment file on a background thread.

@@ -22,7 +22,7 @@
 //!
 //! No step decides what damage is tolerated: each looks it up with `recovery_table::decide`.
 
-use super::prepare::{PREPARED_NAME, Preparer};
+use super::prepare::{self, PREPARED_NAME, Preparer};
 use super::reader::{self, SegmentReader};
 use super::record::{self, Kind};
 use super::recovery_table::{self as table, Action, Damaged, Position};
@@ -782,6 +782,7 @@ impl<'a> Recovery<'a> {
                 synced_offset: last.end,
                 records: std::mem::take(&mut last.records),
                 syncs: 0,
+                sealed: false,
             }),
             _ => None,
         };
@@ -792,11 +793,31 @@ impl<'a> Recovery<'a> {
         }
         let (dir, prepared) = (self.dir, self.dir.join(PREPARED_NAME));
         let id = segments.back().map_or(1, |s| s.id + 1);
-        preparer.take().map_err(Error::at("prepare segment", &prepared))?;
         let fs = self.options.fs.as_ref();
+        // A whole `next.prep` left by the last process becomes the segment without a write.
+        let reused = prepare::reuse_prepared(fs, &prepared, self.options.segment_bytes)
+            .map_err(Error::at("prepare segment", &prepared))?;
+        if !reused {
+            match preparer.take() {
+                Ok(_) => {}
+                // A disk too full for a new segment: the log opens on its sealed newest segment
+                // (reads, compaction and snapshots work); the first write installs a segment, or
+                // answers `NoSpace` until there is room (`Log::rotate`).
+                Err(e) if crate::error::is_no_space_io(&e) && !segments.is_empty() => {
+                    let end = segments.back().expect("checked").segment_bytes;
+                    let full =
+                        Active { write_offset: end, synced_offset: end, records: Vec::new(), syncs: 0, sealed: true };
+                    return Ok((segments, full));
+                }
+                Err(e) => return Err(Error::io("prepare segment", &prepared, e)),
+            }
+        }
         segments.push_back(Arc::new(install_segment(fs, dir, &prepared, id, self.options.segment_bytes)?));
         let start = SEGMENT_HEADER_BYTES;
-        Ok((segments, Active { write_offset: start, synced_offset: start, records: Vec::new(), syncs: 0 }))
+        Ok((
+            segments,
+            Active { write_offset: start, synced_offset: start, records: Vec::new(), syncs: 0, sealed: false },
+        ))
     }
 
     /// What `make_durable` and `start` would do, done by neither: the dry run's answer.

@@ -1,0 +1,202 @@
+//! A full disk is an operating state: appends answer `Error::NoSpace` (not latched), reads,
+//! reopening and compaction work while the disk is full, and appends work again by themselves
+//! once compaction (or anything else) made room. On the simulated disk's capacity model (a file
+//! system of N bytes: growing files spends, overwriting does not, removing gives back) and, where
+//! this machine lets a test mount one, on a real tmpfs of a few MiB.
+
+use keel::Error;
+use keel::io::FileSystem;
+use keel::wal::{Log, LogOptions, NewEntry};
+use keel_harness::sim::SimFileSystem;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+const SEGMENT: u64 = 64 << 10;
+
+fn payload(index: u64) -> Vec<u8> {
+    (0..1000u64).map(|i| (i * 31 + index) as u8).collect()
+}
+
+/// Appends 1 KB entries, one synced append each, until the disk is full; returns what was
+/// acknowledged.
+fn fill(log: &mut Log, acked: &mut BTreeMap<u64, Vec<u8>>) -> Error {
+    loop {
+        let index = log.last_index() + 1;
+        let p = payload(index);
+        match log.append_and_sync(&[NewEntry { index, term: 1, payload: &p }]) {
+            Ok(()) => {
+                acked.insert(index, p);
+            }
+            Err(e) => return e,
+        }
+        assert!(acked.len() < 1_000_000, "the disk never filled");
+    }
+}
+
+fn check_all(log: &Log, acked: &BTreeMap<u64, Vec<u8>>) {
+    assert_eq!(log.last_index(), *acked.keys().last().unwrap());
+    for (&index, p) in acked.range(log.first_index()..) {
+        assert_eq!(&*log.entry(index).unwrap().payload, &p[..], "entry {index}");
+    }
+}
+
+/// The whole story on one file system: fill, fail, stay readable, reopen while full, compact,
+/// append again without a reopen, and reopen once more.
+fn full_disk_story(dir: &Path, options: LogOptions, room_left: impl Fn() -> u64) {
+    let (mut log, _) = Log::open(dir, options.clone()).unwrap();
+    let mut acked = BTreeMap::new();
+    let err = fill(&mut log, &mut acked);
+    assert!(matches!(err, Error::NoSpace { .. }), "a typed disk-full error, not {err:?}");
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert!(!log.is_failed(), "a full disk does not latch the log");
+    let filled = acked.len();
+    assert!(filled > 100, "only {filled} entries fit");
+    // Refused again, still not latched; everything acknowledged reads back.
+    let p = payload(0);
+    let next = log.last_index() + 1;
+    assert!(log.append_and_sync(&[NewEntry { index: next, term: 1, payload: &p }]).unwrap_err().is_no_space());
+    assert!(!log.is_failed());
+    check_all(&log, &acked);
+    log.verify().unwrap();
+
+    // Reopened while full: nothing to write, so nothing needs space.
+    drop(log);
+    let (mut log, report) = Log::open(dir, options.clone()).unwrap();
+    assert_eq!(report.last_index, *acked.keys().last().unwrap());
+    check_all(&log, &acked);
+
+    // Compaction frees space and needs none.
+    let before = room_left();
+    let keep_from = log.last_index() - 10;
+    log.compact(keep_from).unwrap();
+    assert!(room_left() > before + SEGMENT, "compaction freed whole segments: {before} -> {}", room_left());
+    assert_eq!(log.first_index(), keep_from);
+
+    // Appends work again, without a reopen, until the disk is full once more.
+    let err = fill(&mut log, &mut acked);
+    assert!(err.is_no_space(), "{err}");
+    assert!(acked.len() > filled + 50, "appends resumed after compaction: {filled} -> {}", acked.len());
+    check_all(&log, &acked);
+    drop(log);
+    let (log, _) = Log::open(dir, options).unwrap();
+    check_all(&log, &acked);
+}
+
+#[test]
+fn a_full_simulated_disk_refuses_appends_and_recovers_by_compaction() {
+    let fs = Arc::new(SimFileSystem::new());
+    let dir = Path::new("/sim/log");
+    fs.create_dir_all(dir).unwrap();
+    // Room for the directory's files plus about six segments (one of them being prepared).
+    fs.set_capacity(Some(6 * SEGMENT + 4096));
+    let options = LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() };
+    let cap = 6 * SEGMENT + 4096;
+    full_disk_story(dir, options, || cap - fs.used_bytes());
+}
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop; `None` (and the reason)
+/// where this process may not mount one.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("mount -t tmpfs failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let st = rustix::fs::statvfs(self.dir.path()).unwrap();
+        st.f_bavail * st.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_tmpfs_refuses_appends_and_recovers_by_compaction() {
+    let fs = match Tmpfs::mount("1m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED: no small real file system to fill ({why}); the simulated disk's test still ran");
+            return;
+        }
+    };
+    let dir = fs.path().join("log");
+    let options = LogOptions { segment_bytes: SEGMENT, ..LogOptions::default() };
+    full_disk_story(&dir, options, || fs.free_bytes());
+}
+
+mod storage {
+    use super::*;
+    use keel::storage::{ConfState, DiskStorage, Entry, HardState, Storage, StorageMut, StorageOptions};
+
+    fn options(fs: &Arc<SimFileSystem>) -> StorageOptions {
+        StorageOptions {
+            log: LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() },
+            ..StorageOptions::default()
+        }
+    }
+
+    /// `DiskStorage` on a full simulated disk: appends refused (not latched), the HardState
+    /// still written (its two slots are overwritten in place), reopened while full, compacted,
+    /// and appending again.
+    #[test]
+    fn a_full_disk_keeps_the_hard_state_and_recovers_by_compaction() {
+        let fs = Arc::new(SimFileSystem::new());
+        let dir = Path::new("/sim/storage");
+        let (mut s, _) = DiskStorage::open(dir, options(&fs)).unwrap();
+        s.set_conf_state(&ConfState { voters: vec![1, 2, 3], ..ConfState::default() }).unwrap();
+        fs.set_capacity(Some(fs.used_bytes() + 4 * SEGMENT));
+        let mut term = 1;
+        let full = loop {
+            let index = s.last_index().unwrap() + 1;
+            match s.append(&[Entry::new(index, term, payload(index))]) {
+                Ok(()) => {}
+                Err(e) => break e,
+            }
+            if index % 50 == 0 {
+                term += 1;
+                s.set_hard_state(&HardState { term, vote: 2, commit: index }).unwrap();
+            }
+        };
+        assert!(full.is_no_space(), "{full}");
+        let last = s.last_index().unwrap();
+        // A full disk still takes a new term and vote, and the commit: the HardState file is
+        // overwritten in place. Nothing latched: the storage goes on.
+        s.set_hard_state(&HardState { term: term + 1, vote: 3, commit: last }).unwrap();
+        assert!(s.append(&[Entry::new(last + 1, term + 1, payload(0))]).unwrap_err().is_no_space());
+        drop(s);
+        let (mut s, _) = DiskStorage::open(dir, options(&fs)).unwrap();
+        let hs = Storage::initial_state(&s).unwrap().hard_state;
+        assert_eq!(hs, HardState { term: term + 1, vote: 3, commit: last });
+        assert_eq!(s.last_index().unwrap(), last);
+        for i in [1, last / 2, last] {
+            assert_eq!(&*Storage::entries(&s, i, i + 1, u64::MAX).unwrap()[0].data, &payload(i)[..]);
+        }
+        // Compaction needs no space and makes room; appends resume without a reopen.
+        s.compact(last - 5).unwrap();
+        for index in last + 1..last + 100 {
+            s.append(&[Entry::new(index, term + 1, payload(index))]).unwrap();
+        }
+    }
+}
