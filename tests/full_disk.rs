@@ -150,10 +150,78 @@ mod storage {
     use super::*;
     use keel::storage::{ConfState, DiskStorage, Entry, HardState, Storage, StorageMut, StorageOptions};
 
+    const RESERVE: u64 = 2 * SEGMENT;
+
     fn options(fs: &Arc<SimFileSystem>) -> StorageOptions {
         StorageOptions {
             log: LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() },
+            reserve_bytes: RESERVE,
             ..StorageOptions::default()
+        }
+    }
+
+    fn fill(s: &mut DiskStorage, term: u64) -> Error {
+        loop {
+            let index = s.last_index().unwrap() + 1;
+            if let Err(e) = s.append(&[Entry::new(index, term, payload(index))]) {
+                return e;
+            }
+        }
+    }
+
+    /// The snapshot that lets the log be compacted is written on a full disk: its first try
+    /// gives the reserve back and says `NoSpace`, the retry fits, compaction frees segments, and
+    /// the reserve is held again.
+    #[test]
+    fn a_snapshot_is_written_on_a_full_disk_from_the_reserve() {
+        let fs = Arc::new(SimFileSystem::new());
+        let dir = Path::new("/sim/storage");
+        let (mut s, _) = DiskStorage::open(dir, options(&fs)).unwrap();
+        let cs = ConfState { voters: vec![1], ..ConfState::default() };
+        s.set_conf_state(&cs).unwrap();
+        fs.set_capacity(Some(fs.used_bytes() + 5 * SEGMENT));
+        assert!(fill(&mut s, 1).is_no_space());
+        let last = s.last_index().unwrap();
+        s.set_hard_state(&HardState { term: 1, vote: 1, commit: last }).unwrap();
+        let state = vec![7u8; SEGMENT as usize]; // the state machine: one segment's worth
+        let err = s.create_snapshot(last, &cs, &mut &state[..]).unwrap_err();
+        assert!(matches!(err, Error::NoSpace { .. }), "{err:?}");
+        s.create_snapshot(last, &cs, &mut &state[..]).expect("the retry fits in the released reserve");
+        s.compact(last - 5).unwrap();
+        assert_eq!(Storage::snapshot(&s, 0).unwrap().read_to_vec().unwrap(), state);
+        // The reserve is taken again, and the log has room again.
+        assert_eq!(fs.open(&dir.join("reserve")).unwrap().len().unwrap(), RESERVE, "the reserve is held again");
+        for index in last + 1..last + 40 {
+            s.append(&[Entry::new(index, 1, payload(index))]).unwrap();
+        }
+        drop(s);
+        let (s, _) = DiskStorage::open(dir, options(&fs)).unwrap();
+        assert_eq!(Storage::snapshot(&s, 0).unwrap().metadata.index, last);
+        assert_eq!(s.last_index().unwrap(), last + 39);
+    }
+
+    /// A snapshot received from a leader on a full disk: installing it fails with `NoSpace`
+    /// (nothing changed, nothing latched), the retry installs it from the released reserve.
+    #[test]
+    fn a_leaders_snapshot_installs_on_a_full_disk_from_the_reserve() {
+        let fs = Arc::new(SimFileSystem::new());
+        let dir = Path::new("/sim/storage");
+        let (mut s, _) = DiskStorage::open(dir, options(&fs)).unwrap();
+        let cs = ConfState { voters: vec![1, 2], ..ConfState::default() };
+        s.set_conf_state(&cs).unwrap();
+        fs.set_capacity(Some(fs.used_bytes() + 5 * SEGMENT));
+        assert!(fill(&mut s, 1).is_no_space());
+        let last = s.last_index().unwrap();
+        let metadata = keel::storage::SnapshotMetadata { index: last + 100, term: 2, conf_state: cs.clone() };
+        let state = vec![9u8; SEGMENT as usize];
+        let err = s.apply_snapshot(&metadata, &mut &state[..]).unwrap_err();
+        assert!(err.is_no_space(), "{err:?}");
+        assert_eq!(s.last_index().unwrap(), last, "nothing changed");
+        s.apply_snapshot(&metadata, &mut &state[..]).expect("the retry fits in the released reserve");
+        assert_eq!(s.first_index().unwrap(), last + 101);
+        // The old log is gone: room for appends again.
+        for index in last + 101..last + 150 {
+            s.append(&[Entry::new(index, 2, payload(index))]).unwrap();
         }
     }
 
@@ -199,4 +267,54 @@ mod storage {
             s.append(&[Entry::new(index, term + 1, payload(index))]).unwrap();
         }
     }
+}
+
+/// `DiskStorage` on a real tmpfs: filled, reopened while full, a snapshot written from the
+/// reserve, compacted, appending again.
+#[test]
+fn a_full_tmpfs_storage_snapshots_compacts_and_appends_again() {
+    use keel::storage::{ConfState, DiskStorage, Entry, HardState, Storage, StorageMut, StorageOptions};
+    let tmpfs = match Tmpfs::mount("2m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED: no small real file system to fill ({why}); the simulated disk's tests still ran");
+            return;
+        }
+    };
+    let dir = tmpfs.path().join("storage");
+    let options = StorageOptions {
+        log: LogOptions { segment_bytes: SEGMENT, ..LogOptions::default() },
+        reserve_bytes: 4 * SEGMENT,
+        ..StorageOptions::default()
+    };
+    let (mut s, _) = DiskStorage::open(&dir, options.clone()).unwrap();
+    let cs = ConfState { voters: vec![1], ..ConfState::default() };
+    s.set_conf_state(&cs).unwrap();
+    let full = loop {
+        let index = s.last_index().unwrap() + 1;
+        if let Err(e) = s.append(&[Entry::new(index, 1, payload(index))]) {
+            break e;
+        }
+    };
+    assert!(matches!(full, Error::NoSpace { .. }), "{full:?}");
+    let last = s.last_index().unwrap();
+    s.set_hard_state(&HardState { term: 1, vote: 1, commit: last }).unwrap();
+    drop(s);
+    let (mut s, _) = DiskStorage::open(&dir, options.clone()).expect("opens while the disk is full");
+    assert_eq!(s.last_index().unwrap(), last);
+    let state = vec![3u8; 3 * SEGMENT as usize];
+    let snapshot = match s.create_snapshot(last, &cs, &mut &state[..]) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_no_space() => s.create_snapshot(last, &cs, &mut &state[..]),
+        Err(e) => Err(e),
+    };
+    snapshot.expect("the snapshot is written from the reserve");
+    s.compact(last - 2).unwrap();
+    for index in last + 1..last + 100 {
+        s.append(&[Entry::new(index, 1, payload(index))]).unwrap();
+    }
+    drop(s);
+    let (s, _) = DiskStorage::open(&dir, options).unwrap();
+    assert_eq!(s.last_index().unwrap(), last + 99);
+    assert_eq!(Storage::snapshot(&s, 0).unwrap().read_to_vec().unwrap(), state);
 }

@@ -18,7 +18,8 @@ const STATES_PER_IMAGE: u64 = 8;
 
 fn options(fs: &SimFileSystem) -> StorageOptions {
     let log = LogOptions { segment_bytes: 8192, fs: std::sync::Arc::new(fs.clone()), ..LogOptions::default() };
-    StorageOptions { log, ..StorageOptions::default() }
+    // A small reserve: the simulated disk copies whole files into its crash images.
+    StorageOptions { log, reserve_bytes: 16 << 10, ..StorageOptions::default() }
 }
 
 fn entries(lo: u64, hi: u64, term: u64) -> Vec<Entry> {

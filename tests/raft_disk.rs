@@ -34,7 +34,8 @@ struct Node {
 
 fn open(fs: &SimFileSystem, id: u64, seed: u64) -> keel::Result<RawNode<DiskStorage>> {
     let log = LogOptions { segment_bytes: SEGMENT_BYTES, fs: Arc::new(fs.clone()), ..LogOptions::default() };
-    let (mut storage, _) = DiskStorage::open(DIR, StorageOptions { log, ..StorageOptions::default() })?;
+    let (mut storage, _) =
+        DiskStorage::open(DIR, StorageOptions { log, reserve_bytes: 16 << 10, ..StorageOptions::default() })?;
     if storage.initial_state().unwrap().conf_state.voters.is_empty() {
         storage.set_conf_state(&ConfState { voters: vec![1, 2, 3], ..ConfState::default() }).unwrap();
     }
@@ -100,7 +101,10 @@ impl Cluster {
         let model = FaultModel { keep_percent: 0, torn_percent: 0, ..FaultModel::default() };
         let lost = self.nodes[&m.from].fs.image().materialize(self.rng.next_u64(), &model).unwrap();
         let log = LogOptions { segment_bytes: SEGMENT_BYTES, fs: Arc::new(lost), ..LogOptions::default() };
-        let storage = match DiskStorage::open(DIR, StorageOptions { log, ..StorageOptions::default() }) {
+        let storage = match DiskStorage::open(
+            DIR,
+            StorageOptions { log, reserve_bytes: 16 << 10, ..StorageOptions::default() },
+        ) {
             Ok((storage, _)) => storage,
             Err(e) => self.fail(format!("node {} would not recover from a power loss now: {e}", m.from)),
         };

@@ -17,7 +17,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 fn options() -> StorageOptions {
-    StorageOptions { log: LogOptions { segment_bytes: 64 << 10, ..LogOptions::default() }, ..StorageOptions::default() }
+    StorageOptions {
+        log: LogOptions { segment_bytes: 64 << 10, ..LogOptions::default() },
+        reserve_bytes: 64 << 10,
+        ..StorageOptions::default()
+    }
 }
 
 #[path = "../examples/raft_rs_node/node.rs"]

@@ -127,7 +127,7 @@ pub fn snapshot(data: &[u8]) {
 fn open_storage(files: &[(String, &[u8])]) {
     let fs = sim_with(files);
     let log = LogOptions { segment_bytes: 4096, fs: Arc::new(fs), ..LogOptions::default() };
-    match DiskStorage::open(DIR, StorageOptions { log, ..StorageOptions::default() }) {
+    match DiskStorage::open(DIR, StorageOptions { log, reserve_bytes: 16 << 10, ..StorageOptions::default() }) {
         Ok((storage, _)) => {
             let state = storage.initial_state();
             if let Err(e) = &state {
@@ -280,7 +280,9 @@ pub fn snapshot_transfer(data: &[u8]) {
 
     let fs = Arc::new(SimFileSystem::new());
     let log = LogOptions { segment_bytes: 4096, fs: Arc::clone(&fs) as Arc<dyn FileSystem>, ..LogOptions::default() };
-    let (mut storage, _) = DiskStorage::open(DIR, StorageOptions { log, ..StorageOptions::default() }).expect("open");
+    let (mut storage, _) =
+        DiskStorage::open(DIR, StorageOptions { log, reserve_bytes: 16 << 10, ..StorageOptions::default() })
+            .expect("open");
     storage.set_conf_state(&conf_state).expect("conf state");
     storage.append(&[Entry::new(1, 1, b"x".to_vec())]).expect("append");
     let names_before = sorted_names(fs.as_ref());

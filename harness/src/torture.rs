@@ -42,7 +42,8 @@ const STATES_PER_IMAGE: u64 = 3;
 
 fn options(fs: &SimFileSystem) -> StorageOptions {
     let log = LogOptions { segment_bytes: 8192, fs: Arc::new(fs.clone()), ..LogOptions::default() };
-    StorageOptions { log, ..StorageOptions::default() }
+    // A small reserve: the simulated disk copies whole files into its crash images.
+    StorageOptions { log, reserve_bytes: 16 << 10, ..StorageOptions::default() }
 }
 
 /// A storage state as Raft reads it.

@@ -25,6 +25,7 @@
 
 use super::hard_state::{self, CONF_IDS_MAX, HardStateFile};
 use super::pin::Pins;
+use super::reserve::Reserve;
 use super::snapshot::{self, SnapshotFile, SnapshotWriter};
 use super::types::{
     ConfState, ENTRY_CONTEXT_FLAG, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotId, SnapshotMetadata,
@@ -53,11 +54,24 @@ pub struct StorageOptions {
     /// Read every byte of the newest snapshot at open to check its checksum (and fall back to
     /// an older one if it is damaged). Off only if the caller checks snapshots itself.
     pub verify_snapshot_on_open: bool,
+    /// Bytes held aside in the file `reserve` while the disk has them, and given back when a
+    /// snapshot finds the disk full, so that the snapshot that lets the log be compacted can be
+    /// written on a full disk (retried after its first `NoSpace`). Size it to the state
+    /// machine's snapshots; 0 for none. Default 64 MiB (`RESERVE_BYTES_DEFAULT`).
+    pub reserve_bytes: u64,
 }
+
+/// The default [`StorageOptions::reserve_bytes`]: one default segment's size.
+pub const RESERVE_BYTES_DEFAULT: u64 = crate::limits::SEGMENT_BYTES_DEFAULT;
 
 impl Default for StorageOptions {
     fn default() -> Self {
-        StorageOptions { log: LogOptions::default(), snapshots_kept: 2, verify_snapshot_on_open: true }
+        StorageOptions {
+            log: LogOptions::default(),
+            snapshots_kept: 2,
+            verify_snapshot_on_open: true,
+            reserve_bytes: RESERVE_BYTES_DEFAULT,
+        }
     }
 }
 
@@ -109,6 +123,8 @@ pub struct DiskStorage {
     in_progress: Arc<AtomicUsize>,
     /// Snapshot handles handed out by `snapshot()` pin the entries after them.
     pins: Pins,
+    /// Space held aside for a snapshot on a full disk (`reserve.rs`).
+    reserve: Reserve,
     failed: Option<String>,
 }
 
@@ -160,9 +176,11 @@ impl DiskStorage {
             snapshots_kept: options.snapshots_kept,
             in_progress: Arc::new(AtomicUsize::new(0)),
             pins: Pins::default(),
+            reserve: Reserve::new(Arc::clone(&options.log.fs), dir, options.reserve_bytes),
             failed: None,
         };
         storage.prune_snapshots()?;
+        storage.reserve.take()?;
         Ok((storage, report))
     }
 }
@@ -676,14 +694,25 @@ impl StorageMut for DiskStorage {
         );
         let mut w = self.latch(created)?;
         if let Err(e) = std::io::copy(data, &mut w) {
-            // A failure of our file latches; a failure of the source is the caller's.
+            // A failure of our file latches, but a full disk only fails the call (nothing is
+            // installed yet) and releases the reserve for the retry; a failure of the source is
+            // the caller's.
             return match w.failed_cause() {
+                Some(_) if w.failed_no_space() => {
+                    let tmp = self.dir.clone();
+                    self.reserve.on_no_space(
+                        Err(Error::NoSpace { op: "write snapshot", path: tmp.clone() }),
+                        "install snapshot",
+                        &tmp,
+                    )
+                }
                 Some(cause) => self.latch(Err(Error::Failed { cause })),
                 None => Err(Error::io("read snapshot data", "<snapshot data>", e)),
             };
         }
         // (1) The snapshot file, durable under its final name. From here a crash rolls forward.
         let finished = w.finish();
+        let finished = self.reserve.on_no_space(finished, "install snapshot", &self.dir.clone());
         let path = self.latch(finished)?;
         // (2) HardState: commit and term at least the snapshot's; its ConfState.
         let hs = super::hard_state_after_snapshot(self.current_hard_state(), metadata);
@@ -710,8 +739,24 @@ impl StorageMut for DiskStorage {
             return Err(Error::SnapshotOutOfDate { index: writer.metadata().index, covered: newest });
         }
         let r = writer.finish();
+        let r = self.reserve.on_no_space(r, "write snapshot", &self.dir.clone());
         let path = self.latch(r)?;
         self.register(&path)
+    }
+
+    fn create_snapshot(&mut self, index: u64, conf_state: &ConfState, data: &mut dyn Read) -> Result<()> {
+        let mut w = self.begin_snapshot(index, conf_state)?;
+        if let Err(e) = std::io::copy(data, &mut w) {
+            // Our file failing on a full disk releases the reserve for the retry; any other
+            // failure of our file, or of the source, is reported as such (not latched: nothing
+            // of the storage's changed).
+            let r = match w.failed_no_space() {
+                true => Err(Error::NoSpace { op: "write snapshot", path: self.dir.clone() }),
+                false => Err(Error::io("write snapshot", "<snapshot data>", e)),
+            };
+            return self.reserve.on_no_space(r, "write snapshot", &self.dir.clone());
+        }
+        self.finish_snapshot(w)
     }
 
     fn receive_snapshot(&self, metadata: &SnapshotMetadata) -> Result<Box<dyn SnapshotSink>> {
@@ -732,6 +777,9 @@ impl StorageMut for DiskStorage {
             return Ok(());
         }
         let r = self.log.compact(index);
+        self.latch(r)?;
+        // Compaction may have freed space: hold the reserve again if it was given out.
+        let r = self.reserve.take();
         self.latch(r)
     }
 }

@@ -18,10 +18,11 @@ pub(crate) mod disk;
 pub(crate) mod hard_state;
 mod mem;
 mod pin;
+mod reserve;
 pub(crate) mod snapshot;
 pub(crate) mod types;
 
-pub use disk::{DiskStorage, StorageOptions, StorageReport};
+pub use disk::{DiskStorage, RESERVE_BYTES_DEFAULT, StorageOptions, StorageReport};
 pub use mem::MemStorage;
 pub use snapshot::SnapshotWriter;
 pub use types::{ConfState, Entry, EntryType, HardState, RaftState, Snapshot, SnapshotId, SnapshotMetadata};

@@ -361,6 +361,9 @@ pub struct SnapshotWriter {
     in_progress: Option<Arc<AtomicUsize>>,
     /// The first write error, reported again by `finish`.
     failed: Option<String>,
+    /// That error was the disk being full: `finish` reports [`Error::NoSpace`], which the
+    /// storage does not latch on (a snapshot file is none of its state until it is finished).
+    failed_no_space: bool,
 }
 
 impl SnapshotWriter {
@@ -390,6 +393,7 @@ impl SnapshotWriter {
             hasher: crc32fast::Hasher::new(),
             in_progress,
             failed: None,
+            failed_no_space: false,
         })
     }
 
@@ -400,6 +404,11 @@ impl SnapshotWriter {
     /// The first error writing the temporary file, if any.
     pub(crate) fn failed_cause(&self) -> Option<String> {
         self.failed.clone()
+    }
+
+    /// Whether that error was the disk being full.
+    pub(crate) fn failed_no_space(&self) -> bool {
+        self.failed_no_space
     }
 
     fn flush_buf(&mut self) -> io::Result<()> {
@@ -417,15 +426,22 @@ impl SnapshotWriter {
     /// dropping the writer removes it.
     fn complete(&mut self) -> Result<()> {
         if let Some(cause) = &self.failed {
+            if self.failed_no_space {
+                return Err(Error::NoSpace { op: "write snapshot", path: self.tmp.clone() });
+            }
             return Err(Error::Failed { cause: cause.clone() });
         }
         let tmp = self.tmp.clone();
-        self.flush_buf().map_err(Error::at("write", &tmp))?;
+        let write_error = |e: io::Error| match crate::error::is_no_space_io(&e) {
+            true => Error::NoSpace { op: "write snapshot", path: tmp.clone() },
+            false => Error::io("write", &tmp, e),
+        };
+        self.flush_buf().map_err(write_error)?;
         let file = self.file.as_ref().expect("writer not finished");
         let mut trailer = [0u8; TRAILER_BYTES as usize];
         LE::write_u32(&mut trailer, self.hasher.clone().finalize());
-        file.write_at(&trailer, self.header_len + self.written).map_err(Error::at("write", &tmp))?;
-        file.write_at(&encode_header(&self.metadata, self.installed, self.written), 0).map_err(Error::at("write", &tmp))
+        file.write_at(&trailer, self.header_len + self.written).map_err(write_error)?;
+        file.write_at(&encode_header(&self.metadata, self.installed, self.written), 0).map_err(write_error)
     }
 
     /// Writes what is buffered and fdatasyncs the data written so far, so that finishing has
@@ -446,6 +462,7 @@ impl SnapshotWriter {
         };
         if let Err(e) = &result {
             self.failed = Some(e.to_string());
+            self.failed_no_space = e.is_no_space();
         }
         result
     }
@@ -527,7 +544,10 @@ impl Write for SnapshotWriter {
         if self.buf.len() >= CHUNK_BYTES
             && let Err(e) = self.flush_buf()
         {
-            self.failed.get_or_insert_with(|| format!("write {}: {e}", self.tmp.display()));
+            if self.failed.is_none() {
+                self.failed = Some(format!("write {}: {e}", self.tmp.display()));
+                self.failed_no_space = crate::error::is_no_space_io(&e);
+            }
             return Err(e);
         }
         Ok(data.len())
