@@ -318,3 +318,69 @@ fn a_full_tmpfs_storage_snapshots_compacts_and_appends_again() {
     assert_eq!(s.last_index().unwrap(), last + 99);
     assert_eq!(Storage::snapshot(&s, 0).unwrap().read_to_vec().unwrap(), state);
 }
+
+/// A Raft `Node` whose disk fills: it keeps running, says why it is stuck (`disk_full`), hands
+/// out nothing it could not persist (no proposal is acknowledged), and once the application
+/// compacts (through `with_storage`, which needs no space) it persists by itself on the next
+/// tick and the waiting proposals commit.
+#[test]
+fn a_node_on_a_full_disk_waits_and_resumes_by_itself() {
+    use keel::raft::{Config, Node, Outcome};
+    use keel::storage::{ConfState, DiskStorage, StorageMut, StorageOptions};
+    use std::time::{Duration, Instant};
+    let fs = Arc::new(SimFileSystem::new());
+    let options = StorageOptions {
+        log: LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() },
+        reserve_bytes: 0,
+        ..StorageOptions::default()
+    };
+    let (mut storage, _) = DiskStorage::open("/sim/node", options).unwrap();
+    storage.set_conf_state(&ConfState { voters: vec![1], ..ConfState::default() }).unwrap();
+    fs.set_capacity(Some(fs.used_bytes() + 4 * SEGMENT));
+    let node = Node::start(&Config::new(1), storage).unwrap();
+    node.campaign().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let drive = |until: &mut dyn FnMut(&Node<DiskStorage>) -> bool| {
+        while !until(&node) {
+            assert!(Instant::now() < deadline, "timed out");
+            node.tick().unwrap();
+            if let Some(rd) = node.ready_timeout(Duration::from_millis(5)).unwrap() {
+                node.advance(rd).unwrap();
+            }
+        }
+    };
+    drive(&mut |n: &Node<DiskStorage>| n.status().unwrap().soft_state.role == keel::raft::Role::Leader);
+    // Propose until the disk is full.
+    let mut committed = 0;
+    let mut waiting = Vec::new();
+    while node.disk_full().is_none() {
+        assert!(Instant::now() < deadline, "the disk never filled");
+        let mut p = node.propose(payload(committed)).unwrap();
+        drive(&mut |n: &Node<DiskStorage>| n.disk_full().is_some() || p.try_outcome().is_some());
+        match p.try_outcome() {
+            Some(Outcome::Committed { .. }) => committed += 1,
+            Some(other) => panic!("{other:?}"),
+            None => waiting.push(p),
+        }
+    }
+    assert!(node.disk_full().unwrap().contains("no space left"), "{:?}", node.disk_full());
+    assert!(committed > 50, "{committed}");
+    // Stuck, not stopped: ticks and proposals are taken, nothing is acknowledged.
+    for _ in 0..20 {
+        node.tick().unwrap();
+        assert!(node.ready_timeout(Duration::from_millis(2)).unwrap().is_none(), "nothing unpersisted is handed out");
+    }
+    let mut p = node.propose(b"while full".to_vec()).unwrap();
+    assert!(p.try_outcome().is_none());
+    // The application compacts (a snapshot would justify it; the log alone shows the space).
+    let last = node.status().unwrap().hard_state.commit;
+    node.with_storage(move |s| s.compact(last - 2)).unwrap().unwrap();
+    waiting.push(p);
+    drive(&mut |n: &Node<DiskStorage>| {
+        n.disk_full().is_none() && waiting.iter_mut().all(|p| p.try_outcome().is_some())
+    });
+    for mut p in waiting {
+        assert!(matches!(p.try_outcome(), Some(Outcome::Committed { .. })), "{p:?}");
+    }
+    node.stop().unwrap();
+}

@@ -102,6 +102,8 @@ enum Command<S> {
 #[derive(Debug, Default)]
 struct Shared {
     stopped: OnceLock<NodeError>,
+    /// While a Ready waits for space on a full disk: what failed (`Node::disk_full`).
+    disk_full: parking_lot::Mutex<Option<String>>,
 }
 
 /// A Raft node on its own thread. Every method takes `&self`: share it (`Arc<Node<S>>`)
@@ -194,6 +196,7 @@ impl<S: StorageMut + Send + 'static> Node<S> {
             shared: shared.clone(),
             tracker: Tracker::default(),
             ready_outstanding: false,
+            unpersisted: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("keel-raft-{}", config.id))
@@ -330,6 +333,15 @@ impl<S: StorageMut + Send + 'static> Node<S> {
         self.call(|tx| Command::Advance(Box::new(rd), tx))
     }
 
+    /// While the disk is full: why the node cannot persist its next Ready (an
+    /// [`Error::NoSpace`](crate::Error::NoSpace) message). The node keeps running (ticks,
+    /// messages and proposals are taken) but hands out no Ready, so it sends nothing and
+    /// acknowledges nothing, until persisting succeeds: it retries on every tick, by itself,
+    /// once space is freed. `None` when the last persist succeeded.
+    pub fn disk_full(&self) -> Option<String> {
+        self.shared.disk_full.lock().clone()
+    }
+
     /// The node's state (see [`RawNode::status`]).
     pub fn status(&self) -> Result<Status, NodeError> {
         let (tx, rx) = sync_channel(1);
@@ -397,6 +409,18 @@ struct Worker<S: StorageMut> {
     tracker: Tracker,
     /// A Ready was handed out and not yet advanced.
     ready_outstanding: bool,
+    /// A Ready taken but not yet persisted because the disk was full, and how many of its
+    /// persisting steps (snapshot, entries, HardState) are done; retried on every turn.
+    unpersisted: Option<(Ready, PersistStep)>,
+}
+
+/// How far persisting a Ready got: `RawNode::persist`'s steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum PersistStep {
+    Snapshot,
+    Entries,
+    HardState,
+    Done,
 }
 
 impl<S: StorageMut> Worker<S> {
@@ -523,22 +547,66 @@ impl<S: StorageMut> Worker<S> {
         self.tracker.add(last, term, tx);
     }
 
-    /// Takes, persists and hands out a Ready if there is one and none is outstanding.
-    fn hand_out_ready(&mut self) -> ControlFlow<()> {
-        if self.ready_outstanding || !self.raw.has_ready() {
-            return ControlFlow::Continue(());
+    /// Persists `rd` from step `from` on; returns the step it stopped at and its error.
+    fn persist_from(&mut self, rd: &Ready, mut from: PersistStep) -> Result<(), (PersistStep, crate::Error)> {
+        let s = self.raw.storage_mut();
+        while from < PersistStep::Done {
+            let r = match from {
+                PersistStep::Snapshot => match &rd.snapshot {
+                    Some(snapshot) => {
+                        snapshot.reader().and_then(|mut data| s.apply_snapshot(&snapshot.metadata, &mut data))
+                    }
+                    None => Ok(()),
+                },
+                PersistStep::Entries if rd.entries.is_empty() => Ok(()),
+                PersistStep::Entries => s.append(&rd.entries),
+                PersistStep::HardState => rd.hard_state.map_or(Ok(()), |hs| s.set_hard_state(&hs)),
+                PersistStep::Done => unreachable!("the loop stops at Done"),
+            };
+            if let Err(e) = r {
+                return Err((from, e));
+            }
+            from = match from {
+                PersistStep::Snapshot => PersistStep::Entries,
+                PersistStep::Entries => PersistStep::HardState,
+                _ => PersistStep::Done,
+            };
         }
-        let rd = match self.raw.ready() {
-            Ok(rd) => rd,
-            Err(RaftError::Storage(e)) => {
-                self.fail(e);
+        Ok(())
+    }
+
+    /// Takes, persists and hands out a Ready if there is one and none is outstanding. On a full
+    /// disk (`Error::NoSpace`: nothing written, nothing latched) the Ready is kept, unsent, and
+    /// persisting it is retried on every turn of the loop (each tick), from the step that
+    /// failed; any other storage error stops the node.
+    fn hand_out_ready(&mut self) -> ControlFlow<()> {
+        let (rd, from) = match self.unpersisted.take() {
+            Some(waiting) => waiting,
+            None => {
+                if self.ready_outstanding || !self.raw.has_ready() {
+                    return ControlFlow::Continue(());
+                }
+                match self.raw.ready() {
+                    Ok(rd) => (rd, PersistStep::Snapshot),
+                    Err(RaftError::Storage(e)) => {
+                        self.fail(e);
+                        return ControlFlow::Break(());
+                    }
+                    Err(e) => panic!("the node thread took a Ready while none was outstanding: {e}"),
+                }
+            }
+        };
+        match self.persist_from(&rd, from) {
+            Ok(()) => *self.shared.disk_full.lock() = None,
+            Err((step, e)) if matches!(e, crate::Error::NoSpace { .. }) => {
+                *self.shared.disk_full.lock() = Some(e.to_string());
+                self.unpersisted = Some((rd, step));
+                return ControlFlow::Continue(());
+            }
+            Err((_, e)) => {
+                self.fail(Arc::new(e));
                 return ControlFlow::Break(());
             }
-            Err(e) => panic!("the node thread took a Ready while none was outstanding: {e}"),
-        };
-        if let Err(e) = self.raw.persist(&rd) {
-            self.fail(Arc::new(e));
-            return ControlFlow::Break(());
         }
         if let Some(s) = &rd.snapshot {
             self.tracker.snapshot(s.metadata.index, s.metadata.term);
