@@ -50,6 +50,13 @@ pub struct ServerArgs {
     /// Raft tick, in milliseconds (elections after 10 ticks, heartbeats every tick).
     #[arg(long, default_value_t = 100)]
     pub tick_ms: u64,
+    /// Size of each log segment file, in MiB (preallocated; compaction frees whole segments).
+    #[arg(long, default_value_t = 64)]
+    pub segment_mib: u64,
+    /// Space held aside for writing a snapshot when the disk is full, in MiB: size it to the
+    /// store's snapshots (0: none; a full disk then needs the operator to free space).
+    #[arg(long, default_value_t = 64)]
+    pub reserve_mib: u64,
     /// Client connections at once.
     #[arg(long, default_value_t = 10_000)]
     pub max_clients: usize,
@@ -112,6 +119,8 @@ pub fn server(args: ServerArgs) -> Result<(), BoxError> {
     config.fault_injection = args.enable_fault_injection;
     config.snapshot_entries = args.snapshot_entries;
     config.catch_up_entries = args.catch_up_entries;
+    config.segment_bytes = args.segment_mib << 20;
+    config.reserve_bytes = args.reserve_mib << 20;
     config.tick = Duration::from_millis(args.tick_ms.max(1));
     config.limits.max_clients = args.max_clients;
     config.limits.max_request_bytes = args.max_request_bytes;

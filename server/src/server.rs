@@ -88,6 +88,10 @@ pub struct ServerConfig {
     pub snapshot_entries: u64,
     /// Entries kept below a snapshot for followers slightly behind (the rest is compacted).
     pub catch_up_entries: u64,
+    /// Size of each log segment file (`LogOptions::segment_bytes`).
+    pub segment_bytes: u64,
+    /// Space held aside for a snapshot on a full disk (`StorageOptions::reserve_bytes`).
+    pub reserve_bytes: u64,
     /// Client limits.
     pub limits: ClientLimits,
 }
@@ -142,6 +146,8 @@ impl ServerConfig {
             heartbeat_tick: 1,
             snapshot_entries: 10_000,
             catch_up_entries: 5_000,
+            segment_bytes: keel::limits::SEGMENT_BYTES_DEFAULT,
+            reserve_bytes: keel::storage::RESERVE_BYTES_DEFAULT,
             limits: ClientLimits::default(),
         }
     }
@@ -371,7 +377,12 @@ impl Server {
         let raft_dir = config.data_dir.join("raft");
         let had_raft_data = raft_dir.exists();
         // Opening takes the directory lock: from here on no other process works in it.
-        let (mut storage, report) = DiskStorage::open(&raft_dir, StorageOptions::default())?;
+        let options = StorageOptions {
+            log: keel::wal::LogOptions { segment_bytes: config.segment_bytes, ..keel::wal::LogOptions::default() },
+            reserve_bytes: config.reserve_bytes,
+            ..StorageOptions::default()
+        };
+        let (mut storage, report) = DiskStorage::open(&raft_dir, options)?;
         sync_dir(&config.data_dir)?;
         check_cluster_id(&config, had_raft_data)?;
         log::info!("node {}: opened {} ({})", config.id, config.data_dir.display(), report.log.to_string().trim_end());
@@ -579,11 +590,20 @@ fn tick_loop(s: &Shared) {
     let mut next = Instant::now();
     let mut ticks: u64 = 0;
     let election = s.config.tick * s.config.election_tick as u32;
+    let mut was_full = false;
     while !s.stop.load(Ordering::SeqCst) {
         next += s.config.tick;
         if s.node.tick().is_err() {
             return;
         }
+        match (s.node.disk_full(), was_full) {
+            (Some(why), false) => {
+                log::warn!("node {}: NOSPACE alarm: writes refused until space is freed: {why}", s.config.id)
+            }
+            (None, true) => log::info!("node {}: NOSPACE alarm cleared: the disk has room again", s.config.id),
+            _ => {}
+        }
+        was_full = s.node.disk_full().is_some();
         // Reads whose ReadIndex got no answer (a message lost, a leader gone) are asked again;
         // batches older than a request's timeout have no one waiting any more.
         let retry = {
@@ -655,6 +675,13 @@ fn apply_loop(s: &Arc<Shared>) {
             Ok(Some(rd)) => rd,
             Ok(None) => {
                 report_transport(s);
+                // A node on a full disk hands out no Readies: its snapshot (from the reserve),
+                // and the compaction after it, are started from here.
+                if s.node.disk_full().is_some()
+                    && let Err(why) = maybe_snapshot(s)
+                {
+                    return fail(s, why);
+                }
                 continue;
             }
             Err(e) => return fail(s, format!("the Raft node stopped: {e}")),
@@ -872,7 +899,10 @@ fn maybe_snapshot(s: &Arc<Shared>) -> Result<(), String> {
     };
     let (index, data) = {
         let store = s.store.lock();
-        if store.applied() < last.saturating_add(s.config.snapshot_entries) {
+        // On a full disk a snapshot (and the compaction after it) is how the node frees space:
+        // make one as soon as anything was applied since the last.
+        let full = s.node.disk_full().is_some() && store.applied() > last;
+        if store.applied() < last.saturating_add(s.config.snapshot_entries) && !full {
             return Ok(());
         }
         (store.applied(), store.snapshot())
@@ -886,14 +916,22 @@ fn maybe_snapshot(s: &Arc<Shared>) -> Result<(), String> {
     };
     s.view.lock().last_snapshot = index;
     s.snapshotting.store(true, Ordering::SeqCst);
+    let previous = last;
     let s2 = s.clone();
     let spawned = std::thread::Builder::new().name(format!("keel-snapshot-{}", s.config.id)).spawn(move || {
         let started = Instant::now();
         let result = write_snapshot(&s2, writer, &data, index);
-        if let Err(why) = result
-            && !s2.stop.load(Ordering::SeqCst)
-        {
-            fail(&s2, why);
+        match result {
+            Err(SnapshotFailure::NoSpace(why)) => {
+                // The storage gave its reserve back for the next try: make it again later.
+                log::warn!("node {}: {why}; trying again", s2.config.id);
+                let mut v = s2.view.lock();
+                if v.last_snapshot == index {
+                    v.last_snapshot = previous;
+                }
+            }
+            Err(SnapshotFailure::Other(why)) if !s2.stop.load(Ordering::SeqCst) => fail(&s2, why),
+            _ => {}
         }
         *s2.last_snapshot_timing.lock() = Some((Instant::now(), started.elapsed()));
         s2.snapshotting.store(false, Ordering::SeqCst);
@@ -908,10 +946,20 @@ fn maybe_snapshot(s: &Arc<Shared>) -> Result<(), String> {
     Ok(())
 }
 
-fn write_snapshot(s: &Shared, mut writer: SnapshotWriter, data: &[u8], index: u64) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| format!("snapshot at {index}: {e}");
-    writer.write_all(data).map_err(|e| err(&e))?;
-    writer.sync_data().map_err(|e| err(&e))?;
+/// Why a snapshot of the store was not made.
+enum SnapshotFailure {
+    /// The disk was full: the storage released its reserve, and the next try should fit.
+    NoSpace(String),
+    /// Anything else: the server stops.
+    Other(String),
+}
+
+fn write_snapshot(s: &Shared, mut writer: SnapshotWriter, data: &[u8], index: u64) -> Result<(), SnapshotFailure> {
+    let err = |e: &dyn std::fmt::Display| SnapshotFailure::Other(format!("snapshot at {index}: {e}"));
+    // A failed write is still handed to `finish_snapshot`, which says what it was (a full disk
+    // is `NoSpace`, after the storage gave its reserve back for the retry).
+    let written =
+        writer.write_all(data).map_err(|e| e.to_string()).and_then(|()| writer.sync_data().map_err(|e| e.to_string()));
     let keep = s.config.catch_up_entries;
     let finished = s
         .node
@@ -924,8 +972,14 @@ fn write_snapshot(s: &Shared, mut writer: SnapshotWriter, data: &[u8], index: u6
             st.compact((index + 1).saturating_sub(keep).max(1))?;
             Ok::<bool, keel::Error>(true)
         })
-        .map_err(|e| err(&e))?
         .map_err(|e| err(&e))?;
+    let finished = match finished {
+        Err(e) if e.is_no_space() => return Err(SnapshotFailure::NoSpace(format!("snapshot at {index}: {e}"))),
+        r => r.map_err(|e| err(&e))?,
+    };
+    if let Err(e) = written {
+        return Err(err(&e));
+    }
     if finished {
         s.metrics.snapshots_made.fetch_add(1, Ordering::Relaxed);
         log::info!("node {}: snapshot at {index}", s.config.id);
@@ -1104,6 +1158,13 @@ fn begin_write(s: &Shared, write: crate::kv::Write) -> Pending {
         p.early = Some(Reply::Error(format!(
             "TRYAGAIN {before} bytes of writes are waiting on this node (limit {})",
             s.config.limits.max_uncommitted_bytes
+        )));
+        return p;
+    }
+    if let Some(why) = s.node.disk_full() {
+        p.early = Some(Reply::Error(format!(
+            "NOSPACE this node's disk is full; the write was not applied (it resumes by itself once a snapshot \
+             and compaction or the operator free space): {why}"
         )));
         return p;
     }
@@ -1464,6 +1525,10 @@ fn info(s: &Shared, section: Option<&str>) -> String {
         field(&mut text, "read_index_rounds", m.read_index_rounds.load(Ordering::Relaxed).to_string());
         field(&mut text, "writes_waiting", s.waiters.lock().len().to_string());
         field(&mut text, "uncommitted_bytes", s.uncommitted_bytes.load(Ordering::Relaxed).to_string());
+        let full = s.node.disk_full();
+        field(&mut text, "disk_full", u8::from(full.is_some()).to_string());
+        field(&mut text, "alarm", if full.is_some() { "NOSPACE".into() } else { String::new() });
+        field(&mut text, "disk_full_reason", full.unwrap_or_default());
         let depths: Vec<String> = s.transport.queue_depths().iter().map(|(id, d)| format!("{id}={d}")).collect();
         field(&mut text, "peer_queue_frames", depths.join(","));
         field(&mut text, "snapshots_made", m.snapshots_made.load(Ordering::Relaxed).to_string());
