@@ -8,9 +8,9 @@ use keel::Error;
 use keel::io::FileSystem;
 use keel::wal::{Log, LogOptions, NewEntry};
 use keel_harness::sim::SimFileSystem;
+use keel_harness::tmpfs::Tmpfs;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 
 const SEGMENT: u64 = 64 << 10;
@@ -96,45 +96,10 @@ fn a_full_simulated_disk_refuses_appends_and_recovers_by_compaction() {
     full_disk_story(dir, options, || cap - fs.used_bytes());
 }
 
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop; `None` (and the reason)
-/// where this process may not mount one.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Result<Tmpfs, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("mount -t tmpfs failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        }
-        Ok(Tmpfs { dir })
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
-    }
-
-    fn free_bytes(&self) -> u64 {
-        let st = rustix::fs::statvfs(self.dir.path()).unwrap();
-        st.f_bavail * st.f_frsize
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
 #[test]
 fn a_full_tmpfs_refuses_appends_and_recovers_by_compaction() {
-    let fs = match Tmpfs::mount("1m") {
+    let mnt = tempfile::tempdir().unwrap();
+    let fs = match Tmpfs::mount(mnt.path(), "1m") {
         Ok(fs) => fs,
         Err(why) => {
             eprintln!("SKIPPED: no small real file system to fill ({why}); the simulated disk's test still ran");
@@ -274,7 +239,8 @@ mod storage {
 #[test]
 fn a_full_tmpfs_storage_snapshots_compacts_and_appends_again() {
     use keel::storage::{ConfState, DiskStorage, Entry, HardState, Storage, StorageMut, StorageOptions};
-    let tmpfs = match Tmpfs::mount("2m") {
+    let mnt = tempfile::tempdir().unwrap();
+    let tmpfs = match Tmpfs::mount(mnt.path(), "2m") {
         Ok(fs) => fs,
         Err(why) => {
             eprintln!("SKIPPED: no small real file system to fill ({why}); the simulated disk's tests still ran");

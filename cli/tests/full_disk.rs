@@ -7,29 +7,16 @@
 mod common;
 
 use common::{NodeSpec, TestCluster};
+use keel_harness::tmpfs::Tmpfs;
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Tmpfs(tempfile::TempDir);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
-}
-
-fn mount_tmpfs(size: &str) -> Result<Tmpfs, String> {
+/// A tmpfs of `size` on a fresh directory; bind it as `(_dir, tmpfs)` so that it is unmounted
+/// before its directory is removed.
+fn mount_tmpfs(size: &str) -> Result<(tempfile::TempDir, Tmpfs), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir.path())
-        .output()
-        .map_err(|e| format!("cannot run mount: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    Ok(Tmpfs(dir))
+    let tmpfs = Tmpfs::mount(dir.path(), size)?;
+    Ok((dir, tmpfs))
 }
 
 fn cluster_on(tmpfs: &Tmpfs, reserve_mib: u64) -> TestCluster {
@@ -37,7 +24,7 @@ fn cluster_on(tmpfs: &Tmpfs, reserve_mib: u64) -> TestCluster {
     let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     extra.extend(["--reserve-mib".to_string(), reserve_mib.to_string()]);
     let mut c = TestCluster {
-        dir: tempfile::tempdir_in(tmpfs.0.path()).unwrap(),
+        dir: tempfile::tempdir_in(tmpfs.path()).unwrap(),
         cluster_id: 7,
         specs: vec![NodeSpec::new(1)],
         procs: vec![None],
@@ -73,7 +60,7 @@ fn set(con: &mut redis::Connection, key: &str, v: &str) -> Set {
 /// reserve, then compaction; its writes go on (delayed, not refused, for a client that waits).
 #[test]
 fn a_server_whose_disk_fills_frees_space_by_itself() {
-    let tmpfs = match mount_tmpfs("24m") {
+    let (_dir, tmpfs) = match mount_tmpfs("24m") {
         Ok(t) => t,
         Err(why) => {
             eprintln!("SKIPPED: cannot mount a small tmpfs to fill ({why})");
@@ -115,7 +102,7 @@ fn a_server_whose_disk_fills_frees_space_by_itself() {
 /// space it resumes by itself.
 #[test]
 fn a_server_whose_disk_stays_full_refuses_writes_until_space_returns() {
-    let tmpfs = match mount_tmpfs("24m") {
+    let (_dir, tmpfs) = match mount_tmpfs("24m") {
         Ok(t) => t,
         Err(why) => {
             eprintln!("SKIPPED: cannot mount a small tmpfs to fill ({why})");
@@ -124,7 +111,7 @@ fn a_server_whose_disk_stays_full_refuses_writes_until_space_returns() {
     };
     let c = cluster_on(&tmpfs, 0);
     // Something else on the same file system, which the operator can remove later.
-    let ballast = tmpfs.0.path().join("ballast");
+    let ballast = tmpfs.path().join("ballast");
     std::fs::write(&ballast, vec![1u8; 8 << 20]).unwrap();
     let mut con = c.conn(1);
     let mut acked: BTreeMap<String, String> = BTreeMap::new();

@@ -23,6 +23,7 @@ pub mod bench;
 pub mod fuzz;
 pub mod linearizability;
 pub mod sim;
+pub mod tmpfs;
 pub mod torture;
 
 pub use keel::internals::Rng;
