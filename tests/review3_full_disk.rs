@@ -201,3 +201,53 @@ fn storage_compactions_on_a_full_disk_use_the_reserve_when_the_marker_room_is_sp
         s.append(&[Entry::new(index, 1, payload(index))]).unwrap();
     }
 }
+
+/// `apply_snapshot` on a storage whose log can take no marker (sealed newest segment opened on
+/// a full disk, no reserve): the snapshot file and the HardState are written, the log's reset
+/// answers NoSpace. What does the retry (the Node's) do, and what does reopen see?
+#[test]
+#[ignore = "review3 finding, not fixed: a sealed newest segment on a full disk; the half-done install makes open fail"]
+fn apply_snapshot_whose_reset_finds_the_disk_full() {
+    use keel::storage::{ConfState, DiskStorage, Entry, SnapshotMetadata, Storage, StorageMut, StorageOptions};
+    let fs = Arc::new(SimFileSystem::new());
+    let dir = Path::new("/sim/storage");
+    let options = StorageOptions {
+        log: LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() },
+        reserve_bytes: 0,
+        ..StorageOptions::default()
+    };
+    let (mut s, _) = DiskStorage::open(dir, options.clone()).unwrap();
+    let cs = ConfState { voters: vec![1, 2], ..ConfState::default() };
+    s.set_conf_state(&cs).unwrap();
+    let logdir = dir.join("log");
+    let mut index = 1;
+    while segments(&fs, &logdir).len() < 4 {
+        s.append(&[Entry::new(index, 1, payload(index))]).unwrap();
+        index += 1;
+    }
+    drop(s);
+    let segs = segments(&fs, &logdir);
+    fs.remove(&logdir.join(segs.last().unwrap())).unwrap();
+    let _ = fs.remove(&logdir.join("next.prep"));
+    fs.set_capacity(Some(fs.used_bytes() + 8192));
+    let (mut s, _) = DiskStorage::open(dir, options.clone()).unwrap();
+    let last = s.last_index().unwrap();
+    let metadata = SnapshotMetadata { index: last + 100, term: 2, conf_state: cs.clone() };
+    let state = vec![9u8; 100];
+    let first = s.apply_snapshot(&metadata, &mut &state[..]);
+    eprintln!("first try: {first:?}");
+    let second = s.apply_snapshot(&metadata, &mut &state[..]);
+    eprintln!("second try: {second:?}");
+    drop(s);
+    let reopened = DiskStorage::open(dir, options.clone()).map(|(s, _)| {
+        (s.first_index().unwrap(), s.last_index().unwrap(), Storage::initial_state(&s).unwrap().hard_state)
+    });
+    eprintln!("reopen: {reopened:?}");
+    assert!(
+        first.is_ok() || second.is_ok() || matches!(second, Err(keel::Error::NoSpace { .. })),
+        "the retry must be possible: {second:?}"
+    );
+    // The snapshot file was installed durably before the reset failed; open rolls the install
+    // forward, which needs the marker, which needs a segment: the storage no longer opens.
+    assert!(reopened.is_ok(), "a full disk must not keep the storage from opening: {reopened:?}");
+}
