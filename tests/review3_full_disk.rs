@@ -233,7 +233,7 @@ fn apply_snapshot_whose_reset_finds_the_disk_full() {
     let (mut s, _) = DiskStorage::open(dir, options.clone()).unwrap();
     let last = s.last_index().unwrap();
     let metadata = SnapshotMetadata { index: last + 100, term: 2, conf_state: cs.clone() };
-    let state = vec![9u8; 100];
+    let state = [9u8; 100];
     let first = s.apply_snapshot(&metadata, &mut &state[..]);
     eprintln!("first try: {first:?}");
     let second = s.apply_snapshot(&metadata, &mut &state[..]);
