@@ -776,7 +776,16 @@ impl StorageMut for DiskStorage {
         if !super::check_compact(index, self.log.first_index(), self.log.last_index())? {
             return Ok(());
         }
-        let r = self.log.compact(index);
+        let mut r = self.log.compact(index);
+        // The log's marker room is one marker per segment: compactions that free nothing spend
+        // it, and then the marker needs a new segment. Compaction is how space is freed, so it
+        // may use the reserve: give it back and try once more.
+        if matches!(r, Err(Error::NoSpace { .. })) {
+            let released = self.reserve.release();
+            if self.latch(released)? {
+                r = self.log.compact(index);
+            }
+        }
         self.latch(r)?;
         // Compaction may have freed space: hold the reserve again if it was given out.
         let r = self.reserve.take();

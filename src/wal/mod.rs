@@ -478,19 +478,19 @@ impl Log {
         if recs.is_empty() {
             return results;
         }
-        let positions = match self.write(&recs) {
-            Ok(p) => p,
-            Err(e) => {
-                for &k in &accepted {
-                    results[k] = Err(e.clone());
-                }
-                return results;
-            }
-        };
-        // Apply the accepted requests to the index in order: truncate, then extend.
+        let (positions, error) = self.write_partial(&recs);
+        // Apply the accepted requests to the index in order: truncate, then extend. On a full
+        // disk the requests written whole before it are kept (they are in the segment and would
+        // be recovered at the next open): acknowledged, and the rest refused.
         let mut at = 0;
         for &k in &accepted {
             let entries = requests[k];
+            if at + entries.len() > positions.len()
+                || (error.is_some() && !matches!(error, Some(Error::NoSpace { .. })))
+            {
+                results[k] = Err(error.clone().expect("records missing only after an error"));
+                continue;
+            }
             self.stats.appends += 1;
             self.stats.entries += entries.len() as u64;
             let first = entries[0].index_term().0;
@@ -584,11 +584,24 @@ impl Log {
     /// write ends; a write that does not fit the space left goes to the next segment whole, and
     /// only a write larger than a segment is split, into one atomic piece per segment.
     fn write(&mut self, recs: &[Rec<'_>]) -> Result<Vec<(u64, u32)>> {
+        match self.write_partial(recs) {
+            (positions, None) => Ok(positions),
+            (_, Some(e)) => Err(e),
+        }
+    }
+
+    /// [`Log::write`], telling what was written when it fails: the positions of the records
+    /// written before the error (whole writes only when the error is `NoSpace`: a rotation that
+    /// finds the disk full after part of a write split across segments landed latches the log,
+    /// since that part is recovered at the next open).
+    fn write_partial(&mut self, recs: &[Rec<'_>]) -> (Vec<(u64, u32)>, Option<Error>) {
         let mut positions = Vec::with_capacity(recs.len());
         let mut rest = recs;
         while !rest.is_empty() {
-            if self.active.sealed {
-                self.rotate()?;
+            if self.active.sealed
+                && let Err(e) = self.rotate()
+            {
+                return (positions, Some(e));
             }
             let seg = Arc::clone(self.segments.back().expect("an active segment"));
             let start = self.active.write_offset;
@@ -620,6 +633,12 @@ impl Log {
                 // segment. Only a write larger than an empty new segment is split.
                 fit = whole;
             }
+            if fit < rest.len()
+                && let Err(e) = self.ensure_prepared()
+            {
+                // A rotation follows this piece: its segment's file is made first.
+                return self.refuse(recs, positions, e);
+            }
             self.buf.clear();
             let mut offset = start;
             let mut batch = Vec::with_capacity(fit);
@@ -638,7 +657,7 @@ impl Log {
             }
             if fit > 0 {
                 if let Err(e) = seg.file.write_at(&self.buf, start) {
-                    return Err(self.fail("write", &seg.path, e));
+                    return (positions, Some(self.fail("write", &seg.path, e)));
                 }
                 self.unsynced = true;
                 self.active.write_offset = offset;
@@ -651,10 +670,45 @@ impl Log {
                 // Payload sizes were checked against an empty new segment's capacity, so an
                 // empty segment is only left if it is smaller than that.
                 assert!(!self.active.records.is_empty() || smaller, "a record fits no segment");
-                self.rotate()?;
+                if let Err(e) = self.rotate() {
+                    return self.refuse(recs, positions, e);
+                }
             }
         }
-        Ok(positions)
+        (positions, None)
+    }
+
+    /// `write_partial`'s answer when it stops at `e` after writing `positions`: a full disk in
+    /// the middle of a write split across segments latches (part of it landed and would be
+    /// recovered, so it is not "nothing written").
+    fn refuse(&mut self, recs: &[Rec<'_>], positions: Vec<(u64, u32)>, e: Error) -> (Vec<(u64, u32)>, Option<Error>) {
+        let split = positions.len().checked_sub(1).is_some_and(|last| !recs[last].write_end);
+        if split && matches!(e, Error::NoSpace { .. }) {
+            let path = self.dir.join(prepare::PREPARED_NAME);
+            let cause = std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space for the rest of a write split across segments",
+            );
+            let e = self.fail("prepare segment", &path, cause);
+            return (positions, Some(e));
+        }
+        (positions, Some(e))
+    }
+
+    /// Makes the next segment's file now, so that a full disk refuses a write before any of it
+    /// lands (`NoSpace`, not latched). A background preparation that ran out of space is tried
+    /// once more (space may have been freed since).
+    fn ensure_prepared(&mut self) -> Result<()> {
+        let path = self.dir.join(prepare::PREPARED_NAME);
+        let r = match self.preparer.ensure() {
+            Err(e) if crate::error::is_no_space_io(&e) => self.preparer.ensure(),
+            r => r,
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if crate::error::is_no_space_io(&e) => Err(Error::NoSpace { op: "prepare segment", path }),
+            Err(e) => Err(self.fail("prepare segment", &path, e)),
+        }
     }
 
     /// Starts preparing the next segment once the active one is half full.

@@ -134,6 +134,14 @@ impl Preparer {
         self.running = spawned.ok().map(Running::Thread);
     }
 
+    /// Makes sure the prepared file exists now (waiting for, or doing, its preparation); the
+    /// next [`Preparer::take`] returns it without work.
+    pub(crate) fn ensure(&mut self) -> io::Result<()> {
+        self.take()?;
+        self.running = Some(Running::Done(Ok(())));
+        Ok(())
+    }
+
     /// Waits for the prepared file (preparing it now if nothing was started) and returns its path.
     pub(crate) fn take(&mut self) -> io::Result<&Path> {
         match self.running.take() {

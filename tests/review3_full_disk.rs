@@ -1,0 +1,253 @@
+//! Review 3 of the full-disk changes: failing cases found by review.
+
+use keel::io::FileSystem;
+use keel::wal::{Log, LogOptions, NewEntry};
+use keel_harness::sim::SimFileSystem;
+use std::path::Path;
+use std::sync::Arc;
+
+const SEGMENT: u64 = 64 << 10;
+
+fn payload(index: u64) -> Vec<u8> {
+    (0..1000u64).map(|i| (i * 31 + index) as u8).collect()
+}
+
+fn append(log: &mut Log, index: u64) -> keel::Result<()> {
+    let p = payload(index);
+    log.append_and_sync(&[NewEntry { index, term: 1, payload: &p }])
+}
+
+fn segments(fs: &SimFileSystem, dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs
+        .list(dir)
+        .unwrap()
+        .into_iter()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A log whose newest segment is sealed (no next.prep), opened on a full disk, takes the
+/// "sealed" path of `install_active`. Compaction is documented to need no space; here its
+/// marker needs a new segment (`write` rotates first on a sealed active segment).
+#[test]
+#[ignore = "review3 finding, not fixed in the Log: a sealed newest segment opened on a full disk needs a new segment for any marker"]
+fn compaction_on_a_sealed_newest_segment_opened_on_a_full_disk() {
+    let fs = Arc::new(SimFileSystem::new());
+    let dir = Path::new("/sim/log");
+    fs.create_dir_all(dir).unwrap();
+    let options = LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() };
+    let (mut log, _) = Log::open(dir, options.clone()).unwrap();
+    let mut index = 1;
+    while segments(&fs, dir).len() < 4 {
+        append(&mut log, index).unwrap();
+        index += 1;
+    }
+    drop(log);
+    // The newest segment (just installed) goes, and the prepared file: the one before is a
+    // sealed newest segment, as after a crash between sealing and installing (older versions).
+    let segs = segments(&fs, dir);
+    fs.remove(&dir.join(segs.last().unwrap())).unwrap();
+    let _ = fs.remove(&dir.join("next.prep"));
+    fs.sync_dir(dir).unwrap();
+    fs.set_capacity(Some(fs.used_bytes()));
+    let (mut log, _) = Log::open(dir, options.clone()).expect("opens on a full disk");
+    let last = log.last_index();
+    assert!(append(&mut log, last + 1).unwrap_err().is_no_space());
+    let r = log.compact(last - 5);
+    assert!(r.is_ok(), "compaction needs no space, but: {r:?}");
+}
+
+/// Two compactions on a full disk while the active segment stays the same: the first marker
+/// takes the segment's marker reserve; the second needs a new segment.
+#[test]
+#[ignore = "review3 finding, fixed in DiskStorage (reserve) only: the Log's marker room is one marker per segment"]
+fn a_second_compaction_on_a_full_disk() {
+    let fs = Arc::new(SimFileSystem::new());
+    let dir = Path::new("/sim/log");
+    fs.create_dir_all(dir).unwrap();
+    fs.set_capacity(Some(6 * SEGMENT + 4096));
+    let options = LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() };
+    let (mut log, _) = Log::open(dir, options.clone()).unwrap();
+    let mut index = 1;
+    loop {
+        match append(&mut log, index) {
+            Ok(()) => index += 1,
+            Err(e) => {
+                assert!(e.is_no_space(), "{e}");
+                break;
+            }
+        }
+    }
+    let first = log.first_index();
+    // Compactions that free nothing (inside the oldest segment), one entry at a time, as an
+    // application compacting after each small snapshot would: each must still succeed.
+    let mut refused = None;
+    for k in 1..=64 {
+        if let Err(e) = log.compact(first + k) {
+            refused = Some((k, e));
+            break;
+        }
+    }
+    // Once the active segment's room is spent, not even a compaction that would free whole
+    // segments can run: the log cannot free space by itself any more.
+    let freeing = log.compact(log.last_index() - 5);
+    assert!(
+        refused.is_none() && freeing.is_ok(),
+        "small compactions refused at {refused:?}; then a freeing compaction: {freeing:?}"
+    );
+}
+
+/// `append_many` with two requests: the first fits the active segment, the second needs a
+/// rotation that fails with NoSpace. Both are answered NoSpace ("nothing was written"), but the
+/// first request's records are in the segment; after a compaction to last+1 and a reopen, they
+/// are part of the log although never acknowledged and the log had said last_index = n.
+#[test]
+fn append_many_nospace_leaves_unacknowledged_records_that_reopen_recovers() {
+    let fs = Arc::new(SimFileSystem::new());
+    let dir = Path::new("/sim/log");
+    fs.create_dir_all(dir).unwrap();
+    fs.set_capacity(Some(4 * SEGMENT + 4096));
+    let options = LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() };
+    let (mut log, _) = Log::open(dir, options.clone()).unwrap();
+    let mut index = 1;
+    let big = vec![7u8; 40_000];
+    // Fill until a small entry fits the active segment but a 40 KB one does not, and no new
+    // segment can be prepared.
+    loop {
+        match append(&mut log, index) {
+            Ok(()) => index += 1,
+            Err(e) => {
+                assert!(e.is_no_space(), "{e}");
+                break;
+            }
+        }
+    }
+    // Free room in the active segment is at most ~1 entry; make the first request tiny.
+    let n = log.last_index();
+    let small = [1u8; 8];
+    let a = [NewEntry { index: n + 1, term: 2, payload: &small }];
+    let b = [NewEntry { index: n + 2, term: 2, payload: &big }];
+    let results = log.append_many(&[&a, &b]);
+    // The second is refused with NoSpace, not latched; the first is either acknowledged or
+    // refused, and reopen recovers exactly what was acknowledged.
+    assert!(matches!(results[1], Err(keel::Error::NoSpace { .. })), "{results:?}");
+    assert!(!log.is_failed());
+    let expected = n + u64::from(results[0].is_ok());
+    assert_eq!(log.last_index(), expected);
+    log.sync().unwrap();
+    drop(log);
+    let (log, _) = Log::open(dir, options).unwrap();
+    assert_eq!(log.last_index(), expected, "{results:?}: reopen recovers what was acknowledged");
+}
+
+/// One append larger than the room left in a segment plus a new one is split across segments;
+/// when the rotation after its first piece finds the disk full, that piece landed (and would be
+/// recovered): the log latches instead of answering "nothing was written".
+#[test]
+fn a_split_write_whose_second_rotation_finds_the_disk_full_latches() {
+    let fs = Arc::new(SimFileSystem::new());
+    let dir = Path::new("/sim/log");
+    fs.create_dir_all(dir).unwrap();
+    let options = LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() };
+    let (mut log, _) = Log::open(dir, options.clone()).unwrap();
+    append(&mut log, 1).unwrap();
+    // Room for the segment being prepared (if any) and nothing more.
+    fs.set_capacity(Some(fs.used_bytes() + SEGMENT + 4096));
+    // 100 entries of 1000 bytes: more than a segment, so split into pieces.
+    let p = payload(0);
+    let entries: Vec<NewEntry<'_>> = (2..102).map(|index| NewEntry { index, term: 1, payload: &p }).collect();
+    let e = log.append(&entries).unwrap_err();
+    // The next segment is made before the first piece is written: refused whole, not latched.
+    assert!(matches!(e, keel::Error::NoSpace { .. }), "{e:?}");
+    assert!(!log.is_failed());
+    let last = log.last_index();
+    drop(log);
+    let (log, _) = Log::open(dir, options).unwrap();
+    assert_eq!(log.last_index(), last, "an append answered NoSpace (not latched) came back in part at reopen: {e}");
+}
+
+/// `DiskStorage::compact` on a full disk after compactions that freed nothing spent the active
+/// segment's marker room: the storage gives its reserve back and the compaction succeeds.
+#[test]
+fn storage_compactions_on_a_full_disk_use_the_reserve_when_the_marker_room_is_spent() {
+    use keel::storage::{ConfState, DiskStorage, Entry, Storage, StorageMut, StorageOptions};
+    let fs = Arc::new(SimFileSystem::new());
+    let dir = Path::new("/sim/storage");
+    let options = StorageOptions {
+        log: LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() },
+        reserve_bytes: 2 * SEGMENT,
+        ..StorageOptions::default()
+    };
+    let (mut s, _) = DiskStorage::open(dir, options).unwrap();
+    s.set_conf_state(&ConfState { voters: vec![1], ..ConfState::default() }).unwrap();
+    fs.set_capacity(Some(fs.used_bytes() + 5 * SEGMENT));
+    let e = loop {
+        let index = s.last_index().unwrap() + 1;
+        if let Err(e) = s.append(&[Entry::new(index, 1, payload(index))]) {
+            break e;
+        }
+    };
+    assert!(e.is_no_space(), "{e}");
+    let first = s.first_index().unwrap();
+    for k in 1..=64 {
+        s.compact(first + k).unwrap_or_else(|e| panic!("compaction {k}: {e:?}"));
+    }
+    let last = s.last_index().unwrap();
+    s.compact(last - 5).unwrap();
+    for index in last + 1..last + 40 {
+        s.append(&[Entry::new(index, 1, payload(index))]).unwrap();
+    }
+}
+
+/// `apply_snapshot` on a storage whose log can take no marker (sealed newest segment opened on
+/// a full disk, no reserve): the snapshot file and the HardState are written, the log's reset
+/// answers NoSpace. What does the retry (the Node's) do, and what does reopen see?
+#[test]
+#[ignore = "review3 finding, not fixed: a sealed newest segment on a full disk; the half-done install makes open fail"]
+fn apply_snapshot_whose_reset_finds_the_disk_full() {
+    use keel::storage::{ConfState, DiskStorage, Entry, SnapshotMetadata, Storage, StorageMut, StorageOptions};
+    let fs = Arc::new(SimFileSystem::new());
+    let dir = Path::new("/sim/storage");
+    let options = StorageOptions {
+        log: LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() },
+        reserve_bytes: 0,
+        ..StorageOptions::default()
+    };
+    let (mut s, _) = DiskStorage::open(dir, options.clone()).unwrap();
+    let cs = ConfState { voters: vec![1, 2], ..ConfState::default() };
+    s.set_conf_state(&cs).unwrap();
+    let logdir = dir.join("log");
+    let mut index = 1;
+    while segments(&fs, &logdir).len() < 4 {
+        s.append(&[Entry::new(index, 1, payload(index))]).unwrap();
+        index += 1;
+    }
+    drop(s);
+    let segs = segments(&fs, &logdir);
+    fs.remove(&logdir.join(segs.last().unwrap())).unwrap();
+    let _ = fs.remove(&logdir.join("next.prep"));
+    fs.set_capacity(Some(fs.used_bytes() + 8192));
+    let (mut s, _) = DiskStorage::open(dir, options.clone()).unwrap();
+    let last = s.last_index().unwrap();
+    let metadata = SnapshotMetadata { index: last + 100, term: 2, conf_state: cs.clone() };
+    let state = [9u8; 100];
+    let first = s.apply_snapshot(&metadata, &mut &state[..]);
+    eprintln!("first try: {first:?}");
+    let second = s.apply_snapshot(&metadata, &mut &state[..]);
+    eprintln!("second try: {second:?}");
+    drop(s);
+    let reopened = DiskStorage::open(dir, options.clone()).map(|(s, _)| {
+        (s.first_index().unwrap(), s.last_index().unwrap(), Storage::initial_state(&s).unwrap().hard_state)
+    });
+    eprintln!("reopen: {reopened:?}");
+    assert!(
+        first.is_ok() || second.is_ok() || matches!(second, Err(keel::Error::NoSpace { .. })),
+        "the retry must be possible: {second:?}"
+    );
+    // The snapshot file was installed durably before the reset failed; open rolls the install
+    // forward, which needs the marker, which needs a segment: the storage no longer opens.
+    assert!(reopened.is_ok(), "a full disk must not keep the storage from opening: {reopened:?}");
+}
