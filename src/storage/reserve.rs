@@ -85,10 +85,12 @@ impl Reserve {
     }
 
     /// `r`, or on a full disk the reserve released and `NoSpace` naming `op` and `path`: the
-    /// caller's retry has the reserve's bytes.
+    /// caller's retry has the reserve's bytes. Only [`Error::NoSpace`] counts (a write refused
+    /// before anything was put in place), not an I/O error whose cause was ENOSPC: an fsync
+    /// after a rename may fail so with the file already in place, which is a failed write.
     pub(crate) fn on_no_space<T>(&self, r: Result<T>, op: &'static str, path: &Path) -> Result<T> {
         match r {
-            Err(e) if e.is_no_space() => {
+            Err(Error::NoSpace { .. }) => {
                 self.release()?;
                 Err(Error::NoSpace { op, path: path.to_path_buf() })
             }

@@ -1,4 +1,6 @@
-//! Review 3 of the full-disk changes: failing cases found by review.
+//! Full-disk edge cases: writes split across segments and grouped requests that meet a full disk
+//! (refused before a byte lands, acknowledged exactly as recovered), repeated compactions on a
+//! full disk, and (ignored, issue 16 open) a log opened on a sealed newest segment with no room.
 
 use keel::io::FileSystem;
 use keel::wal::{Log, LogOptions, NewEntry};
@@ -33,7 +35,7 @@ fn segments(fs: &SimFileSystem, dir: &Path) -> Vec<String> {
 /// "sealed" path of `install_active`. Compaction is documented to need no space; here its
 /// marker needs a new segment (`write` rotates first on a sealed active segment).
 #[test]
-#[ignore = "review3 finding, not fixed in the Log: a sealed newest segment opened on a full disk needs a new segment for any marker"]
+#[ignore = "issue 16, open: a sealed newest segment opened on a full disk needs a new segment for any marker"]
 fn compaction_on_a_sealed_newest_segment_opened_on_a_full_disk() {
     let fs = Arc::new(SimFileSystem::new());
     let dir = Path::new("/sim/log");
@@ -63,7 +65,7 @@ fn compaction_on_a_sealed_newest_segment_opened_on_a_full_disk() {
 /// Two compactions on a full disk while the active segment stays the same: the first marker
 /// takes the segment's marker reserve; the second needs a new segment.
 #[test]
-#[ignore = "review3 finding, fixed in DiskStorage (reserve) only: the Log's marker room is one marker per segment"]
+#[ignore = "issue 16, open (DiskStorage works around it with its reserve): the Log's marker room is one marker per segment"]
 fn a_second_compaction_on_a_full_disk() {
     let fs = Arc::new(SimFileSystem::new());
     let dir = Path::new("/sim/log");
@@ -206,7 +208,7 @@ fn storage_compactions_on_a_full_disk_use_the_reserve_when_the_marker_room_is_sp
 /// a full disk, no reserve): the snapshot file and the HardState are written, the log's reset
 /// answers NoSpace. What does the retry (the Node's) do, and what does reopen see?
 #[test]
-#[ignore = "review3 finding, not fixed: a sealed newest segment on a full disk; the half-done install makes open fail"]
+#[ignore = "issue 16, open: a sealed newest segment on a full disk; the half-done install makes open fail"]
 fn apply_snapshot_whose_reset_finds_the_disk_full() {
     use keel::storage::{ConfState, DiskStorage, Entry, SnapshotMetadata, Storage, StorageMut, StorageOptions};
     let fs = Arc::new(SimFileSystem::new());
