@@ -786,6 +786,8 @@ impl<'a> Recovery<'a> {
             }),
             _ => None,
         };
+        // The newest segment's records and their end, if it is sealed: what reopening it needs.
+        let sealed_newest = kept.last().filter(|k| k.sealed).map(|k| (k.records.clone(), k.end));
         let mut segments: VecDeque<Arc<Segment>> = kept.into_iter().map(|k| Arc::new(k.segment)).collect();
         if let Some(active) = active {
             // Synced by `sync_kept_segments`, so every record's synced_offset claim holds.
@@ -804,10 +806,9 @@ impl<'a> Recovery<'a> {
                 // (reads, compaction and snapshots work); the first write installs a segment, or
                 // answers `NoSpace` until there is room (`Log::rotate`).
                 Err(e) if crate::error::is_no_space_io(&e) && !segments.is_empty() => {
-                    let end = segments.back().expect("checked").segment_bytes;
-                    let full =
-                        Active { write_offset: end, synced_offset: end, records: Vec::new(), syncs: 0, sealed: true };
-                    return Ok((segments, full));
+                    let (records, end) = sealed_newest.expect("a kept newest segment that is not active is sealed");
+                    let active = unseal(segments.back().expect("checked"), records, end)?;
+                    return Ok((segments, active));
                 }
                 Err(e) => return Err(Error::io("prepare segment", &prepared, e)),
             }
@@ -894,6 +895,19 @@ impl<'a> Recovery<'a> {
 }
 
 /// Step 4, first: the ids of kept segments must be dense; a missing one lost records.
+/// Reopens a sealed newest segment for writing, on a disk too full for a new one: its footer is
+/// overwritten with zeros in place (no space needed) and synced, and it becomes the active
+/// segment at its records' end, so that a compaction marker (for which entries leave room,
+/// `MARKER_RESERVE_BYTES`) fits without a new segment. A crash before the zeros are durable
+/// leaves a valid footer, or a damaged one with nothing after it, which recovery scans as
+/// unsealed: either way the same records.
+fn unseal(seg: &Segment, records: Vec<FooterEntry>, end: u64) -> Result<Active> {
+    let footer_start = seg.segment_bytes - segment::footer_bytes(records.len() as u64);
+    ops::zero_fill(seg.file.as_ref(), footer_start, seg.segment_bytes).map_err(Error::at("write", &seg.path))?;
+    seg.file.sync_data().map_err(Error::at("fdatasync", &seg.path))?;
+    Ok(Active { write_offset: end, synced_offset: end, records, syncs: 0, sealed: false })
+}
+
 fn check_dense(dir: &Path, kept: &[Kept]) -> Result<()> {
     for pair in kept.windows(2) {
         if pair[1].segment.id != pair[0].segment.id + 1 {
