@@ -36,6 +36,7 @@ use super::conf_change::ConfChange;
 use super::config::Config;
 use super::message::Message;
 use super::proposal::{DropReason, Outcome, Proposal, Tracker};
+use super::raw_node::PersistStep;
 use super::raw_node::{NewNodeError, RawNode, Ready, SnapshotStatus, Status};
 use crate::storage::{ConfState, StorageMut};
 use parking_lot::Mutex;
@@ -414,15 +415,6 @@ struct Worker<S: StorageMut> {
     unpersisted: Option<(Ready, PersistStep)>,
 }
 
-/// How far persisting a Ready got: `RawNode::persist`'s steps, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum PersistStep {
-    Snapshot,
-    Entries,
-    HardState,
-    Done,
-}
-
 impl<S: StorageMut> Worker<S> {
     fn run(mut self) -> S {
         'run: while let Ok(cmd) = self.commands.recv() {
@@ -547,34 +539,6 @@ impl<S: StorageMut> Worker<S> {
         self.tracker.add(last, term, tx);
     }
 
-    /// Persists `rd` from step `from` on; returns the step it stopped at and its error.
-    fn persist_from(&mut self, rd: &Ready, mut from: PersistStep) -> Result<(), (PersistStep, crate::Error)> {
-        let s = self.raw.storage_mut();
-        while from < PersistStep::Done {
-            let r = match from {
-                PersistStep::Snapshot => match &rd.snapshot {
-                    Some(snapshot) => {
-                        snapshot.reader().and_then(|mut data| s.apply_snapshot(&snapshot.metadata, &mut data))
-                    }
-                    None => Ok(()),
-                },
-                PersistStep::Entries if rd.entries.is_empty() => Ok(()),
-                PersistStep::Entries => s.append(&rd.entries),
-                PersistStep::HardState => rd.hard_state.map_or(Ok(()), |hs| s.set_hard_state(&hs)),
-                PersistStep::Done => unreachable!("the loop stops at Done"),
-            };
-            if let Err(e) = r {
-                return Err((from, e));
-            }
-            from = match from {
-                PersistStep::Snapshot => PersistStep::Entries,
-                PersistStep::Entries => PersistStep::HardState,
-                _ => PersistStep::Done,
-            };
-        }
-        Ok(())
-    }
-
     /// Takes, persists and hands out a Ready if there is one and none is outstanding. On a full
     /// disk (`Error::NoSpace`: nothing written, nothing latched) the Ready is kept, unsent, and
     /// persisting it is retried on every turn of the loop (each tick), from the step that
@@ -596,7 +560,7 @@ impl<S: StorageMut> Worker<S> {
                 }
             }
         };
-        match self.persist_from(&rd, from) {
+        match self.raw.persist_from(&rd, from) {
             Ok(()) => *self.shared.disk_full.lock() = None,
             Err((step, e)) if matches!(e, crate::Error::NoSpace { .. }) => {
                 *self.shared.disk_full.lock() = Some(e.to_string());

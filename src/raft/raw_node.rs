@@ -81,19 +81,49 @@ impl<S: StorageMut> RawNode<S> {
     /// Persists what `rd` hands out, in the order that keeps every step crash-safe: the
     /// snapshot, then the entries, then the HardState (whose commit may point into them).
     pub fn persist(&mut self, rd: &Ready) -> crate::Result<()> {
+        self.persist_from(rd, PersistStep::Snapshot).map_err(|(_, e)| e)
+    }
+
+    /// [`RawNode::persist`] from step `from` on (the earlier steps done already); on failure,
+    /// the step that failed, from which a retry starts (the threaded `Node` on a full disk).
+    pub(crate) fn persist_from(
+        &mut self,
+        rd: &Ready,
+        mut from: PersistStep,
+    ) -> Result<(), (PersistStep, crate::Error)> {
         let s = self.storage_mut();
-        if let Some(snapshot) = &rd.snapshot {
-            // Streamed from wherever the snapshot's data is (a received snapshot: its staging).
-            s.apply_snapshot(&snapshot.metadata, &mut snapshot.reader()?)?;
-        }
-        if !rd.entries.is_empty() {
-            s.append(&rd.entries)?;
-        }
-        if let Some(hs) = rd.hard_state {
-            s.set_hard_state(&hs)?;
+        while from < PersistStep::Done {
+            let r = match from {
+                // Streamed from wherever the snapshot's data is (a received snapshot: its staging).
+                PersistStep::Snapshot => match &rd.snapshot {
+                    Some(snapshot) => {
+                        snapshot.reader().and_then(|mut data| s.apply_snapshot(&snapshot.metadata, &mut data))
+                    }
+                    None => Ok(()),
+                },
+                PersistStep::Entries if rd.entries.is_empty() => Ok(()),
+                PersistStep::Entries => s.append(&rd.entries),
+                PersistStep::HardState => rd.hard_state.map_or(Ok(()), |hs| s.set_hard_state(&hs)),
+                PersistStep::Done => unreachable!("the loop stops at Done"),
+            };
+            r.map_err(|e| (from, e))?;
+            from = match from {
+                PersistStep::Snapshot => PersistStep::Entries,
+                PersistStep::Entries => PersistStep::HardState,
+                _ => PersistStep::Done,
+            };
         }
         Ok(())
     }
+}
+
+/// The steps of persisting a Ready, in their one safe order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum PersistStep {
+    Snapshot,
+    Entries,
+    HardState,
+    Done,
 }
 
 /// A snapshot of the node's state, for monitoring.

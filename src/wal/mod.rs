@@ -197,9 +197,6 @@ struct Active {
     records: Vec<FooterEntry>,
     /// Successful syncs of the active segment (steers segment preparation).
     syncs: u64,
-    /// The segment is already sealed (its footer written): opened on a disk too full to make
-    /// the next segment. The next write installs one first, without writing here.
-    sealed: bool,
 }
 
 /// The write-ahead log. See the module documentation for the calling order.
@@ -598,11 +595,6 @@ impl Log {
         let mut positions = Vec::with_capacity(recs.len());
         let mut rest = recs;
         while !rest.is_empty() {
-            if self.active.sealed
-                && let Err(e) = self.rotate()
-            {
-                return (positions, Some(e));
-            }
             let seg = Arc::clone(self.segments.back().expect("an active segment"));
             let start = self.active.write_offset;
             let synced_offset = u32::try_from(self.active.synced_offset).expect("segment offsets fit u32");
@@ -743,7 +735,6 @@ impl Log {
         if let Err(e) = seg.file.sync_data() {
             return Err(self.fail("fdatasync", &seg.path, e));
         }
-        self.active.sealed = true;
         Ok(())
     }
 
@@ -768,9 +759,7 @@ impl Log {
             }
             Err(e) => return Err(self.fail("prepare segment", &prepared_path, e)),
         };
-        if !self.active.sealed {
-            self.seal(&seg)?;
-        }
+        self.seal(&seg)?;
         let next =
             match recovery::install_segment(self.fs.as_ref(), &self.dir, &prepared, seg.id + 1, self.segment_bytes) {
                 Ok(next) => next,
@@ -784,7 +773,6 @@ impl Log {
             synced_offset: SEGMENT_HEADER_BYTES,
             records: Vec::new(),
             syncs: 0,
-            sealed: false,
         };
         self.unsynced = false;
         Ok(())

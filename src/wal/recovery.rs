@@ -782,7 +782,6 @@ impl<'a> Recovery<'a> {
                 synced_offset: last.end,
                 records: std::mem::take(&mut last.records),
                 syncs: 0,
-                sealed: false,
             }),
             _ => None,
         };
@@ -815,10 +814,7 @@ impl<'a> Recovery<'a> {
         }
         segments.push_back(Arc::new(install_segment(fs, dir, &prepared, id, self.options.segment_bytes)?));
         let start = SEGMENT_HEADER_BYTES;
-        Ok((
-            segments,
-            Active { write_offset: start, synced_offset: start, records: Vec::new(), syncs: 0, sealed: false },
-        ))
+        Ok((segments, Active { write_offset: start, synced_offset: start, records: Vec::new(), syncs: 0 }))
     }
 
     /// What `make_durable` and `start` would do, done by neither: the dry run's answer.
@@ -905,7 +901,7 @@ fn unseal(seg: &Segment, records: Vec<FooterEntry>, end: u64) -> Result<Active> 
     let footer_start = seg.segment_bytes - segment::footer_bytes(records.len() as u64);
     ops::zero_fill(seg.file.as_ref(), footer_start, seg.segment_bytes).map_err(Error::at("write", &seg.path))?;
     seg.file.sync_data().map_err(Error::at("fdatasync", &seg.path))?;
-    Ok(Active { write_offset: end, synced_offset: end, records, syncs: 0, sealed: false })
+    Ok(Active { write_offset: end, synced_offset: end, records, syncs: 0 })
 }
 
 fn check_dense(dir: &Path, kept: &[Kept]) -> Result<()> {
