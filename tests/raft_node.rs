@@ -45,9 +45,12 @@ fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static)
     rx.recv_timeout(WAIT).unwrap_or_else(|e| panic!("{what}: no answer within {WAIT:?} ({e})"))
 }
 
-/// Nodes over `MemStorage`, each on its own thread, and the application around them.
+/// Nodes over `MemStorage` (behind `FailingAppends`, whose disk a test may fill), each on its
+/// own thread, and the application around them.
 struct Cluster {
-    nodes: BTreeMap<u64, Arc<Node<MemStorage>>>,
+    nodes: BTreeMap<u64, Arc<Node<FailingAppends>>>,
+    /// Per node: while set, its appends and snapshot installs answer `Error::NoSpace`.
+    full: BTreeMap<u64, Arc<AtomicBool>>,
     isolated: BTreeSet<u64>,
     /// Committed entries each node handed out, in order.
     applied: BTreeMap<u64, Vec<Entry>>,
@@ -59,28 +62,41 @@ struct Cluster {
 
 impl Cluster {
     fn new(voters: &[u64]) -> Cluster {
-        let nodes = voters
-            .iter()
-            .map(|&id| (id, Arc::new(Node::start(&Config::new(id), bootstrap(voters)).unwrap())))
-            .collect();
-        Cluster {
-            nodes,
+        let mut c = Cluster {
+            nodes: BTreeMap::new(),
+            full: BTreeMap::new(),
             isolated: BTreeSet::new(),
             applied: BTreeMap::new(),
             reads: BTreeMap::new(),
             confs: BTreeMap::new(),
             bootstrap: voters.to_vec(),
+        };
+        for &id in voters {
+            c.start(&Config::new(id));
         }
+        c
+    }
+
+    fn start(&mut self, cfg: &Config) {
+        let full = Arc::new(AtomicBool::new(false));
+        let storage = FailingAppends::new(bootstrap(&self.bootstrap), Arc::new(AtomicBool::new(false)), full.clone());
+        self.nodes.insert(cfg.id, Arc::new(Node::start(cfg, storage).unwrap()));
+        self.full.insert(cfg.id, full);
     }
 
     /// Starts node `id` as joining: the bootstrap configuration and an empty log.
     fn join(&mut self, id: u64) {
         let mut cfg = Config::new(id);
         cfg.joining = true;
-        self.nodes.insert(id, Arc::new(Node::start(&cfg, bootstrap(&self.bootstrap)).unwrap()));
+        self.start(&cfg);
     }
 
-    fn node(&self, id: u64) -> &Node<MemStorage> {
+    /// Fills (or frees) node `id`'s disk.
+    fn set_full(&self, id: u64, full: bool) {
+        self.full[&id].store(full, Ordering::SeqCst);
+    }
+
+    fn node(&self, id: u64) -> &Node<FailingAppends> {
         &self.nodes[&id]
     }
 
@@ -321,6 +337,84 @@ fn transfer_leadership_moves_the_leader() {
     assert!(matches!(c.outcome(&mut p, &[3]), Outcome::Committed { .. }));
 }
 
+/// Issue 16: a leader whose disk is full persists nothing, yet what may leave before it is
+/// durable still leaves (partial Readies): its appends reach the followers, who persist and
+/// acknowledge them, so the entry commits through them; heartbeats confirm a ReadIndex; a
+/// transfer hands leadership to a healthy peer. Once its disk has room it persists, catches up,
+/// applies, and its proposal resolves as committed.
+#[test]
+fn a_full_leader_commits_through_the_others_confirms_reads_and_hands_over_leadership() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.set_full(1, true);
+    let mut p = c.node(1).propose(b"b".to_vec()).unwrap();
+    c.until("2 and 3 apply b, committed without the leader's own copy", &[1], |c| {
+        [2, 3].iter().all(|&id| c.applied_data(id).iter().any(|(_, d)| d == b"b"))
+    });
+    let b_index = c.applied_data(2).iter().find(|(_, d)| d == b"b").unwrap().0;
+    assert!(c.node(1).disk_full().is_some_and(|why| why.contains("no space")), "{:?}", c.node(1).disk_full());
+    assert!(!c.applied_data(1).iter().any(|(_, d)| d == b"b"), "the leader applies only what it persisted");
+    assert!(p.try_outcome().is_none(), "nothing is acknowledged before the leader's own copy is durable");
+    c.node(1).read_index(b"on the full leader".to_vec()).unwrap();
+    c.until("the full leader confirms the read", &[1], |c| c.reads.get(&1).is_some_and(|r| !r.is_empty()));
+    assert_eq!(c.reads[&1].len(), 1);
+    assert!(c.reads[&1][0].index >= b_index, "{:?} (b at {b_index})", c.reads[&1]);
+    c.node(1).transfer_leadership(2).unwrap();
+    c.until("2 leads and everyone follows it", &[], |c| {
+        c.role(2) == Role::Leader && c.leader_seen_by(1) == 2 && c.leader_seen_by(3) == 2
+    });
+    let mut q = c.node(2).propose(b"c".to_vec()).unwrap();
+    assert!(matches!(c.outcome(&mut q, &[2]), Outcome::Committed { .. }));
+    assert!(c.node(1).disk_full().is_some());
+    c.set_full(1, false);
+    c.settle(2);
+    assert!(c.node(1).disk_full().is_none());
+    assert!(matches!(c.outcome(&mut p, &[2]), Outcome::Committed { index, .. } if index == b_index));
+    let want = c.applied_data(2);
+    assert_eq!(want.iter().map(|(_, d)| d.as_slice()).collect::<Vec<_>>(), vec![b"b".as_slice(), b"c"]);
+    assert_eq!(c.applied_data(1), want);
+    assert_eq!(c.applied_data(3), want);
+}
+
+/// Issue 16: a follower whose disk is full acknowledges nothing, but it still answers
+/// heartbeats (with the other follower cut off, the leader keeps its quorum through it and no
+/// election happens) and still gets its ReadIndex confirmed by the leader. The cluster commits
+/// without it; once its disk has room it catches up.
+#[test]
+fn a_full_follower_answers_heartbeats_and_reads_then_catches_up() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.set_full(3, true);
+    let mut p = c.node(1).propose(b"x".to_vec()).unwrap();
+    assert!(matches!(c.outcome(&mut p, &[1]), Outcome::Committed { .. }));
+    let x_index = c.applied_data(1)[0].0;
+    c.until("3 knows it cannot persist", &[1], |c| c.node(3).disk_full().is_some());
+    let term = c.status(1).hard_state.term;
+    c.isolated.insert(2);
+    // Five election timeouts: without 3's heartbeat responses the leader would step down
+    // (check_quorum), and without the leader's heartbeats 3 would campaign.
+    for _ in 0..50 {
+        for id in [1, 2, 3] {
+            c.node(id).tick().unwrap();
+        }
+        for _ in 0..3 {
+            c.pump();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!((c.role(1), c.status(1).hard_state.term), (Role::Leader, term), "the leader kept its quorum");
+    assert_eq!(c.leader_seen_by(3), 1);
+    c.isolated.remove(&2);
+    c.node(3).read_index(b"on the full follower".to_vec()).unwrap();
+    c.until("the full follower's read is confirmed", &[1], |c| c.reads.get(&3).is_some_and(|r| !r.is_empty()));
+    assert!(c.reads[&3][0].index >= x_index, "{:?}", c.reads[&3]);
+    assert!(c.applied_data(3).is_empty(), "3 applies only what it persisted");
+    c.set_full(3, false);
+    c.settle(1);
+    assert_eq!(c.applied_data(3), c.applied_data(1));
+    assert!(c.node(3).disk_full().is_none());
+}
+
 #[test]
 fn reports_of_unreachable_peers_and_snapshots_reach_the_leader() {
     // report_unreachable moves a replicating follower to Probe; a snapshot report for a
@@ -470,10 +564,25 @@ fn a_proposal_is_told_its_outcome_when_the_ready_handing_it_out_is_advanced() {
     assert!(matches!(outcome, Some(Outcome::Committed { index: i, .. }) if i == index), "{outcome:?}");
 }
 
-/// MemStorage whose appends fail while `fail` is set.
+/// MemStorage whose appends fail while `fail` is set (a failed write), and whose appends and
+/// snapshot installs answer `Error::NoSpace` while `full` is set (a full disk: nothing written).
 struct FailingAppends {
     inner: MemStorage,
     fail: Arc<AtomicBool>,
+    full: Arc<AtomicBool>,
+}
+
+impl FailingAppends {
+    fn new(inner: MemStorage, fail: Arc<AtomicBool>, full: Arc<AtomicBool>) -> FailingAppends {
+        FailingAppends { inner, fail, full }
+    }
+
+    fn no_space(&self, op: &'static str) -> keel::Result<()> {
+        match self.full.load(Ordering::SeqCst) {
+            true => Err(keel::Error::NoSpace { op, path: "/full".into() }),
+            false => Ok(()),
+        }
+    }
 }
 
 impl Storage for FailingAppends {
@@ -504,6 +613,7 @@ impl StorageMut for FailingAppends {
         if self.fail.load(Ordering::SeqCst) {
             return Err(keel::Error::Failed { cause: "injected append error".into() });
         }
+        self.no_space("prepare segment")?;
         self.inner.append(entries)
     }
     fn set_hard_state(&mut self, hard_state: &HardState) -> keel::Result<()> {
@@ -513,6 +623,7 @@ impl StorageMut for FailingAppends {
         self.inner.set_conf_state(conf_state)
     }
     fn apply_snapshot(&mut self, metadata: &SnapshotMetadata, data: &mut dyn Read) -> keel::Result<()> {
+        self.no_space("write snapshot")?;
         self.inner.apply_snapshot(metadata, data)
     }
     fn begin_snapshot(&self, index: u64, conf_state: &ConfState) -> keel::Result<Self::SnapshotWriter> {
@@ -537,7 +648,7 @@ fn a_storage_error_stops_the_node_and_every_later_call_reports_it() {
     // The node thread's persist of a Ready fails: the Ready is never handed out, ready() says
     // why, and so does every later call; stop still gives the storage back.
     let fail = Arc::new(AtomicBool::new(false));
-    let storage = FailingAppends { inner: bootstrap(&[1]), fail: fail.clone() };
+    let storage = FailingAppends::new(bootstrap(&[1]), fail.clone(), Arc::new(AtomicBool::new(false)));
     let node = Arc::new(Node::start(&Config::new(1), storage).unwrap());
     node.campaign().unwrap();
     run_until(&node, &mut Vec::new(), "1 leads and committed its first entry", |n| {

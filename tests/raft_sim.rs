@@ -187,6 +187,9 @@ struct Node {
     /// Ticks per global tick, in percent (clock skew).
     rate: u64,
     tick_credit: u64,
+    /// A Ready taken whose persisting waits (a full disk): meanwhile only partial Readies
+    /// (`ready_while_persisting`) are handled. Lost in a crash, as the unpersisted is.
+    held: Option<Ready>,
 }
 
 /// How a schedule is set up.
@@ -194,6 +197,8 @@ struct Setup {
     skew: bool,
     failing_reads: bool,
     lose_commit_only: bool,
+    /// Readies may wait to be persisted (a full disk) while partial Readies go out.
+    stalls: bool,
     config: Config,
 }
 
@@ -242,6 +247,7 @@ struct Totals {
     storage_failures: u64,
     restarts_above_commit: u64,
     transfers_refused: u64,
+    partial_readies: u64,
 }
 
 impl Totals {
@@ -257,6 +263,7 @@ impl Totals {
         self.storage_failures += o.storage_failures;
         self.restarts_above_commit += o.restarts_above_commit;
         self.transfers_refused += o.transfers_refused;
+        self.partial_readies += o.partial_readies;
     }
 }
 
@@ -289,7 +296,13 @@ impl Sim {
         if !skew && config.check_quorum && rng.chance(40) {
             config.read_only_option = ReadOnlyOption::LeaseBased;
         }
-        let setup = Setup { skew, failing_reads: rng.chance(30), lose_commit_only: rng.chance(50), config };
+        let setup = Setup {
+            skew,
+            failing_reads: rng.chance(30),
+            lose_commit_only: rng.chance(50),
+            stalls: rng.chance(40),
+            config,
+        };
         let bootstrap = ConfState { voters: ids.clone(), ..ConfState::default() };
         let mut sim = Sim {
             seed,
@@ -349,6 +362,7 @@ impl Sim {
                 reads: BTreeMap::new(),
                 rate,
                 tick_credit: 0,
+                held: None,
             },
         );
     }
@@ -400,6 +414,17 @@ impl Sim {
     /// Processes one Ready of `id`; with `crash_after = Some(k)` the node crashes after k of
     /// the persistence steps (snapshot, entries, HardState).
     fn handle_ready(&mut self, id: u64, crash_after: Option<usize>) {
+        if self.raw(id).is_none() {
+            return;
+        }
+        if let Some(rd) = self.nodes.get_mut(&id).unwrap().held.take() {
+            // The disk has room again now and then; until then only partial Readies go out.
+            if crash_after.is_some() || self.rng.chance(20) {
+                return self.persist_and_finish(id, rd, crash_after);
+            }
+            self.nodes.get_mut(&id).unwrap().held = Some(rd);
+            return self.handle_partial(id);
+        }
         let Some(raw) = self.raw(id) else { return };
         if !raw.has_ready() {
             return;
@@ -419,6 +444,62 @@ impl Sim {
         }
         // Sent before persisting: check_send holds them to what was persisted before this Ready.
         self.send_all(id, rd.messages.clone());
+        if self.setup.stalls && crash_after.is_none() && self.rng.chance(10) {
+            // What may be handled before persisting is, as a partial Ready (messages were sent).
+            let mut rd = rd;
+            let mut sendable = rd.take_sendable();
+            sendable.messages.clear();
+            self.nodes.get_mut(&id).unwrap().held = Some(rd);
+            return self.finish_partial(id, sendable);
+        }
+        self.persist_and_finish(id, rd, crash_after);
+    }
+
+    /// While `id` holds a Ready it cannot persist: handles a partial Ready, which holds nothing
+    /// to persist and nothing that promises what is durable (`check_send` holds its messages to
+    /// what was persisted before).
+    fn handle_partial(&mut self, id: u64) {
+        let raw = self.raw(id).expect("up");
+        if !raw.has_ready_while_persisting() {
+            return;
+        }
+        let rd = match raw.ready_while_persisting() {
+            Ok(rd) => rd,
+            Err(e) => return self.on_error(id, e),
+        };
+        self.finish_partial(id, rd);
+    }
+
+    fn finish_partial(&mut self, id: u64, rd: Ready) {
+        if !rd.is_partial()
+            || !rd.entries.is_empty()
+            || rd.hard_state.is_some()
+            || rd.snapshot.is_some()
+            || !rd.persisted_messages.is_empty()
+        {
+            self.fail(format!("node {id}: a partial Ready holds something to persist: {rd:?}"));
+        }
+        if self.trace {
+            let committed: Vec<u64> = rd.committed_entries.iter().map(|e| e.index).collect();
+            eprintln!("[{}] partial ready {id} committed {committed:?}", self.step);
+        }
+        self.totals.partial_readies += 1;
+        self.send_all(id, rd.messages.clone());
+        for e in &rd.committed_entries {
+            if let Err(err) = self.apply(id, e) {
+                return self.on_error(id, err);
+            }
+        }
+        self.check_reads(id, &rd);
+        let node = self.nodes.get_mut(&id).unwrap();
+        if let Err(e) = node.raw.as_mut().unwrap().advance(rd) {
+            return self.on_error(id, e);
+        }
+    }
+
+    /// Persists `rd` (its `messages` were sent when it was taken), then sends, applies and
+    /// advances it; with `crash_after = Some(k)` the node crashes after k persistence steps.
+    fn persist_and_finish(&mut self, id: u64, rd: Ready, crash_after: Option<usize>) {
         let lose_commit_only = self.setup.lose_commit_only && self.rng.chance(30);
         let node = self.nodes.get_mut(&id).unwrap();
         let raw = node.raw.as_mut().unwrap();
@@ -559,6 +640,7 @@ impl Sim {
         let node = self.nodes.get_mut(&id).unwrap();
         if let Some(raw) = node.raw.take() {
             node.down = Some(raw.into_storage());
+            node.held = None;
             node.applied.clear();
             node.commit_seen = 0;
             node.reads.clear();
@@ -1085,5 +1167,8 @@ fn random_schedules_keep_raft_safe_and_live() {
     }
     eprintln!("{schedules} schedules of {steps} steps: safe and live; {totals:?}");
     assert!(totals.applied > schedules && totals.leaders > schedules, "the schedules did little: {totals:?}");
-    assert!(totals.conf_changes > 0 && totals.reads > 0 && totals.transfers > 0, "features unexercised: {totals:?}");
+    assert!(
+        totals.conf_changes > 0 && totals.reads > 0 && totals.transfers > 0 && totals.partial_readies > 0,
+        "features unexercised: {totals:?}"
+    );
 }

@@ -51,7 +51,7 @@ pub(crate) struct Raft<S: Storage> {
     rng: Rng,
     uncommitted_bytes: u64,
     /// Proposals were appended and not yet sent to followers.
-    bcast_pending: bool,
+    pub(crate) bcast_pending: bool,
     /// Leader: the index of the last membership change proposed; no other may be proposed
     /// until it is applied (set to the last index on election, conservatively).
     pub(crate) pending_conf_index: u64,

@@ -7,7 +7,9 @@
 //! - at most one Ready is outstanding: the node thread takes the next one only after the
 //!   application advanced the last;
 //! - a Ready reaches the application only after its snapshot, entries and HardState are
-//!   persisted;
+//!   persisted; while one cannot be persisted (a full disk) the node hands out partial Readies
+//!   ([`Ready::is_partial`]), which hold nothing to persist and nothing that promises what is
+//!   durable;
 //! - the node thread waits only for its command queue and for storage: every channel it sends
 //!   on has room (one Ready at a time in a channel of one; replies and outcomes go to
 //!   channels of one, each sent once);
@@ -118,7 +120,8 @@ struct Shared {
 ///    `read_index`, `transfer_leadership`, `campaign`, `report_unreachable`,
 ///    `report_snapshot`;
 /// 3. in one thread, take `let rd = node.ready()?` (or `ready_timeout`, `try_ready`): the
-///    node thread has already persisted its snapshot, entries and HardState;
+///    node thread has already persisted its snapshot, entries and HardState (a partial Ready,
+///    handed out while the disk is full, has none: handle it the same way);
 /// 4. send `rd.messages` and `rd.persisted_messages`, in any order: the Ready is persisted, so
 ///    both may leave at once;
 /// 5. restore `rd.snapshot`'s data into the state machine if there is one, then apply
@@ -335,10 +338,13 @@ impl<S: StorageMut + Send + 'static> Node<S> {
     }
 
     /// While the disk is full: why the node cannot persist its next Ready (an
-    /// [`Error::NoSpace`](crate::Error::NoSpace) message). The node keeps running (ticks,
-    /// messages and proposals are taken) but hands out no Ready, so it sends nothing and
-    /// acknowledges nothing, until persisting succeeds: it retries on every tick, by itself,
-    /// once space is freed. `None` when the last persist succeeded.
+    /// [`Error::NoSpace`](crate::Error::NoSpace) message). The node keeps running: it retries
+    /// persisting on every tick, by itself, and meanwhile hands out partial Readies
+    /// ([`Ready::is_partial`], see [`RawNode::ready_while_persisting`]) with what may leave
+    /// before anything is durable: a leader's appends and heartbeats (it still commits through
+    /// the others' acknowledgements), ReadIndex traffic and read states, a leader transfer's
+    /// TimeoutNow, and committed entries it had persisted. It acknowledges nothing and casts no
+    /// vote until persisting succeeds. `None` when the last persist succeeded.
     pub fn disk_full(&self) -> Option<String> {
         self.shared.disk_full.lock().clone()
     }
@@ -410,8 +416,9 @@ struct Worker<S: StorageMut> {
     tracker: Tracker,
     /// A Ready was handed out and not yet advanced.
     ready_outstanding: bool,
-    /// A Ready taken but not yet persisted because the disk was full, and how many of its
-    /// persisting steps (snapshot, entries, HardState) are done; retried on every turn.
+    /// A Ready taken and not yet handed out, and the first of its persisting steps (snapshot,
+    /// entries, HardState) not yet done: retried on every turn while the disk is full. `Done`
+    /// when persisted and waiting only for a partial Ready to be advanced.
     unpersisted: Option<(Ready, PersistStep)>,
 }
 
@@ -539,39 +546,68 @@ impl<S: StorageMut> Worker<S> {
         self.tracker.add(last, term, tx);
     }
 
-    /// Takes, persists and hands out a Ready if there is one and none is outstanding. On a full
-    /// disk (`Error::NoSpace`: nothing written, nothing latched) the Ready is kept, unsent, and
-    /// persisting it is retried on every turn of the loop (each tick), from the step that
-    /// failed; any other storage error stops the node.
+    /// Takes, persists and hands out a Ready if there is one and none is outstanding.
+    ///
+    /// On a full disk (`Error::NoSpace`: nothing written, nothing latched) the Ready is kept
+    /// and persisting it is retried on every turn of the loop (each tick at least), from the
+    /// step that failed; meanwhile the node hands out partial Readies: first what the kept
+    /// Ready holds that may leave before it is durable, then whatever `RawNode` has of that
+    /// kind since (`RawNode::ready_while_persisting`), so the node keeps heartbeating,
+    /// replicating, confirming reads and handing over leadership. Any other storage error
+    /// stops the node.
     fn hand_out_ready(&mut self) -> ControlFlow<()> {
-        let (rd, from) = match self.unpersisted.take() {
-            Some(waiting) => waiting,
-            None => {
-                if self.ready_outstanding || !self.raw.has_ready() {
-                    return ControlFlow::Continue(());
-                }
-                match self.raw.ready() {
-                    Ok(rd) => (rd, PersistStep::Snapshot),
-                    Err(RaftError::Storage(e)) => {
-                        self.fail(e);
-                        return ControlFlow::Break(());
-                    }
-                    Err(e) => panic!("the node thread took a Ready while none was outstanding: {e}"),
-                }
-            }
-        };
-        match self.raw.persist_from(&rd, from) {
-            Ok(()) => *self.shared.disk_full.lock() = None,
-            Err((step, e)) if matches!(e, crate::Error::NoSpace { .. }) => {
-                *self.shared.disk_full.lock() = Some(e.to_string());
-                self.unpersisted = Some((rd, step));
+        if self.unpersisted.is_none() {
+            if self.ready_outstanding || !self.raw.has_ready() {
                 return ControlFlow::Continue(());
             }
-            Err((_, e)) => {
-                self.fail(Arc::new(e));
-                return ControlFlow::Break(());
+            match self.raw.ready() {
+                Ok(rd) => self.unpersisted = Some((rd, PersistStep::Snapshot)),
+                Err(RaftError::Storage(e)) => {
+                    self.fail(e);
+                    return ControlFlow::Break(());
+                }
+                Err(e) => panic!("the node thread took a Ready while none was outstanding: {e}"),
             }
         }
+        let (rd, from) = self.unpersisted.as_mut().expect("set above");
+        if *from < PersistStep::Done {
+            match self.raw.persist_from(rd, *from) {
+                Ok(()) => {
+                    *from = PersistStep::Done;
+                    *self.shared.disk_full.lock() = None;
+                }
+                Err((step, e)) if matches!(e, crate::Error::NoSpace { .. }) => {
+                    *from = step;
+                    *self.shared.disk_full.lock() = Some(e.to_string());
+                }
+                Err((_, e)) => {
+                    self.fail(Arc::new(e));
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        if self.ready_outstanding {
+            // A partial Ready is out: this one follows once it is advanced.
+            return ControlFlow::Continue(());
+        }
+        let rd = if *from == PersistStep::Done {
+            self.unpersisted.take().expect("set above").0
+        } else if rd.has_sendable() {
+            rd.take_sendable()
+        } else if self.raw.has_ready_while_persisting() {
+            match self.raw.ready_while_persisting() {
+                // Broadcasting proposals with no peer to send to leaves nothing to hand out.
+                Ok(rd) if !rd.has_sendable() => return ControlFlow::Continue(()),
+                Ok(rd) => rd,
+                Err(RaftError::Storage(e)) => {
+                    self.fail(e);
+                    return ControlFlow::Break(());
+                }
+                Err(e) => panic!("the node thread took a partial Ready while a Ready was kept: {e}"),
+            }
+        } else {
+            return ControlFlow::Continue(());
+        };
         if let Some(s) = &rd.snapshot {
             self.tracker.snapshot(s.metadata.index, s.metadata.term);
         }

@@ -66,6 +66,44 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
     /// Which Ready this is (from 1), so `advance` can tell it is the outstanding one.
     number: u64,
+    /// Handed out while the outstanding Ready waits to be persisted (see
+    /// [`RawNode::ready_while_persisting`]): it holds nothing to persist.
+    partial: bool,
+}
+
+impl Ready {
+    /// Whether this Ready was handed out while an earlier one waits to be persisted: it holds
+    /// only what may leave before that ([`RawNode::ready_while_persisting`]), and nothing to
+    /// persist.
+    pub fn is_partial(&self) -> bool {
+        self.partial
+    }
+
+    /// Whether [`Ready::take_sendable`] would take anything.
+    pub fn has_sendable(&self) -> bool {
+        self.soft_state.is_some()
+            || !self.messages.is_empty()
+            || !self.committed_entries.is_empty()
+            || !self.read_states.is_empty()
+    }
+
+    /// Moves out, as a partial Ready, what of this Ready may be handled before it is persisted:
+    /// its soft state, `messages`, `read_states` and committed entries (persisted already: a
+    /// Ready hands out only persisted entries to apply). What stays (snapshot, entries,
+    /// HardState, `persisted_messages`) waits for its persisting. For an application that
+    /// cannot persist this Ready yet (a full disk): handle and `advance` the partial one, then
+    /// the partial Readies of [`RawNode::ready_while_persisting`], then, once persisted, this.
+    pub fn take_sendable(&mut self) -> Ready {
+        Ready {
+            soft_state: self.soft_state.take(),
+            messages: std::mem::take(&mut self.messages),
+            committed_entries: std::mem::take(&mut self.committed_entries),
+            read_states: std::mem::take(&mut self.read_states),
+            number: self.number,
+            partial: true,
+            ..Ready::default()
+        }
+    }
 }
 
 /// How sending a snapshot to a follower ended (see [`RawNode::report_snapshot`]).
@@ -399,6 +437,7 @@ impl<S: Storage> RawNode<S> {
             snapshot,
             committed_entries,
             number: self.readies,
+            partial: false,
         };
         r.log.handed_out(rd.entries.last().map(|e| e.index), rd.snapshot.is_some());
         self.prev_soft = soft;
@@ -410,11 +449,72 @@ impl<S: Storage> RawNode<S> {
         Ok(rd)
     }
 
-    /// Reports that everything `rd` asked for was persisted, sent and applied.
+    /// While the outstanding Ready waits to be persisted (a full disk: the threaded `Node`
+    /// retries it until space returns): whether [`RawNode::ready_while_persisting`] has
+    /// anything to hand out.
+    pub fn has_ready_while_persisting(&self) -> bool {
+        let r = &self.raft;
+        self.outstanding != 0
+            && r.fatal.is_none()
+            && (self.soft_state() != self.prev_soft
+                || r.log.has_next_committed()
+                || !r.msgs.is_empty()
+                || !r.read_states.is_empty()
+                || (r.bcast_pending && r.role == Role::Leader))
+    }
+
+    /// While the outstanding Ready waits to be persisted: a partial Ready
+    /// ([`Ready::is_partial`]) with only what may leave before that Ready is durable, so that
+    /// a node whose disk is full keeps its place in the cluster. It holds the soft state (if it
+    /// changed), `messages` (a leader's appends and heartbeats, ReadIndex traffic, a leader
+    /// transfer's TimeoutNow, vote requests, rejections: nothing that promises what this node
+    /// has persisted), `read_states`, and committed entries this node has persisted. Its
+    /// entries, snapshot, HardState and `persisted_messages` are empty: acknowledgements and
+    /// votes wait for the outstanding Ready's persisting. Handle it like any Ready (send,
+    /// apply, serve reads) and `advance` it before advancing the outstanding one; a leader
+    /// still commits through the acknowledgements of others (it counts its own log only once
+    /// persisted).
+    pub fn ready_while_persisting(&mut self) -> Result<Ready, RaftError> {
+        self.stopped()?;
+        if self.outstanding == 0 {
+            return Err(RaftError::NotOutstanding);
+        }
+        self.raft.flush_proposals();
+        let max = self.raft.max_committed_size_per_ready();
+        let committed_entries = self.run(|r| r.log.next_committed(max))?.unwrap_or_default();
+        let soft = self.soft_state();
+        let r = &mut self.raft;
+        r.reduce_uncommitted(&committed_entries);
+        let rd = Ready {
+            soft_state: (soft != self.prev_soft).then_some(soft),
+            messages: std::mem::take(&mut r.msgs),
+            read_states: std::mem::take(&mut r.read_states),
+            committed_entries,
+            number: self.outstanding,
+            partial: true,
+            ..Ready::default()
+        };
+        self.prev_soft = soft;
+        if let Some(i) = rd.committed_entries.last().map(|e| e.index) {
+            self.raft.log.applying_to(i);
+        }
+        Ok(rd)
+    }
+
+    /// Reports that everything `rd` asked for was persisted, sent and applied. A partial Ready
+    /// ([`RawNode::ready_while_persisting`]) is advanced before the outstanding one.
     pub fn advance(&mut self, rd: Ready) -> Result<(), RaftError> {
         self.stopped()?;
         if rd.number == 0 || rd.number != self.outstanding {
             return Err(RaftError::NotOutstanding);
+        }
+        if rd.partial {
+            if let Some(i) = rd.committed_entries.last().map(|e| e.index) {
+                self.raft.log.applied_to(i);
+            }
+            self.run(Raft::maybe_campaign_after_apply)?;
+            self.raft.maybe_auto_leave();
+            return Ok(());
         }
         if let Some(s) = &rd.snapshot {
             self.raft.log.stable_snapshot_to(s.metadata.index);
