@@ -243,6 +243,8 @@ struct Metrics {
     snapshots_made: AtomicU64,
     snapshots_installed: AtomicU64,
     rejected_clients: AtomicU64,
+    /// Leadership hand-overs this node started because its disk was full.
+    disk_full_transfers: AtomicU64,
 }
 
 struct Shared {
@@ -591,6 +593,7 @@ fn tick_loop(s: &Shared) {
     let mut ticks: u64 = 0;
     let election = s.config.tick * s.config.election_tick as u32;
     let mut was_full = false;
+    let mut said_no_target = false;
     while !s.stop.load(Ordering::SeqCst) {
         next += s.config.tick;
         if s.node.tick().is_err() {
@@ -604,6 +607,11 @@ fn tick_loop(s: &Shared) {
             _ => {}
         }
         was_full = s.node.disk_full().is_some();
+        if !was_full {
+            said_no_target = false;
+        } else if ticks.is_multiple_of(s.config.election_tick.max(1) as u64) {
+            hand_over_while_full(s, &mut said_no_target);
+        }
         // Reads whose ReadIndex got no answer (a message lost, a leader gone) are asked again;
         // batches older than a request's timeout have no one waiting any more.
         let retry = {
@@ -647,6 +655,50 @@ fn tick_loop(s: &Shared) {
     }
 }
 
+/// A leader whose disk is full hands leadership to a voter that has proven it can persist what
+/// this node could not: one whose log matches the leader's to its last index (the entries this
+/// node holds unpersisted included). A peer that lags may be full too; handing it leadership
+/// would only start an election it cannot win, so without such a peer the node keeps leading
+/// (committing through the others, confirming reads). Called once an election timeout while
+/// the disk is full, so a hand-over that did not happen is tried again; `said_no_target` keeps
+/// the log to one line while no peer qualifies.
+fn hand_over_while_full(s: &Shared, said_no_target: &mut bool) {
+    if s.view.lock().role != Some(Role::Leader) {
+        return;
+    }
+    let Ok(status) = s.node.status() else { return };
+    if status.soft_state.role != Role::Leader || status.lead_transferee != 0 {
+        return;
+    }
+    let target = status
+        .progress
+        .iter()
+        .filter(|&(&id, &(matched, _, _))| {
+            id != s.config.id && matched >= status.last_index && status.conf_state.voters.contains(&id)
+        })
+        .map(|(&id, _)| id)
+        .next();
+    match target {
+        Some(to) => {
+            log::warn!("node {}: the disk is full: handing leadership to node {to}", s.config.id);
+            s.metrics.disk_full_transfers.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = s.node.transfer_leadership(to) {
+                log::warn!("node {}: handing leadership to node {to}: {e}", s.config.id);
+            }
+        }
+        None if !*said_no_target => {
+            *said_no_target = true;
+            log::warn!(
+                "node {}: the disk is full and no voter has persisted this leader's log to index {}: keeping \
+                 leadership",
+                s.config.id,
+                status.last_index
+            )
+        }
+        None => {}
+    }
+}
+
 fn inbox_loop(s: &Shared, inbox: Receiver<keel::raft::Message>) {
     while !s.stop.load(Ordering::SeqCst) {
         match inbox.recv_timeout(Duration::from_millis(100)) {
@@ -675,8 +727,8 @@ fn apply_loop(s: &Arc<Shared>) {
             Ok(Some(rd)) => rd,
             Ok(None) => {
                 report_transport(s);
-                // A node on a full disk hands out no Readies: its snapshot (from the reserve),
-                // and the compaction after it, are started from here.
+                // A node on a full disk hands out only partial Readies, and maybe none: its
+                // snapshot (from the reserve), and the compaction after it, start here too.
                 if s.node.disk_full().is_some()
                     && let Err(why) = maybe_snapshot(s)
                 {
@@ -1230,13 +1282,26 @@ fn await_read(s: &Shared, deadline: Instant) -> Result<(), Reply> {
         }
         Err(RecvTimeoutError::Disconnected) => return Err(Reply::Error("ERR the server is stopping".into())),
     };
+    // A node whose disk is full applies only what it persisted before: if the read needs more,
+    // it says so within an election timeout instead of holding the client to the deadline.
+    let full_grace = Instant::now() + s.config.tick * s.config.election_tick.max(1) as u32;
     let mut store = s.store.lock();
     while store.applied() < index {
         if s.stop.load(Ordering::SeqCst) {
             return Err(Reply::Error("ERR the server is stopping".into()));
         }
-        if s.applied.wait_until(&mut store, deadline).timed_out() {
-            return Err(Reply::Error("TRYAGAIN this node did not apply the read index in time".into()));
+        let until = if s.node.disk_full().is_some() { deadline.min(full_grace) } else { deadline };
+        if s.applied.wait_until(&mut store, until).timed_out() && store.applied() < index {
+            if Instant::now() >= deadline {
+                return Err(Reply::Error("TRYAGAIN this node did not apply the read index in time".into()));
+            }
+            if let Some(why) = s.node.disk_full() {
+                return Err(Reply::Error(format!(
+                    "NOSPACE this node's disk is full and it has applied only to index {} of the {index} this read \
+                     needs; read from another node, or retry once space is freed: {why}",
+                    store.applied()
+                )));
+            }
         }
     }
     Ok(())
@@ -1529,6 +1594,7 @@ fn info(s: &Shared, section: Option<&str>) -> String {
         field(&mut text, "disk_full", u8::from(full.is_some()).to_string());
         field(&mut text, "alarm", if full.is_some() { "NOSPACE".into() } else { String::new() });
         field(&mut text, "disk_full_reason", full.unwrap_or_default());
+        field(&mut text, "disk_full_transfers", m.disk_full_transfers.load(Ordering::Relaxed).to_string());
         let depths: Vec<String> = s.transport.queue_depths().iter().map(|(id, d)| format!("{id}={d}")).collect();
         field(&mut text, "peer_queue_frames", depths.join(","));
         field(&mut text, "snapshots_made", m.snapshots_made.load(Ordering::Relaxed).to_string());
