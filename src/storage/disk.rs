@@ -777,9 +777,9 @@ impl StorageMut for DiskStorage {
             return Ok(());
         }
         let mut r = self.log.compact(index);
-        // The log's marker room is one marker per segment: compactions that free nothing spend
-        // it, and then the marker needs a new segment. Compaction is how space is freed, so it
-        // may use the reserve: give it back and try once more.
+        // The log keeps room for one marker that frees space; if something else took it (a
+        // segment sealed by an older keel, unsealed at open), the marker needs a new segment.
+        // Compaction is how space is freed, so it may use the reserve: give it back, try again.
         if matches!(r, Err(Error::NoSpace { .. })) {
             let released = self.reserve.release();
             if self.latch(released)? {

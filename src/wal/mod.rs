@@ -217,6 +217,11 @@ pub struct Log {
     /// The newest reset marker still in the log (index, term of index - 1): the log restarted
     /// after a snapshot there, so that snapshot (or a later one) must exist.
     reset: Option<(u64, u64)>,
+    /// A compaction that freed no segment and found no room for its marker on a full disk:
+    /// (index, term of index - 1, boundary), written before the next append's records (or
+    /// superseded by the next compaction or reset). Until then a crash forgets it: the entries
+    /// it dropped, all still valid, are back after a reopen.
+    deferred_compaction: Option<(u64, u64, u64)>,
     /// The first write or sync failure; set once, cleared only by reopening.
     failed: Option<String>,
     unsynced: bool,
@@ -276,6 +281,10 @@ struct Rec<'a> {
     payload: Parts<'a>,
     /// The last record of its append call: the write it belongs to ends here.
     write_end: bool,
+    /// May take the room entries leave for a marker (`MARKER_RESERVE_BYTES`): a marker that
+    /// frees space (a compaction that removes segments, a reset). Entries, and compaction
+    /// markers that free nothing, leave it, so freeing space never needs space.
+    uses_reserve: bool,
 }
 
 impl Log {
@@ -465,6 +474,7 @@ impl Log {
                         term: e.index_term().1,
                         payload: e.parts(),
                         write_end: i + 1 == n,
+                        uses_reserve: false,
                     }));
                     accepted.push(k);
                     results.push(Ok(()));
@@ -475,7 +485,26 @@ impl Log {
         if recs.is_empty() {
             return results;
         }
-        let (positions, error) = self.write_partial(&recs);
+        // A compaction deferred on a full disk goes first, a write of its own.
+        let boundary_bytes;
+        let deferred = self.deferred_compaction;
+        if let Some((index, term, boundary)) = deferred {
+            boundary_bytes = boundary.to_le_bytes();
+            let marker = Rec {
+                kind: Kind::Compact,
+                index,
+                term,
+                payload: Parts::one(&boundary_bytes),
+                write_end: true,
+                uses_reserve: false,
+            };
+            recs.insert(0, marker);
+        }
+        let (mut positions, error) = self.write_partial(&recs);
+        if deferred.is_some() && !positions.is_empty() {
+            positions.remove(0);
+            self.deferred_compaction = None;
+        }
         // Apply the accepted requests to the index in order: truncate, then extend. On a full
         // disk the requests written whole before it are kept (they are in the segment and would
         // be recovered at the next open): acknowledged, and the rest refused.
@@ -605,8 +634,8 @@ impl Log {
             let mut whole = 0;
             for r in rest {
                 let footer = segment::footer_bytes((self.active.records.len() + fit + 1) as u64);
-                // Entries leave room for one marker; markers may take it (`MARKER_RESERVE_BYTES`).
-                let reserve = if r.kind == Kind::Entry { limits::MARKER_RESERVE_BYTES } else { 0 };
+                // Entries leave room for one marker; markers that free space may take it.
+                let reserve = if r.uses_reserve { 0 } else { limits::MARKER_RESERVE_BYTES };
                 if offset + limits::record_bytes(r.payload.len() as u64) + footer + reserve > seg.segment_bytes {
                     break;
                 }
@@ -781,6 +810,11 @@ impl Log {
     /// Drops every entry below `index`, durably, and deletes the segments that held only
     /// dropped entries. `index` may be at most `last_index + 1`; at or below `first_index` it
     /// does nothing.
+    ///
+    /// On a full disk a compaction that removes no segment, and finds no room for its marker,
+    /// still succeeds: its marker is written before the next append's records and is durable
+    /// with that append's sync (a crash first brings back the dropped entries, all valid). A
+    /// compaction that removes segments always has room (`MARKER_RESERVE_BYTES`).
     pub fn compact(&mut self, index: u64) -> Result<()> {
         self.check_writable()?;
         if index <= self.first_index {
@@ -795,7 +829,17 @@ impl Log {
             Some(loc) => loc.segment_id,
             None => self.segments.back().expect("an active segment").id,
         };
-        self.write_marker(Kind::Compact, index, prev_term, boundary)?;
+        // A compaction that removes no segment leaves the room kept for markers that do.
+        let frees = self.segments.len() > 1 && self.segments[0].id < boundary;
+        match self.write_marker(Kind::Compact, index, prev_term, boundary, frees) {
+            // On a full disk a compaction that frees nothing is kept in memory and written
+            // before the next append: it changes nothing a reader of the disk needs.
+            Err(Error::NoSpace { .. }) if !frees => self.deferred_compaction = Some((index, prev_term, boundary)),
+            r => {
+                r?;
+                self.deferred_compaction = None;
+            }
+        }
         self.locs.drain(..(index - self.first_index) as usize);
         self.first_index = index;
         self.prev_term = Some(prev_term);
@@ -810,7 +854,8 @@ impl Log {
             return Err(Error::InvalidArgument(format!("reset: index {index} or term {term} is out of range")));
         }
         let boundary = self.segments.back().expect("an active segment").id;
-        self.write_marker(Kind::Reset, index, term, boundary)?;
+        self.write_marker(Kind::Reset, index, term, boundary, true)?;
+        self.deferred_compaction = None;
         self.locs.clear();
         self.first_index = index;
         self.prev_term = Some(term);
@@ -818,9 +863,9 @@ impl Log {
         self.remove_segments_below(boundary)
     }
 
-    fn write_marker(&mut self, kind: Kind, index: u64, term: u64, boundary: u64) -> Result<()> {
+    fn write_marker(&mut self, kind: Kind, index: u64, term: u64, boundary: u64, uses_reserve: bool) -> Result<()> {
         let payload = boundary.to_le_bytes();
-        self.write(&[Rec { kind, index, term, payload: Parts::one(&payload), write_end: true }])?;
+        self.write(&[Rec { kind, index, term, payload: Parts::one(&payload), write_end: true, uses_reserve }])?;
         self.sync()
     }
 

@@ -876,6 +876,7 @@ impl<'a> Recovery<'a> {
             prev_term,
             locs,
             reset,
+            deferred_compaction: None,
             failed: None,
             unsynced: false,
             buf: Vec::new(),
