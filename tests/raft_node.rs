@@ -367,6 +367,8 @@ fn a_full_leader_commits_through_the_others_confirms_reads_and_hands_over_leader
     assert!(matches!(c.outcome(&mut q, &[2]), Outcome::Committed { .. }));
     assert!(c.node(1).disk_full().is_some());
     c.set_full(1, false);
+    // Persisting is retried once a tick.
+    c.until("node 1 persists again", &[1], |c| c.node(1).disk_full().is_none());
     c.settle(2);
     assert!(c.node(1).disk_full().is_none());
     assert!(matches!(c.outcome(&mut p, &[2]), Outcome::Committed { index, .. } if index == b_index));
@@ -410,6 +412,7 @@ fn a_full_follower_answers_heartbeats_and_reads_then_catches_up() {
     assert!(c.reads[&3][0].index >= x_index, "{:?}", c.reads[&3]);
     assert!(c.applied_data(3).is_empty(), "3 applies only what it persisted");
     c.set_full(3, false);
+    c.until("node 3 persists again", &[3], |c| c.node(3).disk_full().is_none());
     c.settle(1);
     assert_eq!(c.applied_data(3), c.applied_data(1));
     assert!(c.node(3).disk_full().is_none());

@@ -201,6 +201,7 @@ impl<S: StorageMut + Send + 'static> Node<S> {
             tracker: Tracker::default(),
             ready_outstanding: false,
             unpersisted: None,
+            ticked: false,
         };
         let thread = std::thread::Builder::new()
             .name(format!("keel-raft-{}", config.id))
@@ -417,9 +418,11 @@ struct Worker<S: StorageMut> {
     /// A Ready was handed out and not yet advanced.
     ready_outstanding: bool,
     /// A Ready taken and not yet handed out, and the first of its persisting steps (snapshot,
-    /// entries, HardState) not yet done: retried on every turn while the disk is full. `Done`
+    /// entries, HardState) not yet done: retried on every tick while the disk is full. `Done`
     /// when persisted and waiting only for a partial Ready to be advanced.
     unpersisted: Option<(Ready, PersistStep)>,
+    /// A tick arrived since persisting was last tried.
+    ticked: bool,
 }
 
 impl<S: StorageMut> Worker<S> {
@@ -473,7 +476,10 @@ impl<S: StorageMut> Worker<S> {
     fn handle(&mut self, cmd: Command<S>) -> ControlFlow<()> {
         // A reply whose caller stopped waiting is not an error.
         match cmd {
-            Command::Tick => self.raw.tick(),
+            Command::Tick => {
+                self.raw.tick();
+                self.ticked = true;
+            }
             Command::Campaign(tx) => {
                 let r = self.raw.campaign();
                 let _ = tx.send(self.check(r));
@@ -549,7 +555,7 @@ impl<S: StorageMut> Worker<S> {
     /// Takes, persists and hands out a Ready if there is one and none is outstanding.
     ///
     /// On a full disk (`Error::NoSpace`: nothing written, nothing latched) the Ready is kept
-    /// and persisting it is retried on every turn of the loop (each tick at least), from the
+    /// and persisting it is retried on every tick, from the
     /// step that failed; meanwhile the node hands out partial Readies: first what the kept
     /// Ready holds that may leave before it is durable, then whatever `RawNode` has of that
     /// kind since (`RawNode::ready_while_persisting`), so the node keeps heartbeating,
@@ -570,7 +576,10 @@ impl<S: StorageMut> Worker<S> {
             }
         }
         let (rd, from) = self.unpersisted.as_mut().expect("set above");
-        if *from < PersistStep::Done {
+        // After a failure, once a tick: not on every message that arrives meanwhile (each try
+        // on a full disk makes and removes a segment file).
+        let retry_due = std::mem::take(&mut self.ticked) || self.shared.disk_full.lock().is_none();
+        if *from < PersistStep::Done && retry_due {
             match self.raw.persist_from(rd, *from) {
                 Ok(()) => {
                     *from = PersistStep::Done;
