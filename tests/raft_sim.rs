@@ -493,7 +493,7 @@ impl Sim {
         self.check_reads(id, &rd);
         let node = self.nodes.get_mut(&id).unwrap();
         if let Err(e) = node.raw.as_mut().unwrap().advance(rd) {
-            return self.on_error(id, e);
+            self.on_error(id, e);
         }
     }
 
