@@ -447,7 +447,8 @@ impl Sim {
         if self.setup.stalls && crash_after.is_none() && self.rng.chance(10) {
             // What may be handled before persisting is, as a partial Ready (messages were sent).
             let mut rd = rd;
-            let mut sendable = rd.take_sendable();
+            let raw = self.nodes.get_mut(&id).unwrap().raw.as_mut().unwrap();
+            let mut sendable = raw.take_sendable(&mut rd).unwrap_or_else(|e| self.fail(format!("take_sendable: {e}")));
             sendable.messages.clear();
             self.nodes.get_mut(&id).unwrap().held = Some(rd);
             return self.finish_partial(id, sendable);

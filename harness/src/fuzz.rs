@@ -173,16 +173,41 @@ pub fn message(data: &[u8]) {
 }
 
 /// Steps `m` (readdressed to node 1) into a follower and a leader and drives each a little: a
-/// refused message changes nothing, and nothing panics.
+/// refused message changes nothing, and nothing panics. Each also runs with a Ready held
+/// unpersisted (a full disk) while `m` arrives: the partial Readies handed out meanwhile hold
+/// nothing to persist and no acknowledgement.
 fn step_into_nodes(m: keel::raft::Message) {
-    for leader in [false, true] {
+    for (leader, stall) in [(false, false), (true, false), (false, true), (true, true)] {
         let mut node = node_with_log(leader);
+        let mut held = None;
+        if stall {
+            if leader {
+                let _ = node.propose(b"held".to_vec());
+            }
+            node.tick();
+            if node.has_ready() {
+                held = Some(node.ready().unwrap());
+            }
+        }
         let mut m = m.clone();
         m.to = 1;
         let before = node.status();
         if node.step(m).is_err() {
             let after = node.status();
             assert_eq!((before.hard_state, before.last_index), (after.hard_state, after.last_index));
+        }
+        for _ in 0..2 {
+            if held.is_some() && node.has_ready_while_persisting() {
+                let rd = node.ready_while_persisting().unwrap();
+                assert!(rd.is_partial() && rd.entries.is_empty() && rd.hard_state.is_none());
+                assert!(rd.snapshot.is_none() && rd.persisted_messages.is_empty());
+                node.advance(rd).unwrap();
+            }
+            node.tick();
+        }
+        if let Some(rd) = held.take() {
+            node.persist(&rd).expect("MemStorage persists");
+            node.advance(rd).unwrap();
         }
         for _ in 0..2 {
             if node.has_ready() {

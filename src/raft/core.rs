@@ -5,7 +5,9 @@
 //! Invariants (checked by the simulator in `tests/raft_sim.rs`):
 //! - the term never decreases, and a vote once cast in a term never changes;
 //! - a vote reaches the candidate only after the HardState recording it is persisted (it goes
-//!   out with `Ready::persisted_messages`); a candidate counts its own vote only once persisted;
+//!   out with `Ready::persisted_messages`); a candidate counts its own vote only once persisted,
+//!   and becomes leader only then, even when the others' votes alone are a quorum (so nothing
+//!   leaves as leader in a term this node could forget);
 //! - a follower acknowledges entries only after they are persisted (same path);
 //! - the leader counts its own log towards commit only up to what it has persisted, and commits
 //!   only through an entry of its own term (§5.4.2);
@@ -982,6 +984,12 @@ impl<S: Storage> Raft<S> {
                 }
                 match self.poll(m.from, !m.reject) {
                     VoteResult::Won if self.role == Role::PreCandidate => self.campaign(false, false)?,
+                    // The others' votes alone are a quorum, but this node's term and vote are
+                    // not durable yet (its disk may be full: partial Readies would carry a
+                    // leader's messages out meanwhile). A leader never acts in a term it could
+                    // forget in a crash and lead again: it leads once its vote is persisted
+                    // (`self_vote_persisted` counts the votes again).
+                    VoteResult::Won if self.self_vote_pending => {}
                     VoteResult::Won => {
                         self.become_leader();
                         self.bcast_append();

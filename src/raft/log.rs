@@ -271,7 +271,9 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub(crate) fn has_next_committed(&self) -> bool {
-        self.committed.min(self.persisted_index()) > self.applying
+        // Below an unpersisted snapshot nothing is handed out (`next_committed` starts above
+        // it), although `persisted_index` counts up to it.
+        self.snapshot.is_none() && self.committed.min(self.persisted_index()) > self.applying
     }
 
     /// Entries up to `index` were handed out to apply.

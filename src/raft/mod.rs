@@ -101,6 +101,10 @@ pub enum RaftError {
     /// was taken).
     #[error("advance was given a Ready that is not outstanding")]
     NotOutstanding,
+    /// A partial Ready ([`RawNode::ready_while_persisting`]) is out: advance it before taking
+    /// another or advancing the Ready it was handed out beside.
+    #[error("a partial Ready is outstanding: advance it first")]
+    PartialOutstanding,
 }
 
 /// Why a proposal (or a read request) was not accepted.

@@ -602,11 +602,21 @@ impl<S: StorageMut> Worker<S> {
         let rd = if *from == PersistStep::Done {
             self.unpersisted.take().expect("set above").0
         } else if rd.has_sendable() {
-            rd.take_sendable()
+            match self.raw.take_sendable(rd) {
+                Ok(partial) => partial,
+                Err(e) => panic!("the node thread split the Ready it keeps: {e}"),
+            }
         } else if self.raw.has_ready_while_persisting() {
             match self.raw.ready_while_persisting() {
                 // Broadcasting proposals with no peer to send to leaves nothing to hand out.
-                Ok(rd) if !rd.has_sendable() => return ControlFlow::Continue(()),
+                Ok(rd) if !rd.has_sendable() => {
+                    let r = self.raw.advance(rd);
+                    return match self.check(r) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        Err(NodeError::Storage(_)) => ControlFlow::Break(()),
+                        Err(e) => panic!("the node thread could not advance an empty partial Ready: {e}"),
+                    };
+                }
                 Ok(rd) => rd,
                 Err(RaftError::Storage(e)) => {
                     self.fail(e);

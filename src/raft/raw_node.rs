@@ -79,30 +79,12 @@ impl Ready {
         self.partial
     }
 
-    /// Whether [`Ready::take_sendable`] would take anything.
+    /// Whether [`RawNode::take_sendable`] would take anything.
     pub fn has_sendable(&self) -> bool {
         self.soft_state.is_some()
             || !self.messages.is_empty()
             || !self.committed_entries.is_empty()
             || !self.read_states.is_empty()
-    }
-
-    /// Moves out, as a partial Ready, what of this Ready may be handled before it is persisted:
-    /// its soft state, `messages`, `read_states` and committed entries (persisted already: a
-    /// Ready hands out only persisted entries to apply). What stays (snapshot, entries,
-    /// HardState, `persisted_messages`) waits for its persisting. For an application that
-    /// cannot persist this Ready yet (a full disk): handle and `advance` the partial one, then
-    /// the partial Readies of [`RawNode::ready_while_persisting`], then, once persisted, this.
-    pub fn take_sendable(&mut self) -> Ready {
-        Ready {
-            soft_state: self.soft_state.take(),
-            messages: std::mem::take(&mut self.messages),
-            committed_entries: std::mem::take(&mut self.committed_entries),
-            read_states: std::mem::take(&mut self.read_states),
-            number: self.number,
-            partial: true,
-            ..Ready::default()
-        }
     }
 }
 
@@ -237,6 +219,8 @@ pub struct RawNode<S: Storage> {
     outstanding: u64,
     /// The number of the last Ready taken.
     readies: u64,
+    /// The number of the partial Ready handed out and not yet advanced (0 for none).
+    partial_outstanding: u64,
 }
 
 impl<S: Storage> RawNode<S> {
@@ -266,7 +250,7 @@ impl<S: Storage> RawNode<S> {
         // What storage holds, so that a commit raised to `Config::applied` is persisted by the
         // first Ready.
         let prev_hard = raft.log.storage.initial_state()?.hard_state;
-        Ok(RawNode { raft, prev_soft, prev_hard, outstanding: 0, readies: 0 })
+        Ok(RawNode { raft, prev_soft, prev_hard, outstanding: 0, readies: 0, partial_outstanding: 0 })
     }
 
     /// The storage error that stopped the node, if one did.
@@ -455,6 +439,7 @@ impl<S: Storage> RawNode<S> {
     pub fn has_ready_while_persisting(&self) -> bool {
         let r = &self.raft;
         self.outstanding != 0
+            && self.partial_outstanding == 0
             && r.fatal.is_none()
             && (self.soft_state() != self.prev_soft
                 || r.log.has_next_committed()
@@ -479,6 +464,9 @@ impl<S: Storage> RawNode<S> {
         if self.outstanding == 0 {
             return Err(RaftError::NotOutstanding);
         }
+        if self.partial_outstanding != 0 {
+            return Err(RaftError::PartialOutstanding);
+        }
         self.raft.flush_proposals();
         let max = self.raft.max_committed_size_per_ready();
         let committed_entries = self.run(|r| r.log.next_committed(max))?.unwrap_or_default();
@@ -490,7 +478,7 @@ impl<S: Storage> RawNode<S> {
             messages: std::mem::take(&mut r.msgs),
             read_states: std::mem::take(&mut r.read_states),
             committed_entries,
-            number: self.outstanding,
+            number: self.next_partial(),
             partial: true,
             ..Ready::default()
         };
@@ -501,20 +489,59 @@ impl<S: Storage> RawNode<S> {
         Ok(rd)
     }
 
+    /// Moves out of `rd`, the outstanding Ready, as a partial Ready, what may be handled before
+    /// `rd` is persisted: its soft state, `messages`, `read_states` and committed entries
+    /// (persisted already: a Ready hands out only persisted entries to apply). What stays
+    /// (snapshot, entries, HardState, `persisted_messages`) waits for its persisting. For an
+    /// application that cannot persist `rd` yet (a full disk): handle and `advance` the partial
+    /// one, then the partial Readies of [`RawNode::ready_while_persisting`], then, once
+    /// persisted, `rd`.
+    pub fn take_sendable(&mut self, rd: &mut Ready) -> Result<Ready, RaftError> {
+        self.stopped()?;
+        if rd.partial || rd.number == 0 || rd.number != self.outstanding {
+            return Err(RaftError::NotOutstanding);
+        }
+        if self.partial_outstanding != 0 {
+            return Err(RaftError::PartialOutstanding);
+        }
+        Ok(Ready {
+            soft_state: rd.soft_state.take(),
+            messages: std::mem::take(&mut rd.messages),
+            committed_entries: std::mem::take(&mut rd.committed_entries),
+            read_states: std::mem::take(&mut rd.read_states),
+            number: self.next_partial(),
+            partial: true,
+            ..Ready::default()
+        })
+    }
+
+    fn next_partial(&mut self) -> u64 {
+        self.readies += 1;
+        self.partial_outstanding = self.readies;
+        self.readies
+    }
+
     /// Reports that everything `rd` asked for was persisted, sent and applied. A partial Ready
     /// ([`RawNode::ready_while_persisting`]) is advanced before the outstanding one.
     pub fn advance(&mut self, rd: Ready) -> Result<(), RaftError> {
         self.stopped()?;
-        if rd.number == 0 || rd.number != self.outstanding {
-            return Err(RaftError::NotOutstanding);
-        }
         if rd.partial {
+            if rd.number == 0 || rd.number != self.partial_outstanding {
+                return Err(RaftError::NotOutstanding);
+            }
+            self.partial_outstanding = 0;
             if let Some(i) = rd.committed_entries.last().map(|e| e.index) {
                 self.raft.log.applied_to(i);
             }
             self.run(Raft::maybe_campaign_after_apply)?;
             self.raft.maybe_auto_leave();
             return Ok(());
+        }
+        if rd.number == 0 || rd.number != self.outstanding {
+            return Err(RaftError::NotOutstanding);
+        }
+        if self.partial_outstanding != 0 {
+            return Err(RaftError::PartialOutstanding);
         }
         if let Some(s) = &rd.snapshot {
             self.raft.log.stable_snapshot_to(s.metadata.index);

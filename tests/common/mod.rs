@@ -173,8 +173,9 @@ impl DataFile for FaultyFile {
 }
 
 /// What a message leaving `storage`'s node promises that the storage does not yet hold, if
-/// anything: an append acknowledgement past the persisted log, or a vote the persisted
-/// HardState does not record (or rule out repeating, by a later term).
+/// anything: an append acknowledgement past the persisted log, a vote the persisted HardState
+/// does not record (or rule out repeating, by a later term), or a leader's message in a term
+/// the persisted HardState has not reached.
 pub fn unkept_promise(storage: &impl keel::storage::Storage, m: &keel::raft::Message) -> Option<String> {
     use keel::raft::MessageType;
     match m.kind {
@@ -187,6 +188,18 @@ pub fn unkept_promise(storage: &impl keel::storage::Storage, m: &keel::raft::Mes
             let hs = storage.initial_state().unwrap().hard_state;
             (hs.term < m.term || (hs.term == m.term && hs.vote != m.to))
                 .then(|| format!("node {} granted a vote to {} in term {} with {hs:?} persisted", m.from, m.to, m.term))
+        }
+        // What only a leader sends: never in a term the sender could forget in a crash (and
+        // then win, and lead, again).
+        MessageType::Append
+        | MessageType::Heartbeat
+        | MessageType::Snapshot
+        | MessageType::TimeoutNow
+        | MessageType::ReadIndexResponse => {
+            let hs = storage.initial_state().unwrap().hard_state;
+            (hs.term < m.term).then(|| {
+                format!("node {} sent {:?} as leader of term {} with {hs:?} persisted", m.from, m.kind, m.term)
+            })
         }
         _ => None,
     }
