@@ -44,8 +44,8 @@ impl Net {
             if let Some(mut held) = self.held.remove(&id) {
                 if !self.full.contains(&id) {
                     node.persist(&held).unwrap();
-                    out.extend(held.messages.drain(..));
-                    out.extend(held.persisted_messages.drain(..));
+                    out.append(&mut held.messages);
+                    out.append(&mut held.persisted_messages);
                     self.apply(id, &held);
                     self.nodes.get_mut(&id).unwrap().advance(held).unwrap();
                     continue;
@@ -82,8 +82,8 @@ impl Net {
                 continue;
             }
             node.persist(&rd).unwrap();
-            out.extend(rd.messages.drain(..));
-            out.extend(rd.persisted_messages.drain(..));
+            out.append(&mut rd.messages);
+            out.append(&mut rd.persisted_messages);
             self.apply(id, &rd);
             self.nodes.get_mut(&id).unwrap().advance(rd).unwrap();
         }
