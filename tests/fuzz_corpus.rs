@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 10] = [
+const TARGETS: [(&str, Target); 11] = [
     ("record", keel_harness::fuzz::record),
     ("log_dir", keel_harness::fuzz::log_dir),
     ("hard_state", keel_harness::fuzz::hard_state),
@@ -18,6 +18,7 @@ const TARGETS: [(&str, Target); 10] = [
     ("snapshot_transfer", keel_harness::fuzz::snapshot_transfer),
     ("peer_stream", keel_harness::fuzz::peer_stream),
     ("resp_request", keel_harness::fuzz::resp_request),
+    ("resp_reply", keel_harness::fuzz::resp_reply),
     ("kv_data", keel_harness::fuzz::kv_data),
 ];
 
@@ -142,6 +143,11 @@ fn write_seed_corpus() {
             b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec(),
         ));
         seeds.push(("resp_request", "inline".into(), b"PING\r\nset a 1\n".to_vec()));
+        seeds.push((
+            "resp_reply",
+            "replies".into(),
+            b"+OK\r\n-NOSPACE full\r\n:42\r\n$-1\r\n$3\r\nabc\r\n*2\r\n$1\r\na\r\n$-1\r\n*-1\r\n".to_vec(),
+        ));
         {
             use keel_server::kv::{Member, Request, Store, Tag, Write};
             let mset = Write::MSet { pairs: vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())] };

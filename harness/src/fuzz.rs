@@ -436,6 +436,34 @@ pub fn resp_request(data: &[u8]) {
     }
 }
 
+/// Bytes another member's client port sends back when a full node asks it a read: replies
+/// parsed one after another with a small bound, as `keel server` parses them. A reply never
+/// takes more bytes than it was given, what parses re-encodes to bytes that parse to the same
+/// reply, and nothing panics.
+pub fn resp_reply(data: &[u8]) {
+    use keel_server::resp::parse_reply;
+    let max = 4096;
+    let mut at = 0;
+    while at < data.len() {
+        match parse_reply(&data[at..], max) {
+            Ok(Some((reply, used))) => {
+                assert!(used > 0 && used <= data.len() - at, "a reply of {used} bytes from {}", data.len() - at);
+                let mut again = Vec::new();
+                reply.encode(&mut again);
+                let reparsed = parse_reply(&again, usize::MAX).expect("an encoded reply parses");
+                // Simple strings and errors lose their line breaks in encoding; compare once more.
+                let (second, n) = reparsed.expect("whole");
+                assert_eq!(n, again.len());
+                let mut third = Vec::new();
+                second.encode(&mut third);
+                assert_eq!(third, again, "encoding is stable");
+                at += used;
+            }
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
 /// Entry data, snapshot data and membership change contexts of `keel server`'s state machine,
 /// as read back from a log or a peer: decoding never panics, and what decodes re-encodes to the
 /// same bytes.

@@ -148,6 +148,76 @@ impl Reply {
     }
 }
 
+/// A parsed reply and the bytes it took.
+pub type ParsedReply = (Reply, usize);
+
+/// Parses the reply at the start of `bytes` (what a server sends: this server asks another
+/// member on a client's behalf): `Ok(None)` if more bytes are needed. Untrusted like a request:
+/// never panics, nests at most 4 arrays deep, and takes at most `bytes_max` bytes in all.
+pub fn parse_reply(bytes: &[u8], bytes_max: usize) -> Result<Option<ParsedReply>, ProtocolError> {
+    parse_reply_at(bytes, 0, bytes_max, 4)
+}
+
+fn parse_reply_at(
+    bytes: &[u8],
+    at: usize,
+    bytes_max: usize,
+    depth: usize,
+) -> Result<Option<ParsedReply>, ProtocolError> {
+    let Some((l, after)) = line(bytes, at, 64 << 10)? else { return Ok(None) };
+    let Some((&kind, rest)) = l.split_first() else { return Err(error(at, "an empty reply line")) };
+    let text = |what: &str| {
+        std::str::from_utf8(rest).map(str::to_string).map_err(|_| error(at, format!("{what} that is not UTF-8")))
+    };
+    let signed = |what: &str| -> Result<i64, ProtocolError> {
+        std::str::from_utf8(rest).ok().and_then(|t| t.parse().ok()).ok_or_else(|| error(at, format!("invalid {what}")))
+    };
+    let reply = match kind {
+        b'+' => Reply::Simple(text("a simple string")?),
+        b'-' => Reply::Error(text("an error")?),
+        b':' => Reply::Integer(signed("integer")?),
+        b'$' => match signed("bulk length")? {
+            -1 => Reply::Bulk(None),
+            n if n < 0 || n as u64 > bytes_max as u64 => {
+                return Err(error(at, format!("invalid bulk length {n} (at most {bytes_max})")));
+            }
+            n => {
+                let n = n as usize;
+                if bytes.len() < after + n + 2 {
+                    return Ok(None);
+                }
+                if &bytes[after + n..after + n + 2] != b"\r\n" {
+                    return Err(error(after + n, "a bulk string not followed by CRLF"));
+                }
+                return Ok(Some((Reply::Bulk(Some(bytes[after..after + n].to_vec())), after + n + 2)));
+            }
+        },
+        b'*' => match signed("multibulk length")? {
+            -1 => Reply::Array(None),
+            n if n < 0 || n as u64 > bytes_max as u64 / 4 => {
+                return Err(error(at, format!("invalid multibulk length {n}")));
+            }
+            _ if depth == 0 => return Err(error(at, "arrays nested too deep")),
+            n => {
+                // Each item takes at least 4 bytes (`:0\r\n`): reserve no more than could be honest.
+                let mut items = Vec::with_capacity((n as usize).min(bytes.len() / 4 + 1));
+                let mut at = after;
+                for _ in 0..n {
+                    let Some((item, next)) = parse_reply_at(bytes, at, bytes_max, depth - 1)? else { return Ok(None) };
+                    items.push(item);
+                    at = next;
+                }
+                return Ok(Some((Reply::Array(Some(items)), at)));
+            }
+        },
+        other => return Err(error(at, format!("unknown reply type '{}'", other as char))),
+    };
+    if after > bytes_max {
+        return Err(error(at, format!("a reply longer than {bytes_max} bytes")));
+    }
+    Ok(Some((reply, after)))
+}
+
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut b = Vec::new();
@@ -168,6 +238,35 @@ mod tests {
             out.extend_from_slice(b"\r\n");
         }
         out
+    }
+
+    #[test]
+    fn replies_round_trip_wait_when_cut_short_and_refuse_garbage() {
+        let replies = [
+            Reply::Simple("OK".into()),
+            Reply::Error("NOSPACE full".into()),
+            Reply::Integer(-42),
+            Reply::Bulk(None),
+            Reply::Bulk(Some(b"va\r\nlue".to_vec())),
+            Reply::Array(None),
+            Reply::Array(Some(vec![Reply::Bulk(Some(b"a".to_vec())), Reply::Bulk(None), Reply::Integer(7)])),
+            Reply::Array(Some(vec![Reply::Array(Some(vec![]))])),
+        ];
+        for r in replies {
+            let mut b = Vec::new();
+            r.encode(&mut b);
+            assert_eq!(parse_reply(&b, 1 << 20), Ok(Some((r.clone(), b.len()))), "{r}");
+            for cut in 0..b.len() {
+                assert_eq!(parse_reply(&b[..cut], 1 << 20), Ok(None), "{r} cut at {cut}");
+            }
+        }
+        for bad in [&b"?x\r\n"[..], b"\r\n", b"$-2\r\n", b"$3\r\nabcd\r\n", b"*-5\r\n", b":x\r\n", b"$99999999999\r\n"]
+        {
+            assert!(parse_reply(bad, 1 << 20).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // Nested too deep, and too large for the bound.
+        assert!(parse_reply(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", 1 << 20).is_err());
+        assert!(parse_reply(b"$10\r\n", 4).is_err());
     }
 
     #[test]

@@ -245,6 +245,8 @@ struct Metrics {
     rejected_clients: AtomicU64,
     /// Leadership hand-overs this node started because its disk was full.
     disk_full_transfers: AtomicU64,
+    /// Reads this node, full and behind, had the leader answer.
+    reads_asked_of_leader: AtomicU64,
 }
 
 struct Shared {
@@ -1268,19 +1270,29 @@ fn finish(s: &Shared, mut p: Pending, deadline: Instant) -> Reply {
     reply
 }
 
+/// Why a linearizable read is not served from this node's store.
+enum ReadRefusal {
+    /// The reply for the client.
+    Reply(Reply),
+    /// This node's disk is full and it has not applied what the read needs (the cluster moved
+    /// on without it): the leader may answer instead; the reply if it cannot.
+    Behind(Reply),
+}
+
 /// Waits until the store may answer a linearizable read: a ReadIndex sent after this call
 /// began has been answered, and the store has applied its index.
-fn await_read(s: &Shared, deadline: Instant) -> Result<(), Reply> {
+fn await_read(s: &Shared, deadline: Instant) -> Result<(), ReadRefusal> {
     let (tx, rx) = sync_channel(1);
     s.reads.lock().queued.push(tx);
     start_read_batch(s, false);
     let left = deadline.saturating_duration_since(Instant::now());
+    let refuse = |text: &str| Err(ReadRefusal::Reply(Reply::Error(text.into())));
     let index = match rx.recv_timeout(left) {
-        Ok(r) => r?,
+        Ok(r) => r.map_err(ReadRefusal::Reply)?,
         Err(RecvTimeoutError::Timeout) => {
-            return Err(Reply::Error("TRYAGAIN the read could not be confirmed by a leader in time".into()));
+            return refuse("TRYAGAIN the read could not be confirmed by a leader in time");
         }
-        Err(RecvTimeoutError::Disconnected) => return Err(Reply::Error("ERR the server is stopping".into())),
+        Err(RecvTimeoutError::Disconnected) => return refuse("ERR the server is stopping"),
     };
     // A node whose disk is full applies only what it persisted before: if the read needs more,
     // it says so within an election timeout instead of holding the client to the deadline.
@@ -1288,23 +1300,72 @@ fn await_read(s: &Shared, deadline: Instant) -> Result<(), Reply> {
     let mut store = s.store.lock();
     while store.applied() < index {
         if s.stop.load(Ordering::SeqCst) {
-            return Err(Reply::Error("ERR the server is stopping".into()));
+            return refuse("ERR the server is stopping");
         }
         let until = if s.node.disk_full().is_some() { deadline.min(full_grace) } else { deadline };
         if s.applied.wait_until(&mut store, until).timed_out() && store.applied() < index {
             if Instant::now() >= deadline {
-                return Err(Reply::Error("TRYAGAIN this node did not apply the read index in time".into()));
+                return refuse("TRYAGAIN this node did not apply the read index in time");
             }
             if let Some(why) = s.node.disk_full() {
-                return Err(Reply::Error(format!(
+                return Err(ReadRefusal::Behind(Reply::Error(format!(
                     "NOSPACE this node's disk is full and it has applied only to index {} of the {index} this read \
                      needs; read from another node, or retry once space is freed: {why}",
                     store.applied()
-                )));
+                ))));
             }
         }
     }
     Ok(())
+}
+
+/// Asks the leader, as a client would, for a read this node cannot serve (its disk is full and
+/// it is behind): the leader answers it linearizably from its own store. One connection per
+/// read, bounded by the request's deadline; the leader's reply is parsed as untrusted input
+/// (`parse_reply`) and passed on. Only a node that is not the leader asks, and only once.
+fn ask_leader(s: &Shared, c: &Command, deadline: Instant) -> Result<Reply, String> {
+    let leader = s.view.lock().leader;
+    if leader == 0 || leader == s.config.id {
+        return Err("no other node is known to lead".into());
+    }
+    let addr = s.store.lock().members().get(&leader).map(|m| m.client_addr.clone());
+    let addr = addr.ok_or_else(|| format!("node {leader}'s client address is unknown"))?;
+    let args: Vec<&[u8]> = match c {
+        Command::Get(k) => vec![b"GET", k],
+        Command::MGet(keys) => std::iter::once(&b"MGET"[..]).chain(keys.iter().map(Vec::as_slice)).collect(),
+        Command::Exists(keys) => std::iter::once(&b"EXISTS"[..]).chain(keys.iter().map(Vec::as_slice)).collect(),
+        Command::DbSize => vec![b"DBSIZE"],
+        _ => return Err("not a read".into()),
+    };
+    let mut request = Vec::new();
+    Reply::Array(Some(args.iter().map(|a| Reply::Bulk(Some(a.to_vec()))).collect())).encode(&mut request);
+    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let target = std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to nothing"))?;
+    let mut stream = TcpStream::connect_timeout(&target, left()).map_err(|e| format!("{addr}: {e}"))?;
+    let io = |e: std::io::Error| format!("{addr}: {e}");
+    stream.set_nodelay(true).map_err(io)?;
+    stream.set_write_timeout(Some(left())).map_err(io)?;
+    stream.write_all(&request).map_err(io)?;
+    let max = REPLY_BYTES_MAX + (64 << 10);
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        if let Some((reply, _)) = crate::resp::parse_reply(&buf, max).map_err(|e| format!("{addr}: {e}"))? {
+            return Ok(reply);
+        }
+        if buf.len() > max {
+            return Err(format!("{addr}: a reply longer than {max} bytes"));
+        }
+        stream.set_read_timeout(Some(left())).map_err(io)?;
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err(format!("{addr} closed the connection")),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(io(e)),
+        }
+    }
 }
 
 fn serve_client(s: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
@@ -1456,7 +1517,19 @@ fn run_commands(
                 s.metrics.reads.fetch_add(1, Ordering::Relaxed);
                 match if *stale_reads { Ok(()) } else { await_read(s, deadline) } {
                     Ok(()) => read_reply(s, &c),
-                    Err(reply) => reply,
+                    Err(ReadRefusal::Reply(reply)) => reply,
+                    Err(ReadRefusal::Behind(reply)) => match ask_leader(s, &c, deadline) {
+                        Ok(answer) => {
+                            s.metrics.reads_asked_of_leader.fetch_add(1, Ordering::Relaxed);
+                            answer
+                        }
+                        Err(why) => match reply {
+                            Reply::Error(text) => {
+                                Reply::Error(format!("{text} (the leader could not be asked: {why})"))
+                            }
+                            other => other,
+                        },
+                    },
                 }
             }
             c => c.read(&s.store.lock()),
@@ -1595,6 +1668,7 @@ fn info(s: &Shared, section: Option<&str>) -> String {
         field(&mut text, "alarm", if full.is_some() { "NOSPACE".into() } else { String::new() });
         field(&mut text, "disk_full_reason", full.unwrap_or_default());
         field(&mut text, "disk_full_transfers", m.disk_full_transfers.load(Ordering::Relaxed).to_string());
+        field(&mut text, "reads_asked_of_leader", m.reads_asked_of_leader.load(Ordering::Relaxed).to_string());
         let depths: Vec<String> = s.transport.queue_depths().iter().map(|(id, d)| format!("{id}={d}")).collect();
         field(&mut text, "peer_queue_frames", depths.join(","));
         field(&mut text, "snapshots_made", m.snapshots_made.load(Ordering::Relaxed).to_string());
