@@ -274,3 +274,100 @@ fn a_partial_ready_is_advanced_once_and_first() {
     n1.persist(&held).unwrap();
     n1.advance(held).unwrap();
 }
+
+/// Campaigns on 1 and runs the pre-vote round by hand: 1 is then a candidate with its vote
+/// requests and HardState not yet taken in a Ready.
+fn to_candidate(net: &mut Net) {
+    net.nodes.get_mut(&1).unwrap().campaign().unwrap();
+    let pre = net.process(1);
+    for m in pre {
+        let to = m.to;
+        net.nodes.get_mut(&to).unwrap().step(m).unwrap();
+        for v in net.process(to) {
+            net.nodes.get_mut(&1).unwrap().step(v).unwrap();
+        }
+    }
+    assert_eq!(net.role(1), Role::Candidate);
+}
+
+// Liveness of liveness of "a candidate leads only once its own vote is persisted" (from a second review).
+
+/// Votes arrive while the Ready holding the candidate's vote is taken but not yet advanced (the
+/// normal, non-full case with a slow fsync): it leads on that Ready's advance, with no new
+/// election.
+#[test]
+fn votes_before_advance_then_leads_on_advance() {
+    let mut net = Net::new(&[1, 2, 3]);
+    to_candidate(&mut net);
+    let n1 = net.nodes.get_mut(&1).unwrap();
+    let mut rd = n1.ready().unwrap();
+    let term = rd.hard_state.unwrap().term;
+    let reqs = std::mem::take(&mut rd.messages);
+    for m in reqs {
+        let to = m.to;
+        net.nodes.get_mut(&to).unwrap().step(m).unwrap();
+        for v in net.process(to) {
+            net.nodes.get_mut(&1).unwrap().step(v).unwrap();
+        }
+    }
+    assert_eq!(net.role(1), Role::Candidate, "leads before its vote is durable");
+    let n1 = net.nodes.get_mut(&1).unwrap();
+    n1.persist(&rd).unwrap();
+    n1.advance(rd).unwrap();
+    assert_eq!(net.role(1), Role::Leader);
+    assert_eq!(net.nodes[&1].status().hard_state.term, term, "no new election");
+}
+
+/// The Ready with the vote is persisted and advanced before any vote arrives: the others' votes
+/// then win at once.
+#[test]
+fn vote_persisted_first_then_votes_win() {
+    let mut net = Net::new(&[1, 2, 3, 4, 5]);
+    to_candidate(&mut net);
+    let reqs = net.process(1);
+    assert_eq!(net.role(1), Role::Candidate);
+    for m in reqs {
+        let to = m.to;
+        net.nodes.get_mut(&to).unwrap().step(m).unwrap();
+        for v in net.process(to) {
+            net.nodes.get_mut(&1).unwrap().step(v).unwrap();
+        }
+    }
+    assert_eq!(net.role(1), Role::Leader);
+}
+
+/// A single voter, and pre-vote: elected through `self_vote_persisted` alone.
+#[test]
+fn single_voter_and_pre_vote() {
+    for pre_vote in [false, true] {
+        let mut c = Config::new(1);
+        c.pre_vote = pre_vote;
+        let mut n = RawNode::new(&c, bootstrap(&[1])).unwrap();
+        n.campaign().unwrap();
+        while n.has_ready() {
+            let rd = n.ready().unwrap();
+            n.persist(&rd).unwrap();
+            n.advance(rd).unwrap();
+        }
+        assert_eq!(n.status().soft_state.role, Role::Leader, "pre_vote {pre_vote}");
+    }
+}
+
+/// A full candidate (pre-vote on) gets the others' votes, stays candidate, re-campaigns in later
+/// terms while full; once space returns it (or another) is elected without outside help.
+#[test]
+fn full_candidate_recampaigns_then_leads_when_space_returns() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.full.insert(1);
+    for _ in 0..5 {
+        net.nodes.get_mut(&1).unwrap().campaign().unwrap();
+        for _ in 0..5 {
+            net.round();
+        }
+        assert_ne!(net.role(1), Role::Leader);
+    }
+    net.full.remove(&1);
+    net.pump();
+    let leaders: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| net.role(id) == Role::Leader).collect();
+    assert_eq!(leaders, vec![1]);
+}

@@ -438,8 +438,8 @@ pub fn resp_request(data: &[u8]) {
 
 /// Bytes another member's client port sends back when a full node asks it a read: replies
 /// parsed one after another with a small bound, as `keel server` parses them. A reply never
-/// takes more bytes than it was given, what parses re-encodes to bytes that parse to the same
-/// reply, and nothing panics.
+/// takes more bytes than it was given, the resumable scanner ends it where the parser does,
+/// what parses re-encodes to bytes that parse to the same reply, and nothing panics.
 pub fn resp_reply(data: &[u8]) {
     use keel_server::resp::parse_reply;
     let max = 4096;
@@ -448,6 +448,10 @@ pub fn resp_reply(data: &[u8]) {
         match parse_reply(&data[at..], max) {
             Ok(Some((reply, used))) => {
                 assert!(used > 0 && used <= data.len() - at, "a reply of {used} bytes from {}", data.len() - at);
+                // The resumable scanner `keel server` reads with finds the same end.
+                let mut scanner = keel_server::resp::ReplyScanner::default();
+                let found = scanner.scan(&data[at..], max).expect("the scanner accepts what parses");
+                assert_eq!(found, Some(used), "the scanner and the parser disagree on the reply's end");
                 let mut again = Vec::new();
                 reply.encode(&mut again);
                 let reparsed = parse_reply(&again, usize::MAX).expect("an encoded reply parses");

@@ -218,6 +218,81 @@ fn parse_reply_at(
     Ok(Some((reply, after)))
 }
 
+/// Finds where the reply at the start of a growing buffer ends, resumably: it remembers how far
+/// it got, so a reply read in many pieces is scanned once, not once per piece. It checks the
+/// framing only (line types, lengths, CRLFs, array nesting at most 4 deep, `bytes_max`);
+/// [`parse_reply`] of the bytes it delimits builds the reply.
+#[derive(Debug, Default)]
+pub struct ReplyScanner {
+    at: usize,
+    /// Items each open array still expects, innermost last.
+    open: Vec<usize>,
+}
+
+impl ReplyScanner {
+    /// `Ok(Some(n))` once the first `n` bytes of `bytes` hold one whole reply; `Ok(None)` if
+    /// more are needed. Call again with the same bytes and more appended.
+    pub fn scan(&mut self, bytes: &[u8], bytes_max: usize) -> Result<Option<usize>, ProtocolError> {
+        loop {
+            let at = self.at;
+            let Some((l, after)) = line(bytes, at, 64 << 10)? else { return Ok(None) };
+            let Some((&kind, rest)) = l.split_first() else { return Err(error(at, "an empty reply line")) };
+            let length = || -> Result<i64, ProtocolError> {
+                std::str::from_utf8(rest).ok().and_then(|t| t.parse().ok()).ok_or_else(|| error(at, "invalid length"))
+            };
+            let end = match kind {
+                b'+' | b'-' | b':' => after,
+                b'$' => match length()? {
+                    -1 => after,
+                    n if n < 0 || n as u64 > bytes_max as u64 => {
+                        return Err(error(at, format!("invalid bulk length {n} (at most {bytes_max})")));
+                    }
+                    n => {
+                        let n = n as usize;
+                        if bytes.len() < after + n + 2 {
+                            return Ok(None);
+                        }
+                        if &bytes[after + n..after + n + 2] != b"\r\n" {
+                            return Err(error(after + n, "a bulk string not followed by CRLF"));
+                        }
+                        after + n + 2
+                    }
+                },
+                b'*' => match length()? {
+                    -1 | 0 => after,
+                    n if n < 0 || n as u64 > bytes_max as u64 / 4 => {
+                        return Err(error(at, format!("invalid multibulk length {n}")));
+                    }
+                    _ if self.open.len() == 4 => return Err(error(at, "arrays nested too deep")),
+                    n => {
+                        self.open.push(n as usize);
+                        self.at = after;
+                        continue;
+                    }
+                },
+                other => return Err(error(at, format!("unknown reply type '{}'", other as char))),
+            };
+            if end > bytes_max {
+                return Err(error(at, format!("a reply longer than {bytes_max} bytes")));
+            }
+            self.at = end;
+            // A value ended: so do the arrays it was the last item of.
+            loop {
+                match self.open.last_mut() {
+                    None => return Ok(Some(end)),
+                    Some(left) if *left > 1 => {
+                        *left -= 1;
+                        break;
+                    }
+                    Some(_) => {
+                        self.open.pop();
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut b = Vec::new();
@@ -267,6 +342,43 @@ mod tests {
         // Nested too deep, and too large for the bound.
         assert!(parse_reply(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", 1 << 20).is_err());
         assert!(parse_reply(b"$10\r\n", 4).is_err());
+    }
+
+    /// The scanner agrees with `parse_reply` on where a reply ends, fed a byte at a time, and
+    /// scans a large reply read in pieces in time linear in its size.
+    #[test]
+    fn the_scanner_finds_where_a_reply_ends_fed_in_pieces() {
+        let replies = [
+            Reply::Simple("OK".into()),
+            Reply::Bulk(Some(b"va\r\nlue".to_vec())),
+            Reply::Array(Some(vec![Reply::Bulk(Some(b"a".to_vec())), Reply::Bulk(None), Reply::Integer(7)])),
+            Reply::Array(Some(vec![Reply::Array(Some(vec![])), Reply::Array(Some(vec![Reply::Integer(1)]))])),
+            Reply::Array(None),
+        ];
+        for r in replies {
+            let mut b = Vec::new();
+            r.encode(&mut b);
+            b.extend_from_slice(b"+next\r\n");
+            let whole = parse_reply(&b, 1 << 20).unwrap().unwrap().1;
+            let mut scanner = ReplyScanner::default();
+            let found = (1..=b.len()).find_map(|n| scanner.scan(&b[..n], 1 << 20).unwrap());
+            assert_eq!(found, Some(whole), "{r}");
+        }
+        assert!(ReplyScanner::default().scan(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", 1 << 20).is_err());
+        // 200,000 items read 64 KiB at a time: one pass, not one per piece.
+        let big =
+            Reply::Array(Some((0..200_000).map(|i| Reply::Bulk(Some(format!("{i:040}").into_bytes()))).collect()));
+        let mut b = Vec::new();
+        big.encode(&mut b);
+        let mut scanner = ReplyScanner::default();
+        let mut found = None;
+        for end in (65_536..b.len() + 65_536).step_by(65_536) {
+            if let Some(n) = scanner.scan(&b[..end.min(b.len())], 64 << 20).unwrap() {
+                found = Some(n);
+                break;
+            }
+        }
+        assert_eq!(found, Some(b.len()));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use keel::raft::{
     ConfChange, ConfChangeType, Config, DropReason, Node, NodeError, Outcome, ProposeError, RaftError, ReadOnlyOption,
     Ready, Role, UnknownReason,
 };
-use keel::storage::{ConfState, DiskStorage, EntryType, SnapshotWriter, StorageMut, StorageOptions};
+use keel::storage::{ConfState, DiskStorage, EntryType, SnapshotWriter, Storage as _, StorageMut, StorageOptions};
 use keel::transport::{TcpConfig, TcpTransport, Transport};
 use keel::wal::LogStats;
 use parking_lot::{Condvar, Mutex};
@@ -1295,7 +1295,21 @@ fn await_read(s: &Shared, deadline: Instant) -> Result<(), ReadRefusal> {
         Err(RecvTimeoutError::Disconnected) => return refuse("ERR the server is stopping"),
     };
     // A node whose disk is full applies only what it persisted before: if the read needs more,
-    // it says so within an election timeout instead of holding the client to the deadline.
+    // it says so at once (the read index is past its log) or within an election timeout
+    // instead of holding the client to the deadline.
+    let behind = |applied: u64, why: String| {
+        Err(ReadRefusal::Behind(Reply::Error(format!(
+            "NOSPACE this node's disk is full and it has applied only to index {applied} of the {index} this read \
+             needs; read from another node, or retry once space is freed: {why}"
+        ))))
+    };
+    if let Some(why) = s.node.disk_full() {
+        let persisted = s.node.with_storage(|st: &mut DiskStorage| st.last_index().unwrap_or(0)).unwrap_or(0);
+        let applied = s.store.lock().applied();
+        if applied < index && persisted < index {
+            return behind(applied, why);
+        }
+    }
     let full_grace = Instant::now() + s.config.tick * s.config.election_tick.max(1) as u32;
     let mut store = s.store.lock();
     while store.applied() < index {
@@ -1308,11 +1322,7 @@ fn await_read(s: &Shared, deadline: Instant) -> Result<(), ReadRefusal> {
                 return refuse("TRYAGAIN this node did not apply the read index in time");
             }
             if let Some(why) = s.node.disk_full() {
-                return Err(ReadRefusal::Behind(Reply::Error(format!(
-                    "NOSPACE this node's disk is full and it has applied only to index {} of the {index} this read \
-                     needs; read from another node, or retry once space is freed: {why}",
-                    store.applied()
-                ))));
+                return behind(store.applied(), why);
             }
         }
     }
@@ -1320,9 +1330,11 @@ fn await_read(s: &Shared, deadline: Instant) -> Result<(), ReadRefusal> {
 }
 
 /// Asks the leader, as a client would, for a read this node cannot serve (its disk is full and
-/// it is behind): the leader answers it linearizably from its own store. One connection per
-/// read, bounded by the request's deadline; the leader's reply is parsed as untrusted input
-/// (`parse_reply`) and passed on. Only a node that is not the leader asks, and only once.
+/// it is behind): the leader answers it linearizably (through its own ReadIndex) and the reply
+/// is passed on, an error reply marked as the leader's. One connection per read, bounded by the
+/// request's deadline. The leader's bytes are untrusted: framed by a resumable scanner (one
+/// pass however the reply arrives), checked against the command's shape before they are built
+/// into a reply (an MGET's array holds exactly its keys' bulks), then parsed (`parse_reply`).
 fn ask_leader(s: &Shared, c: &Command, deadline: Instant) -> Result<Reply, String> {
     let leader = s.view.lock().leader;
     if leader == 0 || leader == s.config.id {
@@ -1339,31 +1351,76 @@ fn ask_leader(s: &Shared, c: &Command, deadline: Instant) -> Result<Reply, Strin
     };
     let mut request = Vec::new();
     Reply::Array(Some(args.iter().map(|a| Reply::Bulk(Some(a.to_vec()))).collect())).encode(&mut request);
+    let late = || format!("node {leader} (the leader, at {addr}) did not answer within the request's deadline");
     let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    let target = std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr} resolves to nothing"))?;
-    let mut stream = TcpStream::connect_timeout(&target, left()).map_err(|e| format!("{addr}: {e}"))?;
-    let io = |e: std::io::Error| format!("{addr}: {e}");
+    // An address as members give it (an IP and a port) needs no name lookup, which could wait
+    // past the deadline; a host name is looked up.
+    let target = match addr.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+            .map_err(|e| format!("{addr}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{addr} resolves to nothing"))?,
+    };
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => late(),
+        _ => format!("node {leader} (the leader, at {addr}): {e}"),
+    };
+    let mut stream = TcpStream::connect_timeout(&target, left()).map_err(io)?;
     stream.set_nodelay(true).map_err(io)?;
     stream.set_write_timeout(Some(left())).map_err(io)?;
     stream.write_all(&request).map_err(io)?;
     let max = REPLY_BYTES_MAX + (64 << 10);
+    let bad = |what: String| format!("node {leader} (the leader, at {addr}) sent a reply that {what}");
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];
-    loop {
-        if let Some((reply, _)) = crate::resp::parse_reply(&buf, max).map_err(|e| format!("{addr}: {e}"))? {
-            return Ok(reply);
+    let mut scanner = crate::resp::ReplyScanner::default();
+    let end = loop {
+        if let Some(end) = scanner.scan(&buf, max).map_err(|e| bad(format!("is malformed: {e}")))? {
+            break end;
         }
-        if buf.len() > max {
-            return Err(format!("{addr}: a reply longer than {max} bytes"));
+        if Instant::now() >= deadline {
+            return Err(late());
         }
         stream.set_read_timeout(Some(left())).map_err(io)?;
         match stream.read(&mut chunk) {
-            Ok(0) => return Err(format!("{addr} closed the connection")),
+            Ok(0) => return Err(format!("node {leader} (the leader, at {addr}) closed the connection")),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) => return Err(io(e)),
+        }
+    };
+    // The shape the command's reply must have, checked before anything is built from it.
+    let expected = match c {
+        Command::Get(_) => b'$',
+        Command::MGet(_) => b'*',
+        _ => b':',
+    };
+    match buf.first() {
+        Some(b'-') => {}
+        Some(&t) if t == expected => {}
+        _ => return Err(bad(format!("does not answer {}", args[0].escape_ascii()))),
+    }
+    if let Command::MGet(keys) = c
+        && !buf.starts_with(format!("*{}\r\n", keys.len()).as_bytes())
+    {
+        return Err(bad(format!("does not hold {} values", keys.len())));
+    }
+    let reply = match crate::resp::parse_reply(&buf[..end], max) {
+        Ok(Some((reply, _))) => reply,
+        Ok(None) => return Err(bad("is cut short".into())),
+        Err(e) => return Err(bad(format!("is malformed: {e}"))),
+    };
+    match reply {
+        Reply::Array(Some(items)) if items.iter().any(|i| !matches!(i, Reply::Bulk(_))) => {
+            Err(bad("holds something other than values".into()))
+        }
+        Reply::Error(text) => {
+            let (code, rest) = text.split_once(' ').unwrap_or((text.as_str(), ""));
+            Ok(Reply::Error(format!("{code} (answered by node {leader}, the leader) {rest}")))
+        }
+        reply => {
+            s.metrics.reads_asked_of_leader.fetch_add(1, Ordering::Relaxed);
+            Ok(reply)
         }
     }
 }
@@ -1519,10 +1576,7 @@ fn run_commands(
                     Ok(()) => read_reply(s, &c),
                     Err(ReadRefusal::Reply(reply)) => reply,
                     Err(ReadRefusal::Behind(reply)) => match ask_leader(s, &c, deadline) {
-                        Ok(answer) => {
-                            s.metrics.reads_asked_of_leader.fetch_add(1, Ordering::Relaxed);
-                            answer
-                        }
+                        Ok(answer) => answer,
                         Err(why) => match reply {
                             Reply::Error(text) => {
                                 Reply::Error(format!("{text} (the leader could not be asked: {why})"))

@@ -11,8 +11,29 @@ use std::time::{Duration, Instant};
 
 pub const KEEL: &str = env!("CARGO_BIN_EXE_keel");
 
-/// A free loopback port (bound, then released: the process binds it again right after).
+/// A free loopback port (bound, then released: the server binds it again right after).
+///
+/// Taken below the kernel's ephemeral range, never twice in one test process: a port from
+/// that range (what binding port 0 gives) can be handed meanwhile to an outgoing connection
+/// of another test's servers, and the server started on it then fails with "address in use".
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()))
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_low.clamp(12_000, 65_535));
+    let span = high - low;
+    // Each test process starts somewhere else (cargo runs test binaries one after another,
+    // but a port may linger in TIME_WAIT from the last).
+    let _ = NEXT.compare_exchange(0, (std::process::id() * 7919) % span + 1, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..span {
+        let port = low + NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
