@@ -34,28 +34,34 @@ fn segments(fs: &SimFileSystem, dir: &Path) -> Vec<String> {
     v
 }
 
-/// A log whose newest segment is sealed (no next.prep: as after an upgrade from the old rotation
-/// order, or a reopen with another segment size), opened on a full disk: the segment is reopened
-/// in place (its footer zeroed), so compaction still needs no space.
-#[test]
-fn compaction_on_a_sealed_newest_segment_opened_on_a_full_disk() {
+/// A log on the simulated disk filled until it has `segments` segment files, then given a
+/// sealed newest segment: the newest (just installed) and the prepared file are removed, as
+/// after a crash between sealing and installing (older versions' rotation order).
+fn with_sealed_newest_segment(segments_made: usize) -> (Arc<SimFileSystem>, &'static Path, LogOptions) {
     let fs = Arc::new(SimFileSystem::new());
     let dir = Path::new("/sim/log");
     fs.create_dir_all(dir).unwrap();
     let options = LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() };
     let (mut log, _) = Log::open(dir, options.clone()).unwrap();
     let mut index = 1;
-    while segments(&fs, dir).len() < 4 {
+    while segments(&fs, dir).len() < segments_made {
         append(&mut log, index).unwrap();
         index += 1;
     }
     drop(log);
-    // The newest segment (just installed) goes, and the prepared file: the one before is a
-    // sealed newest segment, as after a crash between sealing and installing (older versions).
     let segs = segments(&fs, dir);
     fs.remove(&dir.join(segs.last().unwrap())).unwrap();
     let _ = fs.remove(&dir.join("next.prep"));
     fs.sync_dir(dir).unwrap();
+    (fs, dir, options)
+}
+
+/// A log whose newest segment is sealed (no next.prep: as after an upgrade from the old rotation
+/// order, or a reopen with another segment size), opened on a full disk: the segment is reopened
+/// in place (its footer zeroed), so compaction still needs no space.
+#[test]
+fn compaction_on_a_sealed_newest_segment_opened_on_a_full_disk() {
+    let (fs, dir, options) = with_sealed_newest_segment(4);
     fs.set_capacity(Some(fs.used_bytes()));
     let (mut log, _) = Log::open(dir, options.clone()).expect("opens on a full disk");
     let last = log.last_index();
@@ -71,22 +77,8 @@ fn compaction_on_a_sealed_newest_segment_opened_on_a_full_disk() {
 fn a_crash_in_the_middle_of_unsealing_loses_nothing_in_either_recovery_mode() {
     use keel::wal::RecoveryMode;
     for cut in 0..6 {
-        let fs = Arc::new(SimFileSystem::new());
-        let dir = Path::new("/sim/log");
-        fs.create_dir_all(dir).unwrap();
-        let options = LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() };
-        let (mut log, _) = Log::open(dir, options.clone()).unwrap();
-        let mut index = 1;
-        while segments(&fs, dir).len() < 3 {
-            append(&mut log, index).unwrap();
-            index += 1;
-        }
-        drop(log);
-        let segs = segments(&fs, dir);
-        fs.remove(&dir.join(segs.last().unwrap())).unwrap();
-        let _ = fs.remove(&dir.join("next.prep"));
-        fs.sync_dir(dir).unwrap();
-        let sealed = dir.join(&segs[segs.len() - 2]);
+        let (fs, dir, options) = with_sealed_newest_segment(3);
+        let sealed = dir.join(segments(&fs, dir).last().unwrap());
         let (log, _) = Log::open(dir, options.clone()).unwrap();
         let (first, last) = (log.first_index(), log.last_index());
         drop(log);

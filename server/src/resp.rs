@@ -176,21 +176,10 @@ fn parse_reply_at(
         b'+' => Reply::Simple(text("a simple string")?),
         b'-' => Reply::Error(text("an error")?),
         b':' => Reply::Integer(signed("integer")?),
-        b'$' => match signed("bulk length")? {
-            -1 => Reply::Bulk(None),
-            n if n < 0 || n as u64 > bytes_max as u64 => {
-                return Err(error(at, format!("invalid bulk length {n} (at most {bytes_max})")));
-            }
-            n => {
-                let n = n as usize;
-                if bytes.len() < after + n + 2 {
-                    return Ok(None);
-                }
-                if &bytes[after + n..after + n + 2] != b"\r\n" {
-                    return Err(error(after + n, "a bulk string not followed by CRLF"));
-                }
-                return Ok(Some((Reply::Bulk(Some(bytes[after..after + n].to_vec())), after + n + 2)));
-            }
+        b'$' => match bulk_len(bytes, at, after, rest, bytes_max)? {
+            None => return Ok(None),
+            Some(None) => Reply::Bulk(None),
+            Some(Some(n)) => return Ok(Some((Reply::Bulk(Some(bytes[after..after + n].to_vec())), after + n + 2))),
         },
         b'*' => match signed("multibulk length")? {
             -1 => Reply::Array(None),
@@ -218,6 +207,34 @@ fn parse_reply_at(
     Ok(Some((reply, after)))
 }
 
+/// The bulk string whose header line (`rest`, after its `$`) starts at `at` and ends at `after`:
+/// `Some(None)` for the null bulk, `Some(Some(n))` for `n` bytes present with their CRLF, `None`
+/// if more bytes are needed.
+fn bulk_len(
+    bytes: &[u8],
+    at: usize,
+    after: usize,
+    rest: &[u8],
+    bytes_max: usize,
+) -> Result<Option<Option<usize>>, ProtocolError> {
+    let n: i64 =
+        std::str::from_utf8(rest).ok().and_then(|t| t.parse().ok()).ok_or_else(|| error(at, "invalid bulk length"))?;
+    if n == -1 {
+        return Ok(Some(None));
+    }
+    if n < 0 || n as u64 > bytes_max as u64 {
+        return Err(error(at, format!("invalid bulk length {n} (at most {bytes_max})")));
+    }
+    let n = n as usize;
+    if bytes.len() < after + n + 2 {
+        return Ok(None);
+    }
+    if &bytes[after + n..after + n + 2] != b"\r\n" {
+        return Err(error(after + n, "a bulk string not followed by CRLF"));
+    }
+    Ok(Some(Some(n)))
+}
+
 /// Finds where the reply at the start of a growing buffer ends, resumably: it remembers how far
 /// it got, so a reply read in many pieces is scanned once, not once per piece. It checks the
 /// framing only (line types, lengths, CRLFs, array nesting at most 4 deep, `bytes_max`);
@@ -242,21 +259,10 @@ impl ReplyScanner {
             };
             let end = match kind {
                 b'+' | b'-' | b':' => after,
-                b'$' => match length()? {
-                    -1 => after,
-                    n if n < 0 || n as u64 > bytes_max as u64 => {
-                        return Err(error(at, format!("invalid bulk length {n} (at most {bytes_max})")));
-                    }
-                    n => {
-                        let n = n as usize;
-                        if bytes.len() < after + n + 2 {
-                            return Ok(None);
-                        }
-                        if &bytes[after + n..after + n + 2] != b"\r\n" {
-                            return Err(error(after + n, "a bulk string not followed by CRLF"));
-                        }
-                        after + n + 2
-                    }
+                b'$' => match bulk_len(bytes, at, after, rest, bytes_max)? {
+                    None => return Ok(None),
+                    Some(None) => after,
+                    Some(Some(n)) => after + n + 2,
                 },
                 b'*' => match length()? {
                     -1 | 0 => after,
