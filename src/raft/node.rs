@@ -555,12 +555,11 @@ impl<S: StorageMut> Worker<S> {
     /// Takes, persists and hands out a Ready if there is one and none is outstanding.
     ///
     /// On a full disk (`Error::NoSpace`: nothing written, nothing latched) the Ready is kept
-    /// and persisting it is retried on every tick, from the
-    /// step that failed; meanwhile the node hands out partial Readies: first what the kept
-    /// Ready holds that may leave before it is durable, then whatever `RawNode` has of that
-    /// kind since (`RawNode::ready_while_persisting`), so the node keeps heartbeating,
-    /// replicating, confirming reads and handing over leadership. Any other storage error
-    /// stops the node.
+    /// and persisting it is retried on every tick, from the step that failed; meanwhile the
+    /// node hands out partial Readies: first what the kept Ready holds that may leave before it
+    /// is durable (`RawNode::take_sendable`), then whatever `RawNode` has of that kind since
+    /// (`RawNode::ready_while_persisting`), so the node keeps heartbeating, replicating,
+    /// confirming reads and handing over leadership. Any other storage error stops the node.
     fn hand_out_ready(&mut self) -> ControlFlow<()> {
         if self.unpersisted.is_none() {
             if self.ready_outstanding || !self.raw.has_ready() {

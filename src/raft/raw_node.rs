@@ -19,7 +19,13 @@
 //! Input (step 1) may also arrive between `ready` and `advance`: nothing it produces is handed
 //! out before the next `ready`, and acknowledgements still wait for that Ready's persistence.
 //! A second `ready` before `advance`, or an `advance` of any Ready but the outstanding one, is
-//! a [`RaftError`]. A storage read error stops the node: `has_ready` turns true and `ready`
+//! a [`RaftError`].
+//!
+//! When a Ready cannot be persisted yet (a full disk), what may leave before it is durable
+//! still can: `take_sendable` splits it off the outstanding Ready, and `ready_while_persisting`
+//! hands out what came since, each as a partial Ready (nothing to persist, no acknowledgement
+//! or vote) to handle and `advance` like any other, one at a time, before the outstanding Ready
+//! itself is advanced once persisted. A storage read error stops the node: `has_ready` turns true and `ready`
 //! (like every call that returns a `Result`) returns [`RaftError::Storage`].
 
 use super::conf_change::ConfChange;
