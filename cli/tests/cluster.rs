@@ -11,14 +11,9 @@ fn installed(tool: &str) -> bool {
     Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
 }
 
-/// A base port with `n` free ports after it.
-fn free_base(n: u16) -> u16 {
-    loop {
-        let base = free_port();
-        if base < u16::MAX - n && (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
+/// A base port with `n` free ports after it (none handed out before in this process).
+fn free_base(n: u32) -> u16 {
+    common::free_ports(n)
 }
 
 #[test]

@@ -17,6 +17,11 @@ pub const KEEL: &str = env!("CARGO_BIN_EXE_keel");
 /// that range (what binding port 0 gives) can be handed meanwhile to an outgoing connection
 /// of another test's servers, and the server started on it then fails with "address in use".
 pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// The first of `n` consecutive free loopback ports, taken as [`free_port`] takes one.
+pub fn free_ports(n: u32) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -29,12 +34,12 @@ pub fn free_port() -> u16 {
     // but a port may linger in TIME_WAIT from the last).
     let _ = NEXT.compare_exchange(0, (std::process::id() * 7919) % span + 1, Ordering::SeqCst, Ordering::SeqCst);
     for _ in 0..span {
-        let port = low + NEXT.fetch_add(1, Ordering::SeqCst) % span;
-        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
-            return port as u16;
+        let first = low + NEXT.fetch_add(n, Ordering::SeqCst) % (span - n);
+        if (first..first + n).all(|port| TcpListener::bind(("127.0.0.1", port as u16)).is_ok()) {
+            return first as u16;
         }
     }
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    panic!("no {n} free loopback ports in a row below {high}");
 }
 
 #[derive(Debug, Clone)]
