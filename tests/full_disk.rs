@@ -21,6 +21,22 @@ fn payload(index: u64) -> Vec<u8> {
 
 /// Appends 1 KB entries, one synced append each, until the disk is full; returns what was
 /// acknowledged.
+/// Opens again right after the last handle was dropped, on a real file system: the directory
+/// lock (`flock`) may still be held for a moment by a process another test thread is starting
+/// (`mount`, `umount`), which inherits the descriptor between fork and exec. Retried for up to
+/// 2 s on `Locked` only.
+fn reopen<T>(mut open: impl FnMut() -> keel::Result<T>) -> keel::Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match open() {
+            Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => return r,
+        }
+    }
+}
+
 fn fill(log: &mut Log, acked: &mut BTreeMap<u64, Vec<u8>>) -> Error {
     loop {
         let index = log.last_index() + 1;
@@ -63,7 +79,7 @@ fn full_disk_story(dir: &Path, options: LogOptions, room_left: impl Fn() -> u64)
 
     // Reopened while full: nothing to write, so nothing needs space.
     drop(log);
-    let (mut log, report) = Log::open(dir, options.clone()).unwrap();
+    let (mut log, report) = reopen(|| Log::open(dir, options.clone())).unwrap();
     assert_eq!(report.last_index, *acked.keys().last().unwrap());
     check_all(&log, &acked);
 
@@ -80,7 +96,7 @@ fn full_disk_story(dir: &Path, options: LogOptions, room_left: impl Fn() -> u64)
     assert!(acked.len() > filled + 50, "appends resumed after compaction: {filled} -> {}", acked.len());
     check_all(&log, &acked);
     drop(log);
-    let (log, _) = Log::open(dir, options).unwrap();
+    let (log, _) = reopen(|| Log::open(dir, options.clone())).unwrap();
     check_all(&log, &acked);
 }
 
@@ -266,7 +282,7 @@ fn a_full_tmpfs_storage_snapshots_compacts_and_appends_again() {
     let last = s.last_index().unwrap();
     s.set_hard_state(&HardState { term: 1, vote: 1, commit: last }).unwrap();
     drop(s);
-    let (mut s, _) = DiskStorage::open(&dir, options.clone()).expect("opens while the disk is full");
+    let (mut s, _) = reopen(|| DiskStorage::open(&dir, options.clone())).expect("opens while the disk is full");
     assert_eq!(s.last_index().unwrap(), last);
     let state = vec![3u8; 3 * SEGMENT as usize];
     let snapshot = match s.create_snapshot(last, &cs, &mut &state[..]) {
@@ -280,7 +296,7 @@ fn a_full_tmpfs_storage_snapshots_compacts_and_appends_again() {
         s.append(&[Entry::new(index, 1, payload(index))]).unwrap();
     }
     drop(s);
-    let (s, _) = DiskStorage::open(&dir, options).unwrap();
+    let (s, _) = reopen(|| DiskStorage::open(&dir, options.clone())).unwrap();
     assert_eq!(s.last_index().unwrap(), last + 99);
     assert_eq!(Storage::snapshot(&s, 0).unwrap().read_to_vec().unwrap(), state);
 }
