@@ -34,6 +34,27 @@ fn segments(fs: &SimFileSystem, dir: &Path) -> Vec<String> {
     v
 }
 
+/// A log on a simulated disk of `capacity` bytes, appended to until the disk is full (the last
+/// append answered `NoSpace`); with the index the next append would take.
+fn filled_log(capacity: u64) -> (Arc<SimFileSystem>, &'static Path, LogOptions, Log, u64) {
+    let fs = Arc::new(SimFileSystem::new());
+    let dir = Path::new("/sim/log");
+    fs.create_dir_all(dir).unwrap();
+    fs.set_capacity(Some(capacity));
+    let options = LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() };
+    let (mut log, _) = Log::open(dir, options.clone()).unwrap();
+    let mut index = 1;
+    loop {
+        match append(&mut log, index) {
+            Ok(()) => index += 1,
+            Err(e) => {
+                assert!(e.is_no_space(), "{e}");
+                return (fs, dir, options, log, index);
+            }
+        }
+    }
+}
+
 /// A log on the simulated disk filled until it has `segments` segment files, then given a
 /// sealed newest segment: the newest (just installed) and the prepared file are removed, as
 /// after a crash between sealing and installing (older versions' rotation order).
@@ -119,22 +140,7 @@ fn a_crash_in_the_middle_of_unsealing_loses_nothing_in_either_recovery_mode() {
 /// valid, come back.
 #[test]
 fn repeated_compactions_on_a_full_disk_never_spend_the_room_freeing_needs() {
-    let fs = Arc::new(SimFileSystem::new());
-    let dir = Path::new("/sim/log");
-    fs.create_dir_all(dir).unwrap();
-    fs.set_capacity(Some(6 * SEGMENT + 4096));
-    let options = LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() };
-    let (mut log, _) = Log::open(dir, options.clone()).unwrap();
-    let mut index = 1;
-    loop {
-        match append(&mut log, index) {
-            Ok(()) => index += 1,
-            Err(e) => {
-                assert!(e.is_no_space(), "{e}");
-                break;
-            }
-        }
-    }
+    let (fs, dir, options, mut log, _) = filled_log(6 * SEGMENT + 4096);
     let first = log.first_index();
     // Compactions that free nothing (inside the oldest segment), one entry at a time, as an
     // application compacting after each small snapshot would: each succeeds.
@@ -175,16 +181,7 @@ fn repeated_compactions_on_a_full_disk_never_spend_the_room_freeing_needs() {
 /// A compaction deferred on a full disk is written, and made durable, with the next append.
 #[test]
 fn a_deferred_compaction_is_durable_with_the_next_append() {
-    let fs = Arc::new(SimFileSystem::new());
-    let dir = Path::new("/sim/log");
-    fs.create_dir_all(dir).unwrap();
-    fs.set_capacity(Some(3 * SEGMENT + 4096));
-    let options = LogOptions { fs: fs.clone(), segment_bytes: SEGMENT, ..LogOptions::default() };
-    let (mut log, _) = Log::open(dir, options.clone()).unwrap();
-    let mut index = 1;
-    while append(&mut log, index).is_ok() {
-        index += 1;
-    }
+    let (fs, dir, options, mut log, index) = filled_log(3 * SEGMENT + 4096);
     // Spend the active segment's free room on small compactions (those that fit are written),
     // until one is deferred; then make room by removing the log's spare segment file (as an
     // operator freeing space would, here: raising the capacity).
