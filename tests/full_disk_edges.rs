@@ -204,6 +204,59 @@ fn a_deferred_compaction_is_durable_with_the_next_append() {
     assert_eq!((log.first_index(), log.last_index()), (first + SMALL, index));
 }
 
+/// The append that carries deferred compactions' marker, crashed at every write and sync of it
+/// (process kill, and power loss with unsynced writes kept, torn or dropped): every image opens,
+/// with the log compacted either as before the deferral or as after it, every entry it holds
+/// intact, the append's entry there or not; after the append's sync, both survive power loss.
+#[test]
+fn a_crash_anywhere_in_the_append_that_writes_a_deferred_compaction_is_safe() {
+    use keel_harness::sim::FaultModel;
+    let (fs, dir, options, mut log, index) = filled_log(3 * SEGMENT + 4096);
+    let first = log.first_index();
+    for k in 1..=SMALL {
+        log.compact(first + k).unwrap();
+    }
+    let durable_first = {
+        let (reopened, _) =
+            Log::open(dir, LogOptions { fs: Arc::new(fs.image().restart().unwrap()), ..options.clone() }).unwrap();
+        reopened.first_index()
+    };
+    assert!(durable_first < first + SMALL, "some compactions were deferred");
+    fs.set_capacity(Some(6 * SEGMENT));
+    fs.capture_crash_points(true, 100, 5);
+    append(&mut log, index).unwrap();
+    let images = fs.take_captures();
+    assert!(images.len() >= 2, "the append wrote and synced");
+    let synced_last = fs.image();
+    let mut checked = 0;
+    for (k, (_, image)) in images.iter().map(|(t, i)| (*t, i)).chain([(0, &synced_last)]).enumerate() {
+        let mut disks = vec![image.restart().unwrap()];
+        for seed in 0..4 {
+            disks.push(image.materialize(seed, &FaultModel::default()).unwrap());
+        }
+        for disk in disks {
+            let (log, _) = Log::open(dir, LogOptions { fs: Arc::new(disk), ..options.clone() })
+                .unwrap_or_else(|e| panic!("image {k}: {e}"));
+            let f = log.first_index();
+            assert!(f == durable_first || f == first + SMALL, "image {k}: first index {f}");
+            let last = log.last_index();
+            assert!(last == index - 1 || last == index, "image {k}: last index {last}");
+            for i in f..=last {
+                assert_eq!(&*log.entry(i).unwrap().payload, &payload(i)[..], "image {k}, entry {i}");
+            }
+            checked += 1;
+        }
+    }
+    // After the append's sync, power loss keeps both the compaction and the entry.
+    let (log, _) = Log::open(
+        dir,
+        LogOptions { fs: Arc::new(synced_last.materialize(9, &FaultModel::default()).unwrap()), ..options },
+    )
+    .unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (first + SMALL, index));
+    assert!(checked >= 10);
+}
+
 /// `append_many` with two requests: the first fits the active segment, the second needs a
 /// rotation that fails with NoSpace. Both are answered NoSpace ("nothing was written"), but the
 /// first request's records are in the segment; after a compaction to last+1 and a reopen, they
