@@ -486,16 +486,25 @@ impl Sim {
         }
         self.totals.partial_readies += 1;
         self.send_all(id, rd.messages.clone());
+        self.apply_and_advance(id, rd);
+    }
+
+    /// Applies `rd`'s committed entries, checks its read states and advances it; whether it
+    /// was advanced (a storage failure crashes the node instead).
+    fn apply_and_advance(&mut self, id: u64, rd: Ready) -> bool {
         for e in &rd.committed_entries {
             if let Err(err) = self.apply(id, e) {
-                return self.on_error(id, err);
+                self.on_error(id, err);
+                return false;
             }
         }
         self.check_reads(id, &rd);
         let node = self.nodes.get_mut(&id).unwrap();
         if let Err(e) = node.raw.as_mut().unwrap().advance(rd) {
             self.on_error(id, e);
+            return false;
         }
+        true
     }
 
     /// Persists `rd` (its `messages` were sent when it was taken), then sends, applies and
@@ -535,15 +544,8 @@ impl Sim {
                 self.check_applied(id, i, t, &d);
             }
         }
-        for e in &rd.committed_entries {
-            if let Err(err) = self.apply(id, e) {
-                return self.on_error(id, err);
-            }
-        }
-        self.check_reads(id, &rd);
-        let node = self.nodes.get_mut(&id).unwrap();
-        if let Err(e) = node.raw.as_mut().unwrap().advance(rd) {
-            return self.on_error(id, e);
+        if !self.apply_and_advance(id, rd) {
+            return;
         }
         // The application flushes its state machine now and then.
         if self.rng.chance(20) {
