@@ -37,6 +37,19 @@ fn reopen<T>(mut open: impl FnMut() -> keel::Result<T>) -> keel::Result<T> {
     }
 }
 
+/// A real tmpfs of `size` mounted for the test (bind as `(_mnt, tmpfs)`: unmounted before its
+/// directory goes), or `None`, said as SKIPPED, where this process may not mount one.
+fn small_tmpfs(size: &str) -> Option<(tempfile::TempDir, Tmpfs)> {
+    let mnt = tempfile::tempdir().unwrap();
+    match Tmpfs::mount(mnt.path(), size) {
+        Ok(fs) => Some((mnt, fs)),
+        Err(why) => {
+            eprintln!("SKIPPED: no small real file system to fill ({why}); the simulated disk's tests still ran");
+            None
+        }
+    }
+}
+
 fn fill(log: &mut Log, acked: &mut BTreeMap<u64, Vec<u8>>) -> Error {
     loop {
         let index = log.last_index() + 1;
@@ -114,14 +127,7 @@ fn a_full_simulated_disk_refuses_appends_and_recovers_by_compaction() {
 
 #[test]
 fn a_full_tmpfs_refuses_appends_and_recovers_by_compaction() {
-    let mnt = tempfile::tempdir().unwrap();
-    let fs = match Tmpfs::mount(mnt.path(), "1m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED: no small real file system to fill ({why}); the simulated disk's test still ran");
-            return;
-        }
-    };
+    let Some((_mnt, fs)) = small_tmpfs("1m") else { return };
     let dir = fs.path().join("log");
     let options = LogOptions { segment_bytes: SEGMENT, ..LogOptions::default() };
     full_disk_story(&dir, options, || fs.free_bytes());
@@ -255,14 +261,7 @@ mod storage {
 #[test]
 fn a_full_tmpfs_storage_snapshots_compacts_and_appends_again() {
     use keel::storage::{ConfState, DiskStorage, Entry, HardState, Storage, StorageMut, StorageOptions};
-    let mnt = tempfile::tempdir().unwrap();
-    let tmpfs = match Tmpfs::mount(mnt.path(), "2m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED: no small real file system to fill ({why}); the simulated disk's tests still ran");
-            return;
-        }
-    };
+    let Some((_mnt, tmpfs)) = small_tmpfs("2m") else { return };
     let dir = tmpfs.path().join("storage");
     let options = StorageOptions {
         log: LogOptions { segment_bytes: SEGMENT, ..LogOptions::default() },

@@ -326,10 +326,11 @@ fn a_split_write_whose_second_rotation_finds_the_disk_full_latches() {
     assert_eq!(log.last_index(), last, "an append answered NoSpace (not latched) came back in part at reopen: {e}");
 }
 
-/// `DiskStorage::compact` on a full disk after compactions that freed nothing spent the active
-/// segment's marker room: the storage gives its reserve back and the compaction succeeds.
+/// `DiskStorage::compact` on a full disk, 64 times without freeing a segment, then once freeing
+/// some: every one succeeds (the log keeps its marker room for the freeing one; the storage's
+/// reserve is the fallback when that room is gone), and appends resume.
 #[test]
-fn storage_compactions_on_a_full_disk_use_the_reserve_when_the_marker_room_is_spent() {
+fn storage_compactions_on_a_full_disk_all_succeed() {
     use keel::storage::{ConfState, DiskStorage, Entry, Storage, StorageMut, StorageOptions};
     let fs = Arc::new(SimFileSystem::new());
     let dir = Path::new("/sim/storage");
